@@ -1,0 +1,167 @@
+"""matplotlib job handler for the zygote: runs plotting code and captures the figure(s) it drew.
+
+Runs inside the sandbox, in a child forked from a zygote that already imported numpy and
+matplotlib, so a job pays only for its own drawing. Figures are captured whether the program calls
+``savefig`` (a snapshot is taken at that moment, so a later ``plt.close()`` loses nothing),
+``show`` (same) or nothing (figures still open at the end).
+
+Instrumentation: ``options["instrument"]`` names hooks from :data:`INSTRUMENTS`. Each hook is an
+object with ``install()`` (called before the program runs) and ``collect() -> dict`` (called after);
+their JSON-able results are written to ``trace.json`` and reach the caller as ``RenderResult.trace``.
+The chart-code metrics register their hooks here.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import traceback
+
+INSTRUMENTS: dict[str, object] = {}
+
+_state: dict = {}
+
+
+def preload() -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image  # noqa: F401  (used by the "all" policy)
+
+    from zygote import classify_exception, write_result
+
+    # Optional libraries chart code often imports: import them now if present so jobs pay nothing.
+    for name in ("pandas", "seaborn", "matplotlib.patches", "matplotlib.colors", "matplotlib.ticker",
+                 "mpl_toolkits.mplot3d", "matplotlib.gridspec", "matplotlib.dates"):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001
+            pass
+    # Warm fonts, text layout and the PNG writer once.
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="warm")
+    ax.set_title("warm")
+    ax.legend()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close("all")
+    _state.update(classify_exception=classify_exception, write_result=write_result)
+    return {"matplotlib": matplotlib.__version__, "numpy": np.__version__}
+
+
+def _render(fig, opts: dict) -> bytes:
+    if opts.get("figsize"):
+        w, h = opts["figsize"]
+        fig.set_size_inches(float(w), float(h))
+    dpi = float(opts.get("dpi") or 100)
+    w, h = fig.get_size_inches() * dpi
+    max_pixels = int(opts.get("max_pixels") or 40_000_000)
+    if not (w > 0 and h > 0) or w * h > max_pixels:
+        raise MemoryError(f"figure of {w:.0f}x{h:.0f} px exceeds max_pixels={max_pixels}")
+    buf = io.BytesIO()
+    kwargs = {"bbox_inches": "tight"} if opts.get("tight") else {}
+    _state["orig_savefig"](fig, buf, format="png", dpi=dpi, **kwargs)
+    return buf.getvalue()
+
+
+def _stack(pngs: list[bytes]) -> bytes:
+    from PIL import Image
+
+    imgs = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    width = max(i.width for i in imgs)
+    canvas = Image.new("RGB", (width, sum(i.height for i in imgs)), "white")
+    y = 0
+    for im in imgs:
+        canvas.paste(im, (0, y))
+        y += im.height
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(source: str, opts: dict, jobdir: str) -> None:
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    write_result = _state["write_result"]
+    snapshots: dict[int, bytes] = {}
+    _state["orig_savefig"] = Figure.savefig
+
+    def snapshot(fig) -> None:
+        num = getattr(fig, "number", None)
+        if num is None:
+            return
+        snapshots[num] = _render(fig, opts)
+
+    def savefig(self, *args, **kwargs):  # the program's own savefig: snapshot, write nothing
+        snapshot(self)
+
+    def show(*args, **kwargs):
+        for num in plt.get_fignums():
+            snapshot(plt.figure(num))
+
+    Figure.savefig = savefig
+    plt.show = show
+    matplotlib.use = lambda *a, **k: None
+    plt.switch_backend = lambda *a, **k: None
+    hooks = [INSTRUMENTS[n] for n in opts.get("instrument") or () if n in INSTRUMENTS]
+    for hook in hooks:
+        hook.install()
+
+    try:
+        code = compile(source, "<generated>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        write_result(jobdir, error_kind="syntax", error=f"{type(exc).__name__}: {exc}")
+        return
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    failure = None
+    try:
+        exec(code, namespace)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            failure = ("runtime", f"SystemExit({exc.code!r})")
+    except BaseException as exc:  # noqa: BLE001 - the program's error is data
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        failure = (_state["classify_exception"](exc, os.path.realpath(jobdir)), tb)
+    trace = {}
+    for name, hook in zip(opts.get("instrument") or (), hooks, strict=False):
+        try:
+            trace[name] = hook.collect()
+        except Exception as exc:  # noqa: BLE001
+            trace[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    trace_name = None
+    if trace:
+        with open(os.path.join(jobdir, "trace.json"), "w") as f:
+            json.dump(trace, f, default=str)
+        trace_name = "trace.json"
+    if failure is not None:
+        write_result(jobdir, error_kind=failure[0], error=failure[1], trace=trace_name)
+        return
+    try:
+        for num in plt.get_fignums():
+            snapshots[num] = _render(plt.figure(num), opts)
+    except MemoryError as exc:
+        write_result(jobdir, error_kind="memory", error=str(exc) or "MemoryError", trace=trace_name)
+        return
+    except Exception as exc:  # noqa: BLE001 - drawing errors surface at render time
+        write_result(jobdir, error_kind="runtime", error=f"{type(exc).__name__}: {exc}", trace=trace_name)
+        return
+    if not snapshots:
+        write_result(jobdir, error_kind="no_output", error="the program drew no figure", trace=trace_name)
+        return
+    order = sorted(snapshots)
+    policy = opts.get("figures") or "last"
+    if policy == "first":
+        png = snapshots[order[0]]
+    elif policy == "all" and len(order) > 1:
+        png = _stack([snapshots[n] for n in order])
+    else:
+        png = snapshots[order[-1]]
+    with open(os.path.join(jobdir, "out.png"), "wb") as f:
+        f.write(png)
+    write_result(jobdir, error_kind=None, error=None, png="out.png", trace=trace_name,
+                 figures=len(order))

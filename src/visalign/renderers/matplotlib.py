@@ -1,0 +1,110 @@
+"""The ``matplotlib`` renderer: Python plotting code in, the figure it drew out.
+
+A pool of sandboxed fork servers that imported numpy and matplotlib once; each sample is a fork, so
+it pays only for its own drawing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .base import DEFAULT_MAX_PIXELS, Renderer, RenderResult
+from .pool import ZygotePool
+from .sandbox import SandboxLimits
+
+FIGURE_POLICIES = ("last", "first", "all")
+
+
+@functools.lru_cache(maxsize=1)
+def font_cache_dir() -> str | None:
+    """A matplotlib config dir with a built font cache, shared read-only with the sandboxes.
+
+    Built once per machine by a trusted interpreter so that sandboxed workers (which cannot write
+    it) do not rebuild the font list at every start. None when no writable cache location exists.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "visalign", f"matplotlib-py{sys.version_info[0]}{sys.version_info[1]}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not any(n.startswith("fontlist") for n in os.listdir(path)):
+            subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True, timeout=300,
+                           env={**os.environ, "MPLCONFIGDIR": path, "MPLBACKEND": "Agg"},
+                           capture_output=True)
+        os.chmod(path, 0o755)
+        for name in os.listdir(path):
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(path, name), 0o644)
+        # The sandbox uid must be able to traverse to it: check each parent is searchable by others.
+        p = path
+        while p not in ("/", ""):
+            if not os.stat(p).st_mode & 0o001:
+                return None
+            p = os.path.dirname(p)
+        return path
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class MatplotlibRenderer(Renderer):
+    """Render matplotlib programs into images.
+
+    Args:
+        timeout: wall-clock seconds per program (CPU time is capped at the same).
+        workers: sandboxed fork servers (default: CPU count).
+        dpi: resolution of the captured figure.
+        figsize: ``(width, height)`` in inches to impose on every figure, or None to keep the program's.
+        figures: which figure to return when a program draws several: ``"last"`` (default, the one a
+            script usually saves last), ``"first"``, or ``"all"`` stacked top to bottom.
+        tight: crop to the drawn content (``bbox_inches="tight"``).
+        memory_mb: address-space limit per program.
+        max_pixels: a figure larger than this fails with ``memory`` before it is drawn.
+        instrument: names of instrumentation hooks (see ``_sandboxed/mpl_handler.py``) whose
+            records come back in ``RenderResult.trace``.
+
+    Example:
+        >>> with MatplotlibRenderer(timeout=10, workers=1) as r:
+        ...     res = r.render("import matplotlib.pyplot as plt\\nplt.bar([1, 2], [3, 4])")
+        >>> res.ok, res.image.size
+        (True, (640, 480))
+    """
+
+    name = "matplotlib"
+
+    def __init__(self, timeout: float = 10.0, workers: int | None = None, dpi: float = 100.0,
+                 figsize: tuple[float, float] | None = None, figures: str = "last", tight: bool = False,
+                 memory_mb: int = 2048, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 instrument: tuple[str, ...] = ()) -> None:
+        super().__init__(timeout)
+        if figures not in FIGURE_POLICIES:
+            raise ValueError(f"figures must be one of {FIGURE_POLICIES}, got {figures!r}")
+        if dpi <= 0:
+            raise ValueError(f"dpi must be positive, got {dpi}")
+        self.options: dict[str, Any] = {"dpi": dpi, "figsize": list(figsize) if figsize else None,
+                                        "figures": figures, "tight": tight, "max_pixels": max_pixels,
+                                        "instrument": list(instrument)}
+        env, ro = {}, []
+        cache = font_cache_dir()
+        if cache:
+            env["MPLCONFIGDIR"] = cache
+            ro.append(cache)
+        self.pool = ZygotePool("mpl_handler", workers=workers, timeout=timeout,
+                               limits=SandboxLimits(memory_mb=memory_mb), extra_env=env,
+                               max_pixels=max_pixels, extra_ro_paths=ro)
+
+    def _render_batch(self, sources: list[str], progress: Callable[[int], None] | None = None
+                      ) -> list[RenderResult]:
+        return self.pool.run_batch(sources, self.options, progress)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "backend": "matplotlib (Agg) in sandboxed fork servers",
+                "versions": self.pool.versions, "workers": self.pool.workers,
+                "sandbox": self.pool.info.level, **self.options}
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,330 @@
+"""Process sandbox for untrusted renders.
+
+Three levels, best first, chosen once per process by :func:`detect_sandbox` (``VISALIGN_SANDBOX`` can
+force a lower one):
+
+``bubblewrap``
+    ``bwrap`` gives the child its own network, PID, IPC and UTS namespaces, a read-only view of the
+    system (``/usr``, ``/etc``, the Python prefixes) and no home directories or caller data; the only
+    writable places are the fresh work directory and a private ``/tmp``. As root, the child also drops
+    to an unprivileged uid (``setpriv``), so ``RLIMIT_NPROC`` applies and it has no capabilities.
+``namespaces+rlimits``
+    ``unshare`` gives a private network namespace (and PID namespace as root); the file system is the
+    host's, so the child can read whatever its uid can read.
+``rlimits only``
+    rlimits, a process group, a clean environment and a fresh work directory. No network isolation.
+
+At every level: a wall-clock timeout that kills the whole process group, CPU-time, address-space,
+process-count and file-size limits, and a clean environment (no tokens, keys or proxies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Unprivileged uid/gid the sandbox runs as when we are root (none of them exist in /etc/passwd).
+SANDBOX_UID_BASE = 61000
+LEVELS = ("bubblewrap", "namespaces+rlimits", "rlimits only")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits applied to every sandboxed process (inherited by its children).
+
+    Attributes:
+        memory_mb: address-space limit (``RLIMIT_AS``) per process, in MiB.
+        cpu_seconds: CPU-time limit (``RLIMIT_CPU``); ``None`` derives it from the timeout.
+        max_processes: process/thread limit for the sandbox uid (``RLIMIT_NPROC``).
+        max_file_mb: largest file a process may write (``RLIMIT_FSIZE``), in MiB.
+        max_open_files: ``RLIMIT_NOFILE``.
+    """
+
+    memory_mb: int = 2048
+    cpu_seconds: float | None = None
+    max_processes: int = 64
+    max_file_mb: int = 64
+    max_open_files: int = 256
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """Which sandbox level is in force, and why."""
+
+    level: str
+    uid: int | None          # uid the child runs as (None: the caller's own)
+    bwrap: str | None
+    note: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"level": self.level, "uid": self.uid, "bwrap": self.bwrap, "note": self.note}
+
+
+def sandbox_uid() -> int | None:
+    """The unprivileged uid for this process's sandboxes when running as root, else None.
+
+    Different visalign processes get different uids so their process limits do not add up.
+    """
+    if os.geteuid() != 0:
+        return None
+    return SANDBOX_UID_BASE + os.getpid() % 2000
+
+
+def python_ro_paths() -> list[str]:
+    """Read-only paths the sandboxed Python needs: its prefixes and the site-packages under them."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    paths = set(prefixes)
+    for p in sys.path:
+        rp = os.path.realpath(p) if p else ""
+        if rp and os.path.isdir(rp) and any(rp.startswith(pre + os.sep) or rp == pre for pre in prefixes):
+            continue  # covered by its prefix
+        if rp and os.path.isdir(rp) and "site-packages" in rp:
+            paths.add(rp)
+    exe_dir = os.path.dirname(os.path.realpath(sys.executable))
+    paths.add(exe_dir)
+    return sorted(paths)
+
+
+def clean_env(workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment: nothing from the caller (no tokens, keys, proxies)."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _set_limits(limits: SandboxLimits, timeout: float, uid: int | None) -> None:
+    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else max(2.0, timeout * 1.5 + 1.0)
+    cpu_i = int(cpu + 0.999)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_i, cpu_i + 1))
+    mem = limits.memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    fsize = limits.max_file_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
+    nproc = limits.max_processes
+    if uid is None:  # our own uid: the limit counts all our processes, so leave room for them
+        nproc += _count_own_processes()
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+def _count_own_processes() -> int:
+    uid, n = os.getuid(), 0
+    with contextlib.suppress(OSError):
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if os.stat(f"/proc/{d}").st_uid == uid:
+                        n += len(os.listdir(f"/proc/{d}/task"))
+                except OSError:
+                    continue
+    return n
+
+
+def make_preexec(limits: SandboxLimits, timeout: float, uid: int | None):
+    """The function run in the child between fork and exec: new session, rlimits."""
+
+    def preexec() -> None:
+        os.setsid()
+        _set_limits(limits, timeout, uid)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    return preexec
+
+
+def _drop_argv(uid: int | None) -> list[str]:
+    if uid is None:
+        return []
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def wrap_argv(argv: Sequence[str], workdir: str, info: SandboxInfo, ro_paths: Sequence[str] = (),
+              inner_workdir: str = "/sandbox") -> tuple[list[str], str]:
+    """Wrap ``argv`` for the sandbox level in ``info``.
+
+    Returns the full argv and the path of the work directory as the child sees it.
+    """
+    drop = _drop_argv(info.uid)
+    if info.level == "bubblewrap":
+        cmd = [info.bwrap or "bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+        if os.geteuid() != 0:
+            cmd.append("--unshare-user")
+        for d in ("/usr", "/etc"):
+            cmd += ["--ro-bind", d, d]
+        for d in ("lib", "lib64", "lib32", "bin", "sbin"):
+            if os.path.islink(f"/{d}"):
+                cmd += ["--symlink", os.readlink(f"/{d}"), f"/{d}"]
+            elif os.path.isdir(f"/{d}"):
+                cmd += ["--ro-bind", f"/{d}", f"/{d}"]
+        binds = _outermost(p for p in ro_paths if os.path.exists(p) and not p.startswith(("/usr/", "/etc/")))
+        parents = sorted({a for p in binds for a in _ancestors(p)} - {"/", "/usr", "/etc", "/tmp"})
+        for a in parents:  # bwrap would create them 0700, unreadable by the sandbox uid
+            cmd += ["--perms", "0755", "--dir", a]
+        for p in binds:
+            cmd += ["--ro-bind", p, p]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+                "--bind", workdir, inner_workdir, "--chdir", inner_workdir, "--"]
+        return cmd + drop + list(argv), inner_workdir
+    if info.level == "namespaces+rlimits":
+        ns = ["unshare", "--net"]
+        ns += ["--pid", "--fork", "--kill-child", "--mount-proc"] if os.geteuid() == 0 else [
+            "--user", "--map-current-user"]
+        return ns + ["--"] + drop + list(argv), workdir
+    return drop + list(argv), workdir
+
+
+def _outermost(paths) -> list[str]:
+    """Paths with those nested inside another one dropped."""
+    out: list[str] = []
+    for p in sorted({os.path.normpath(p) for p in paths}):
+        if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(p)
+    return out
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def make_workdir(prefix: str = "visalign-", uid: int | None = None) -> str:
+    """A fresh private directory, writable by the sandbox uid."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    if uid is not None:
+        os.chown(d, uid, uid)
+    os.chmod(d, 0o700)
+    return d
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc`` (it was started with ``setsid``) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+@dataclass
+class SandboxRun:
+    """What a sandboxed command did."""
+
+    returncode: int | None
+    timed_out: bool
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that killed the process, if any."""
+        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+
+
+def run_sandboxed(argv: Sequence[str], workdir: str, timeout: float, *,
+                  limits: SandboxLimits | None = None, ro_paths: Sequence[str] = (),
+                  env: dict[str, str] | None = None, stdin: bytes | None = None,
+                  info: SandboxInfo | None = None, max_output: int = 1 << 20) -> SandboxRun:
+    """Run ``argv`` once in the sandbox with ``workdir`` as its only writable directory.
+
+    ``argv`` paths inside the work dir must use the returned inner path; use ``{workdir}`` in an
+    argument and it is replaced by the directory as the child sees it.
+
+    Example:
+        >>> d = make_workdir(uid=sandbox_uid())
+        >>> run_sandboxed(["echo", "hi"], d, timeout=5).stdout
+        b'hi\\n'
+    """
+    info = info or detect_sandbox()
+    limits = limits or SandboxLimits()
+    full, inner = wrap_argv(argv, workdir, info, ro_paths)
+    full = [a.replace("{workdir}", inner) for a in full]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(full, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+                            env=clean_env(inner, env), preexec_fn=make_preexec(limits, timeout, info.uid),
+                            close_fds=True)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        timed_out = True
+    finally:
+        kill_group(proc)
+    return SandboxRun(proc.returncode, timed_out, out[:max_output], err[:max_output], time.perf_counter() - t0)
+
+
+def _probe(info: SandboxInfo) -> tuple[bool, str]:
+    d = make_workdir("visalign-probe-", info.uid)
+    try:
+        run = run_sandboxed([sys.executable, "-I", "-c", "import os; print(os.getcwd())"],
+                            d, timeout=20, ro_paths=python_ro_paths(), info=info)
+        ok = run.returncode == 0 and not run.timed_out
+        return ok, run.stderr.decode(errors="replace").strip()[-300:]
+    except OSError as exc:
+        return False, str(exc)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def detect_sandbox() -> SandboxInfo:
+    """Find the strongest sandbox level that works here (cached for the process).
+
+    ``VISALIGN_SANDBOX`` = ``bubblewrap`` | ``namespaces`` | ``rlimits`` caps the level (for tests and
+    for machines where a probe hangs).
+    """
+    want = os.environ.get("VISALIGN_SANDBOX", "").lower()
+    uid = sandbox_uid()
+    notes = []
+    bwrap = shutil.which("bwrap")
+    if want in ("", "bubblewrap", "bwrap"):
+        if bwrap:
+            info = SandboxInfo("bubblewrap", uid, bwrap, "bwrap: private net/pid namespaces, read-only system")
+            ok, why = _probe(info)
+            if ok:
+                return info
+            notes.append(f"bwrap failed: {why}")
+        else:
+            notes.append("bwrap not found (apt-get install bubblewrap)")
+    if want in ("", "bubblewrap", "bwrap", "namespaces") and shutil.which("unshare"):
+        info = SandboxInfo("namespaces+rlimits", uid, None, "; ".join(notes + ["unshare: private network"]))
+        ok, why = _probe(info)
+        if ok:
+            return info
+        notes.append(f"unshare failed: {why}")
+    # Dropping to another uid only works if that uid can reach the interpreter.
+    info = SandboxInfo("rlimits only", uid, None, "; ".join(notes + ["no network isolation"]))
+    ok, why = _probe(info)
+    if not ok and uid is not None:
+        info = SandboxInfo("rlimits only", None, None,
+                           "; ".join(notes + ["no network isolation", f"uid drop failed: {why}"]))
+    return info
