@@ -31,7 +31,6 @@ def preload() -> dict:
     import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image  # noqa: F401  (used by the "all" policy)
-
     from zygote import classify_exception, write_result
 
     # Optional libraries chart code often imports: import them now if present so jobs pay nothing.
@@ -39,7 +38,7 @@ def preload() -> dict:
                  "mpl_toolkits.mplot3d", "matplotlib.gridspec", "matplotlib.dates"):
         try:
             __import__(name)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     # Warm fonts, text layout and the PNG writer once.
     fig, ax = plt.subplots()
@@ -124,14 +123,14 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     except SystemExit as exc:
         if exc.code not in (None, 0):
             failure = ("runtime", f"SystemExit({exc.code!r})")
-    except BaseException as exc:  # noqa: BLE001 - the program's error is data
+    except BaseException as exc:
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         failure = (_state["classify_exception"](exc, os.path.realpath(jobdir)), tb)
     trace = {}
     for name, hook in zip(opts.get("instrument") or (), hooks, strict=False):
         try:
             trace[name] = hook.collect()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             trace[name] = {"error": f"{type(exc).__name__}: {exc}"}
     trace_name = None
     if trace:
@@ -147,7 +146,7 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     except MemoryError as exc:
         write_result(jobdir, error_kind="memory", error=str(exc) or "MemoryError", trace=trace_name)
         return
-    except Exception as exc:  # noqa: BLE001 - drawing errors surface at render time
+    except Exception as exc:
         write_result(jobdir, error_kind="runtime", error=f"{type(exc).__name__}: {exc}", trace=trace_name)
         return
     if not snapshots:

@@ -143,7 +143,7 @@ def run_child(handler, job: dict, jobdir: str) -> None:
     os.dup2(out, 2)
     os.closerange(3, 65536)
     cpu = int(job["timeout"] + 1.999)
-    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
     used = int(sum(os.times()[:2]))
     limit = used + cpu
     if hard != resource.RLIM_INFINITY:
@@ -187,10 +187,10 @@ def handle(handler, job: dict, root: str, own_pidns: bool) -> dict:
     if pid == 0:  # child
         try:
             run_child(handler, job, jobdir)
-        except BaseException as exc:  # noqa: BLE001 - last resort: report, never return into the loop
+        except BaseException as exc:
             try:
                 write_result(jobdir, error_kind="internal", error=f"{type(exc).__name__}: {exc}")
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 pass
         finally:
             os._exit(0)
@@ -263,7 +263,7 @@ def main() -> None:
     try:
         versions = handler.preload()
         out.write(json.dumps({"ready": True, "versions": versions}) + "\n")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
         out.flush()
         return
@@ -274,7 +274,7 @@ def main() -> None:
         job = json.loads(line)
         try:
             reply = handle(handler, job, root, own_pidns)
-        except Exception as exc:  # noqa: BLE001 - keep serving
+        except Exception as exc:
             reply = {"id": job.get("id"), "error_kind": "internal", "error": f"{type(exc).__name__}: {exc}",
                      "png": None, "trace": None, "seconds": 0.0}
         out.write(json.dumps(reply) + "\n")

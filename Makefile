@@ -1,0 +1,37 @@
+# visalign: `make demo` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.visalign-installed
+
+.PHONY: setup system demo test lint bench clean
+
+setup: system $(STAMP)
+
+system:
+	@bash scripts/setup_system.sh
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "visalign needs Python >= 3.10"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/visalign render auto examples/*.py examples/*.tex examples/*.svg examples/*.html \
+		-o out/demo --gallery --timeout 20
+	@echo "demo: open out/demo/index.html"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) benchmarks/render_throughput.py --markdown
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,163 @@
+"""The ``visalign`` command line.
+
+    visalign render KIND INPUT... -o OUTDIR [--timeout S] [--dpi N] [--workers N] [--json] [--gallery]
+    visalign doctor [--json] [--quick]
+
+Exit status 0 when inputs merely fail to render (that is data), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("visalign")
+
+
+def _render_cmd(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .renderers import EXTENSIONS, RENDERERS, renderer_class
+
+    inputs = [Path(p) for p in args.inputs]
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:
+        print(f"visalign render: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.kind == "auto":
+        unknown = [str(p) for p in inputs if p.suffix.lower() not in EXTENSIONS]
+        if unknown:
+            print(f"visalign render: cannot tell the renderer of {', '.join(unknown)} "
+                  f"(known extensions: {' '.join(sorted(EXTENSIONS))}); name the kind", file=sys.stderr)
+            return 2
+        kinds = [EXTENSIONS[p.suffix.lower()] for p in inputs]
+    else:
+        kinds = [args.kind] * len(inputs)
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    names = _output_names(inputs)
+    records: list[dict | None] = [None] * len(inputs)
+    bar = tqdm(total=len(inputs), desc="render", unit="input", file=sys.stderr,
+               disable=True if len(inputs) < 2 else None)
+    for kind in [k for k in RENDERERS if k in kinds]:
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        options = _renderer_options(renderer_class(kind), args)
+        with renderer_class(kind)(**options) as renderer:
+            chunk = max(4, 4 * int(getattr(renderer, "workers", 0) or options.get("workers") or 2))
+            for start in range(0, len(idx), chunk):
+                part = idx[start:start + chunk]
+                sources = [_read(inputs[i]) for i in part]
+                for i, res in zip(part, renderer.render_batch(sources), strict=True):
+                    out = None
+                    if res.ok and res.image is not None:
+                        out = outdir / names[i]
+                        res.image.save(out)
+                    records[i] = {"input": str(inputs[i]), "ok": res.ok, "output": str(out) if out else None,
+                                  "error_kind": res.error_kind, "error": res.error,
+                                  "seconds": round(res.seconds, 4), "renderer": kind}
+                    bar.update(1)
+    bar.close()
+    if args.gallery:
+        from .report.gallery import write_gallery
+
+        page = write_gallery([r for r in records if r is not None], outdir,
+                             sources=[_read(p) for p in inputs])
+        print(f"gallery: {page}", file=sys.stderr)
+    ok = 0
+    for rec in records:
+        assert rec is not None
+        ok += rec["ok"]
+        if args.json:
+            print(json.dumps(rec), flush=True)
+        elif not rec["ok"]:
+            print(f"FAIL {rec['input']}: {rec['error_kind']}: {rec['error']}", file=sys.stderr)
+    if not args.json:
+        print(f"rendered {ok}/{len(records)} into {outdir}", file=sys.stderr)
+    return 0
+
+
+def _read(path: Path) -> str:
+    """A file's text; undecodable bytes become replacement characters (the renderer then fails it)."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _output_names(inputs: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for p in inputs:
+        stem = p.stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        names.append(f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+    return names
+
+
+def _renderer_options(cls: type, args: argparse.Namespace) -> dict:
+    params = inspect.signature(cls.__init__).parameters
+    options: dict = {"timeout": args.timeout}
+    if args.dpi is not None:
+        if "dpi" in params:
+            options["dpi"] = args.dpi
+        elif "device_scale_factor" in params:
+            options["device_scale_factor"] = args.dpi / 96.0
+        else:
+            log.warning("--dpi is ignored by the %s renderer", cls.name)
+    if args.workers is not None and "workers" in params:
+        options["workers"] = args.workers
+    return options
+
+
+def _doctor_cmd(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, format_report
+
+    report = diagnose(render_check=not args.quick)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .renderers import RENDERERS
+
+    parser = argparse.ArgumentParser(prog="visalign", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"visalign {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="render code files into PNG images",
+                       description="Render each INPUT with the KIND renderer into OUTDIR/<stem>.png.")
+    r.add_argument("kind", choices=[*sorted(RENDERERS), "auto"],
+                   help="renderer; 'auto' picks it from each file's extension")
+    r.add_argument("inputs", nargs="+", metavar="INPUT")
+    r.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    r.add_argument("--timeout", type=float, default=10.0, help="seconds per input (default 10)")
+    r.add_argument("--dpi", type=float, default=None, help="resolution (matplotlib, latex; html: scale)")
+    r.add_argument("--workers", type=int, default=None, help="parallel sandboxed workers (default: CPUs)")
+    r.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    r.add_argument("--gallery", action="store_true", help="also write OUTDIR/index.html showing every input")
+    r.set_defaults(func=_render_cmd)
+
+    d = sub.add_parser("doctor", help="report backends, versions, sandbox level and what is missing")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--quick", action="store_true", help="skip the test render of each renderer")
+    d.set_defaults(func=_doctor_cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "timeout", 1.0) is not None and getattr(args, "timeout", 1.0) <= 0:
+        parser.error("--timeout must be positive")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
