@@ -9,6 +9,7 @@ goes on. Closing the pool, or the interpreter exiting, kills every process it st
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -40,6 +41,11 @@ from .sandbox import (
 HANDLER_DIR = str(Path(__file__).with_name("_sandboxed"))
 START_TIMEOUT = 120.0   # a cold zygote imports matplotlib: allow a slow first start
 REPLY_MARGIN = 10.0     # the zygote enforces the job timeout; this only catches a hung zygote
+
+
+# bwrap --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits, so every
+# zygote is spawned from this one long-lived thread, never from a batch's short-lived worker threads.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="visalign-spawner")
 
 
 class WorkerDied(RuntimeError):
@@ -74,9 +80,9 @@ class _Zygote:
                                max_open_files=self.limits.max_open_files)
         log_path = os.path.join(self.root, "zygote.log")
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                         cwd=self.root, env=env, close_fds=True,
-                                         preexec_fn=make_preexec(limits, self.timeout, self.info.uid))
+            self.proc = _SPAWNER.submit(
+                subprocess.Popen, full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.root,
+                env=env, close_fds=True, preexec_fn=make_preexec(limits, self.timeout, self.info.uid)).result()
         try:
             hello = self._read_line(START_TIMEOUT)
         except WorkerDied as exc:

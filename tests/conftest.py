@@ -1,0 +1,83 @@
+"""Shared fixtures: real servers on 127.0.0.1 and process accounting for the sandbox tests."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from visalign.renderers.sandbox import detect_sandbox
+
+GOOD_CHART = "import matplotlib.pyplot as plt\nplt.bar(['a', 'b', 'c'], [3, 1, 2], color='#1f77b4')\nplt.title('ok')\n"
+
+
+class CountingServer:
+    """A real HTTP server on 127.0.0.1 (port chosen by the OS) that counts every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.connections = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests.append(self.path)
+                body = b"secret-from-server"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def get_request(self) -> tuple[socket.socket, object]:
+                outer.connections += 1
+                return super().get_request()
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[CountingServer]:
+    server = CountingServer()
+    yield server
+    server.close()
+
+
+def processes_of_uid(uid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes running as ``uid``."""
+    out = []
+    for p in psutil.process_iter(["uids", "status"]):
+        try:
+            if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def sandbox_info():
+    return detect_sandbox()
+
+
+requires_bwrap = pytest.mark.skipif(detect_sandbox().level != "bubblewrap",
+                                    reason="needs the bubblewrap sandbox level (make setup installs bwrap)")
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="uid separation is used only when running as root")
