@@ -28,28 +28,31 @@ def renderer():
         yield r
 
 
-def _zygotes_only(renderer) -> bool:
-    """True when the sandbox uid runs at most one process per worker (the zygotes; a killed one
-    is replaced on the next job)."""
+def _sandbox_processes(renderer) -> int:
     uid = renderer.pool.info.uid
-    if uid is None:
-        return True
+    return 0 if uid is None else len(processes_of_uid(uid))
+
+
+def _nothing_outlived(renderer, before: int) -> bool:
+    """True when the sandbox uid runs no more processes than before the job (its zygotes; a killed
+    zygote is replaced on the next job)."""
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        if len(processes_of_uid(uid)) <= renderer.pool.workers:
+        if _sandbox_processes(renderer) <= before:
             return True
         time.sleep(0.1)
     return False
 
 
 def _assert_fails(renderer, code: str, kinds: set[str]):
+    before = max(_sandbox_processes(renderer), renderer.pool.workers)
     t0 = time.perf_counter()
     res = renderer.render(code)
     wall = time.perf_counter() - t0
     assert not res.ok and res.image is None
     assert res.error_kind in kinds, (res.error_kind, res.error)
     assert wall < TIMEOUT + MARGIN, wall
-    assert _zygotes_only(renderer), "a process of the sandboxed program outlived it"
+    assert _nothing_outlived(renderer, before), "a process of the sandboxed program outlived it"
     assert renderer.render(GOOD_CHART).ok, "the next good program did not render"
     return res
 
