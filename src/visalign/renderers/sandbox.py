@@ -243,8 +243,16 @@ class SandboxRun:
 
     @property
     def signal(self) -> int | None:
-        """The signal that killed the process, if any."""
-        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+        """The signal that killed the process, if any.
+
+        bwrap and shells report a child killed by signal N as exit status 128 + N; so do we.
+        """
+        rc = self.returncode
+        if rc is None:
+            return None
+        if rc < 0:
+            return -rc
+        return rc - 128 if 128 < rc < 128 + 65 else None
 
 
 def run_sandboxed(argv: Sequence[str], workdir: str, timeout: float, *,

@@ -1,0 +1,79 @@
+"""The `visalign` command: render (files in, PNGs and JSON lines out), doctor, gallery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import GOOD_CHART
+from PIL import Image
+
+from visalign.cli import main
+
+SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="30" height="20"><rect width="15" height="20" fill="navy"/></svg>'
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "visalign.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_render_json_lines_and_pngs(tmp_path):
+    good = tmp_path / "bar.py"
+    good.write_text(GOOD_CHART)
+    bad = tmp_path / "broken.py"
+    bad.write_text("plt.plot(")
+    out = tmp_path / "out"
+    proc = _run("render", "matplotlib", str(good), str(bad), "-o", str(out), "--json", "--timeout", "5", "--dpi", "50")
+    assert proc.returncode == 0, proc.stderr  # failing inputs are data, not errors
+    recs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["input"] for r in recs] == [str(good), str(bad)]
+    assert set(recs[0]) >= {"input", "ok", "output", "error_kind", "error", "seconds"}
+    assert recs[0]["ok"] and recs[0]["output"] == str(out / "bar.png")
+    assert Image.open(out / "bar.png").size == (320, 240)
+    assert not recs[1]["ok"] and recs[1]["error_kind"] == "syntax" and recs[1]["output"] is None
+    assert not (out / "broken.png").exists()
+
+
+def test_render_auto_by_extension_with_gallery(tmp_path):
+    (tmp_path / "a.py").write_text(GOOD_CHART)
+    (tmp_path / "b.svg").write_text(SVG)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.svg").write_text(SVG)  # same stem as a.py: must not overwrite
+    out = tmp_path / "out"
+    rc = main(["render", "auto", str(tmp_path / "a.py"), str(tmp_path / "b.svg"), str(tmp_path / "sub" / "a.svg"),
+               "-o", str(out), "--gallery"])
+    assert rc == 0
+    assert {p.name for p in out.glob("*.png")} == {"a.png", "b.png", "a-1.png"}
+    page = (out / "index.html").read_text()
+    assert page.count('class="card"') == 3 and "a-1.png" in page and "3 rendered" in page
+
+
+def test_usage_errors_exit_nonzero(tmp_path):
+    assert _run("render", "matplotlib", str(tmp_path / "missing.py"), "-o", str(tmp_path)).returncode == 2
+    (tmp_path / "x.unknown").write_text("?")
+    proc = _run("render", "auto", str(tmp_path / "x.unknown"), "-o", str(tmp_path))
+    assert proc.returncode == 2 and "extension" in proc.stderr
+    assert _run("render", "nope", "x", "-o", str(tmp_path)).returncode == 2
+    assert _run("render", "svg", "x").returncode == 2  # -o is required
+
+
+def test_undecodable_file_is_a_failed_render(tmp_path):
+    f = tmp_path / "bin.py"
+    f.write_bytes(b"\xff\xfe\x00garbage")
+    proc = _run("render", "matplotlib", str(f), "-o", str(tmp_path / "o"), "--json")
+    rec = json.loads(proc.stdout)
+    assert proc.returncode == 0 and not rec["ok"] and rec["error_kind"] == "syntax"
+
+
+def test_doctor_reports_sandbox_backends_and_torch():
+    proc = _run("doctor", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["sandbox"]["level"] in ("bubblewrap", "namespaces+rlimits", "rlimits only")
+    assert set(report["backends"]) == {"matplotlib", "latex", "svg", "html"}
+    assert report["render_check"]["matplotlib"]["ok"] and report["render_check"]["svg"]["ok"]
+    assert report["torch"]["device"] in ("cpu",) or report["torch"]["cuda"]
+    assert isinstance(report["missing"], list)
+    text = _run("doctor", "--quick").stdout
+    assert "sandbox:" in text and "torch:" in text
