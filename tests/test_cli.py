@@ -6,9 +6,9 @@ import json
 import subprocess
 import sys
 
-from conftest import GOOD_CHART
 from PIL import Image
 
+from conftest import GOOD_CHART
 from visalign.cli import main
 
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="30" height="20"><rect width="15" height="20" fill="navy"/></svg>'

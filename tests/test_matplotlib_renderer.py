@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import GOOD_CHART, processes_of_uid, requires_bwrap, requires_root
 
+from conftest import GOOD_CHART, processes_of_uid, requires_bwrap, requires_root
 from visalign.renderers import get_renderer
 
 TIMEOUT = 3.0

@@ -7,8 +7,8 @@ import shutil
 import time
 
 import pytest
-from conftest import requires_bwrap
 
+from conftest import requires_bwrap
 from visalign.doctor import missing_system_packages
 from visalign.renderers.sandbox import (
     SandboxInfo,
