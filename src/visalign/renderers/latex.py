@@ -1,0 +1,830 @@
+"""The ``latex`` renderer: LaTeX (a table, a formula, a body or a whole document) in, page 1 out.
+
+Each source is compiled by ``pdflatex`` and its first page rasterised by ``pdftoppm``, both in one
+sandboxed ``sh`` (see :mod:`.sandbox`), then cropped to the ink with a small padding. Nothing is
+rendered on a letter page and called a table: the image is the content.
+
+Input kinds, decided from the source with ``%`` comments removed (:func:`classify_source`):
+
+``document``
+    It contains ``\\documentclass``: compiled as is (page styles emptied so that a page number does
+    not stretch the crop), page 1 rasterised and cropped. A source with ``\\begin{document}`` but no
+    class gets ``\\documentclass{article}`` put in front.
+``formula``
+    The whole source is one ``$...$``, ``$$...$$``, ``\\[...\\]`` or ``\\(...\\)``, or one display
+    environment (``equation``, ``align``, ``gather``, ``multline``, ... starred or not), or it has
+    no ``$``, ``\\[``, ``\\(``, blank line or ``\\begin{`` other than math-only environments
+    (``pmatrix``, ``cases``, ``aligned``, ...): set in display math (a top-level ``\\\\`` makes it a
+    ``gathered``, or ``aligned`` when it has ``&``).
+``table``
+    It has a ``tabular``, ``tabular*``, ``tabularx``, ``tabulary``, ``longtable``,
+    ``threeparttable``, ``table`` or ``table*`` environment.
+``text``
+    Anything else: a LaTeX body (paragraphs, lists, ``tikzpicture`` ...).
+
+Every kind but ``document`` is wrapped in ``\\documentclass[border=4pt,varwidth=W]{standalone}`` with
+the :data:`PRELOADED` packages; ``W`` is 40 cm for tables and formulas (the box shrinks to the
+natural width, so wide tables are not clipped) and 6.5 in for text (so paragraphs wrap like a page
+column). ``table`` and ``figure`` do not float: they are kept in place with a working ``\\caption``.
+``\\usepackage`` lines in a body are moved to the preamble.
+
+The wrapped kinds compile against a preamble format (``mylatexformat``) built once per machine, in
+the sandbox, into ``$XDG_CACHE_HOME/visalign/latex`` (or ``~/.cache/...``, or a private temp dir)
+and bound read-only into each sandbox; when it cannot be built the renderer compiles the whole
+preamble every time. ``pdflatex`` runs with ``-no-shell-escape`` and paranoid file access
+(``openin_any=p``, ``openout_any=p``): reading or writing outside the job directory and the TeX
+tree, and ``\\write18``, are refused and reported as ``sandbox`` failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageColor
+
+from .base import DEFAULT_MAX_PIXELS, Renderer, RenderResult, finish_image, load_png
+from .sandbox import SandboxInfo, SandboxLimits, detect_sandbox, make_workdir, run_sandboxed
+
+TEX_HINT = "apt-get install texlive-latex-base texlive-latex-recommended texlive-latex-extra"
+POPPLER_HINT = "apt-get install poppler-utils"
+_FORMAT_FAILED = "pdflatex could not load the preamble format"
+
+# Packages every wrapped source gets (all in texlive-latex-base/recommended/extra), with the
+# options they are loaded with (a body's own \usepackage may repeat them with these options or none).
+PRELOADED: dict[str, frozenset[str]] = {
+    name: frozenset() for name in (
+        "amsmath", "amssymb", "bm", "array", "booktabs", "multirow", "makecell", "tabularx",
+        "longtable", "hhline", "threeparttable", "diagbox", "graphicx", "colortbl")}
+PRELOADED["xcolor"] = frozenset({"table"})
+
+WIDE = "40cm"        # varwidth limit for tables and formulas: the box shrinks to the content
+TEXT_WIDTH = "6.5in"  # varwidth limit for text bodies: paragraphs wrap at a page column
+BORDER_PT = 4.0       # standalone border and the padding kept around the cropped ink
+LOG_CAP = 1 << 20     # bytes of a log we read (head and tail)
+FORMAT_REVISION = 2   # bump when the preamble below changes in a way the hash cannot see
+
+_FLOATS = r"""\makeatletter
+\def\visalign@float#1{\par\def\@captype{#1}\setlength\belowcaptionskip{0.5\abovecaptionskip}}
+\renewenvironment{table}[1][]{\visalign@float{table}}{\par}
+\renewenvironment{table*}[1][]{\visalign@float{table}}{\par}
+\renewenvironment{figure}[1][]{\visalign@float{figure}}{\par}
+\renewenvironment{figure*}[1][]{\visalign@float{figure}}{\par}
+\makeatother"""
+
+# One sandboxed shell per sample: compile, check the page size, rasterise page 1. TeX works in
+# ./tex and may write only there; the shell's own outputs live one level up, out of TeX's reach.
+_SCRIPT = r"""
+dpi=$1 maxpix=$2 latex=$3 info=$4 ppm=$5
+shift 5
+cd tex || exit 90
+TEXMFOUTPUT=$(pwd)
+export TEXMFOUTPUT
+"$latex" "$@" >../latex.out 2>../latex.err </dev/null
+echo $? >../latex.rc
+[ -s doc.pdf ] || exit 0
+"$info" -f 1 -l 1 doc.pdf >../pdfinfo.txt 2>&1
+set -- $(awk -v r="$dpi" '/^Page +1 size:/ { printf "%d %d", $4 * r / 72 + 1, $6 * r / 72 + 1; exit }' ../pdfinfo.txt)
+[ $# -eq 2 ] || exit 0
+if [ $(($1 * $2)) -gt "$maxpix" ]; then echo "$1 $2" >../toobig; exit 0; fi
+mkdir ../out || exit 91
+"$ppm" -png -r "$dpi" -singlefile -f 1 -l 1 doc.pdf ../out/page >../ppm.out 2>&1
+echo $? >../ppm.rc
+"""
+
+_TEX_ENV = {
+    "openin_any": "p", "openout_any": "p", "shell_escape": "f", "shell_escape_commands": "",
+    "max_print_line": "10000", "error_line": "254", "half_error_line": "238",
+}
+_LATEX_FLAGS = ("-no-shell-escape", "-no-parse-first-line", "-file-line-error", "-halt-on-error",
+                "-interaction=nonstopmode")
+# Empties the page styles of a whole document, so that a page number does not stretch the crop.
+_NO_PAGE_NUMBERS = (r"\AtBeginDocument{\pagestyle{empty}\thispagestyle{empty}"
+                    r"\expandafter\let\csname ps@plain\expandafter\endcsname\csname ps@empty\endcsname}"
+                    r"\input{doc.tex}")
+
+_COMMENT = re.compile(r"(?<!\\)%.*")
+_DOCCLASS = re.compile(r"\\documentclass\b")
+_BEGIN_DOC = re.compile(r"\\begin\s*\{document\}")
+_BEGIN = re.compile(r"\\begin\s*\{([^}]*)\}")
+_TABLE_ENVS = frozenset({"tabular", "tabular*", "tabularx", "tabulary", "longtable", "threeparttable",
+                         "table", "table*"})
+_DISPLAY_ENVS = frozenset(f"{e}{s}" for e in ("equation", "align", "gather", "multline", "flalign",
+                                               "alignat", "eqnarray", "displaymath", "math")
+                          for s in ("", "*"))
+_MATH_ONLY_ENVS = frozenset({"matrix", "pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "smallmatrix",
+                             "cases", "dcases", "aligned", "alignedat", "gathered", "split", "array",
+                             "subarray", "substack"})
+_DELIMS = {"$$": "$$", "$": "$", r"\[": r"\]", r"\(": r"\)"}
+_USEPACKAGE = re.compile(r"^\s*\\(?:usepackage|RequirePackage)\s*(?:\[([^\]]*)\])?\s*\{([^}]*)\}\s*(?:%.*)?$")
+_DECLARE = re.compile(r"^\s*\\DeclareMathOperator\b")
+_ERROR_LINE = re.compile(r"^(?:(?P<file>[^\s:][^:\n]*):(?P<line>\d+): |! )(?P<msg>.*\S)")
+_CONTEXT_LINE = re.compile(r"^l\.(\d+) (.*)$")
+_REFUSED = re.compile(r"Not (?:reading from|writing to) (.+?) \((?:openin|openout)_any = \w\)")
+_RUNSYSTEM = re.compile(r"runsystem\((.*?)\)\.\.\.(?:disabled|restricted)")
+_CAPACITY = re.compile(r"TeX capacity exceeded, sorry \[([^\]]*)\]")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A source turned into the ``doc.tex`` that is compiled.
+
+    Attributes:
+        kind: ``document``, ``formula``, ``table`` or ``text`` (see the module docstring).
+        tex: the full text of ``doc.tex``.
+        offset: lines of wrapper before the source's first line (to report the source's line numbers).
+        lines: number of lines in the source.
+        formatted: True when ``tex`` expects the preamble format (it starts after ``\\endofdump``).
+    """
+
+    kind: str
+    tex: str
+    offset: int
+    lines: int
+    formatted: bool
+
+
+def strip_comments(source: str) -> str:
+    """``source`` with every ``%`` comment removed (for deciding its kind only).
+
+    Example:
+        >>> strip_comments("a % \\\\documentclass\\n50\\\\% b")
+        'a \\n50\\\\% b'
+    """
+    return _COMMENT.sub("", source)
+
+
+def _delimited(source: str) -> tuple[str, str, str] | None:
+    """``(leading whitespace, inner text, closing)`` when ``source`` is one math-delimited span."""
+    body = source.strip()
+    for left in ("$$", r"\[", r"\(", "$"):
+        right = _DELIMS[left]
+        if body.startswith(left) and body.endswith(right) and len(body) >= len(left) + len(right):
+            inner = body[len(left): len(body) - len(right)]
+            if "$" in inner or (left != "$$" and right in inner):
+                return None
+            lead = source[: len(source) - len(source.lstrip())]
+            return lead, inner, right
+    return None
+
+
+def classify_source(source: str) -> str:
+    """The kind of ``source``: ``document``, ``formula``, ``table`` or ``text``.
+
+    Example:
+        >>> [classify_source(s) for s in ("\\\\frac{a}{b}", "$x$", "\\\\begin{tabular}{c}x\\\\end{tabular}",
+        ...                               "Hello $x$.", "\\\\documentclass{article}")]
+        ['formula', 'formula', 'table', 'text', 'document']
+    """
+    code = strip_comments(source)
+    if _DOCCLASS.search(code) or _BEGIN_DOC.search(code):
+        return "document"
+    if _delimited(code) is not None:
+        return "formula"
+    envs = [e.strip() for e in _BEGIN.findall(code)]
+    stripped = code.strip()
+    m = re.fullmatch(r"\\begin\s*\{([^}]*)\}.*\\end\s*\{([^}]*)\}", stripped, re.S)
+    if m and m.group(1).strip() in _DISPLAY_ENVS and m.group(1).strip() == m.group(2).strip():
+        return "formula"
+    if any(e in _TABLE_ENVS for e in envs):
+        return "table"
+    if (all(e in _MATH_ONLY_ENVS for e in envs) and "$" not in code and r"\[" not in code
+            and r"\(" not in code and not re.search(r"\n\s*\n", stripped)):
+        return "formula"
+    return "text"
+
+
+def _hoist(body: str) -> tuple[str, list[str]]:
+    """Move preamble-only lines (``\\usepackage`` ...) out of ``body``, leaving ``%`` in their place."""
+    kept, hoisted = [], []
+    for line in body.split("\n"):
+        if _USEPACKAGE.match(line) or _DECLARE.match(line):
+            hoisted.append(line.strip())
+            kept.append("%")
+        else:
+            kept.append(line)
+    return "\n".join(kept), hoisted
+
+
+def _fits_format(hoisted: list[str]) -> bool:
+    """True when ``hoisted`` lines can follow the preloaded packages without an option clash."""
+    for line in hoisted:
+        m = _USEPACKAGE.match(line)
+        if not m:
+            continue
+        opts = {o.strip() for o in (m.group(1) or "").split(",") if o.strip()}
+        for name in (n.strip() for n in m.group(2).split(",")):
+            if name in PRELOADED and not opts <= PRELOADED[name]:
+                return False
+    return True
+
+
+def base_preamble(extra: Sequence[str] = (), width: str = WIDE, before: Sequence[str] = ()) -> str:
+    """The standalone preamble of the wrapped kinds (without ``\\begin{document}``).
+
+    ``before`` lines come right after the class (a body's own packages, so that their options win);
+    ``extra`` lines (the renderer's ``preamble`` option) come last.
+    """
+    opts = {n: o for n, o in PRELOADED.items() if o}
+    lines = [rf"\PassOptionsToPackage{{{','.join(sorted(o))}}}{{{n}}}" for n, o in sorted(opts.items())]
+    lines.append(rf"\documentclass[border={BORDER_PT:g}pt,varwidth={width}]{{standalone}}")
+    lines += list(before)
+    lines.append(r"\usepackage{" + ",".join(n for n in PRELOADED if n != "colortbl") + "}")
+    lines.append(_FLOATS)
+    lines += list(extra)
+    return "\n".join(lines)
+
+
+def _formula_body(source: str) -> str:
+    """Display-math body for a ``formula`` source without comments (its line count is preserved)."""
+    delim = _delimited(source)
+    if delim is None:
+        m = re.fullmatch(r"\s*\\begin\s*\{([^}]*)\}.*", source, re.S)
+        if m and m.group(1).strip() in _DISPLAY_ENVS:
+            return source  # already a display environment
+        lead, inner = source[: len(source) - len(source.lstrip())], source.lstrip()
+    else:
+        lead, inner, _ = delim
+    # Blank lines would end the display: they become "%" lines, which also keeps the line numbers.
+    inner = "\n".join(line if line.strip() else "%" for line in ("\n" * lead.count("\n") + inner.rstrip()).split("\n"))
+    env = None
+    if r"\\" in inner and not _BEGIN.search(inner):
+        env = "aligned" if "&" in inner else "gathered"
+    open_, close = (rf"\[\begin{{{env}}}", rf"\end{{{env}}}\]") if env else (r"\[", r"\]")
+    # The opening goes at the end of the line before the source so that line numbers are kept.
+    return f"{open_}%\n{inner}\n{close}"
+
+
+def prepare(source: str, preamble: Sequence[str] = (), formatted: bool = False) -> Prepared:
+    """Wrap ``source`` into a compilable ``doc.tex`` (see the module docstring for the rules).
+
+    ``formatted`` asks for a file that uses the preamble format; it is honoured only for the wrapped
+    kinds whose own ``\\usepackage`` lines do not clash with the preloaded packages.
+
+    Example:
+        >>> p = prepare("x^2")
+        >>> p.kind, p.tex.splitlines()[p.offset - 1:]
+        ('formula', ['\\\\[%', 'x^2', '\\\\]', '\\\\end{document}'])
+    """
+    nlines = source.count("\n") + 1
+    kind = classify_source(source)
+    if kind == "document":
+        if _DOCCLASS.search(strip_comments(source)):
+            return Prepared(kind, source, 0, nlines, False)
+        return Prepared(kind, "\\documentclass{article}\n" + source, 1, nlines, False)
+    body, hoisted = _hoist(source)
+    width = TEXT_WIDTH if kind == "text" else WIDE
+    if kind == "formula":
+        body = _formula_body(strip_comments(body))  # comments out: a trailing one would eat the \\]
+    if formatted and _fits_format(hoisted):
+        head = [r"\endofdump"]
+        if width != WIDE:
+            head.append(rf"\standaloneconfig{{varwidth={width}}}")
+        head += hoisted
+    else:
+        formatted = False
+        head = base_preamble(preamble, width, hoisted).split("\n")
+    head.append(r"\begin{document}")
+    if kind == "formula" and body.startswith((r"\[", r"\[\begin")):
+        first, rest = body.split("\n", 1)
+        head.append(first)
+        body = rest
+    tex = "\n".join([*head, body, r"\end{document}", ""])
+    return Prepared(kind, tex, len(head), nlines, formatted)
+
+
+def crop_to_ink(image: Image.Image, pad: int) -> Image.Image:
+    """Crop ``image`` (ink on white paper) to its non-white pixels plus ``pad`` pixels each side.
+
+    An image with no ink comes back unchanged (it is blank).
+
+    Example:
+        >>> im = Image.new("RGB", (100, 100), "white"); im.putpixel((50, 40), (0, 0, 0))
+        >>> crop_to_ink(im, 2).size
+        (5, 5)
+    """
+    arr = np.asarray(image)
+    ink = arr.min(axis=2) < 255 if arr.ndim == 3 else arr < 255
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return image
+    h, w = ink.shape
+    box = (max(0, int(cols[0]) - pad), max(0, int(rows[0]) - pad),
+           min(w, int(cols[-1]) + 1 + pad), min(h, int(rows[-1]) + 1 + pad))
+    return image.crop(box)
+
+
+def on_background(image: Image.Image, background: str) -> Image.Image:
+    """Paper colour: multiply the white-paper rendering by ``background`` (white stays as is).
+
+    Example:
+        >>> on_background(Image.new("RGB", (1, 1), "white"), "#ff0000").getpixel((0, 0))
+        (255, 0, 0)
+    """
+    rgb = ImageColor.getrgb(background)[:3]
+    if rgb == (255, 255, 255):
+        return image
+    arr = np.asarray(image.convert("RGB")).astype(np.uint16)
+    out = (arr * np.array(rgb, dtype=np.uint16) + 127) // 255
+    return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
+def _clean(text: str, limit: int = 600) -> str:
+    """Untrusted log text made safe to show: printable characters only, one line, capped."""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_capped(path: str, cap: int = LOG_CAP) -> str | None:
+    """Head and tail (``cap`` bytes in all) of a regular file written in the sandbox; None if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            if st.st_size <= cap:
+                data = f.read(cap)
+            else:
+                data = f.read(cap // 2) + b"\n[...]\n"
+                f.seek(st.st_size - cap // 2)
+                data += f.read(cap // 2)
+        return data.decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: str) -> int | None:
+    text = _read_capped(path, 64)
+    try:
+        return int(text.strip()) if text else None
+    except ValueError:
+        return None
+
+
+def first_error(log: str, offset: int = 0, lines: int | None = None) -> str | None:
+    """The first TeX error in ``log`` with its line in the source and the offending input, or None.
+
+    ``offset`` is the number of wrapper lines before the source in ``doc.tex``.
+
+    Example:
+        >>> first_error("./doc.tex:5: Undefined control sequence.\\nl.5 $x \\\\foo\\n", offset=3)
+        '! Undefined control sequence. (source line 2: $x \\\\foo)'
+    """
+    rows = log.split("\n")
+    for i, row in enumerate(rows):
+        m = _ERROR_LINE.match(row)
+        if not m or m.group("msg").startswith("==>"):
+            continue
+        msg = m.group("msg")
+        where, num = None, None
+        if m.group("file"):
+            num = int(m.group("line"))
+            name = m.group("file")
+            if os.path.basename(name) not in ("doc.tex", "doc"):
+                where = f"{os.path.basename(name)} line {num}"
+        context = ""
+        for nxt in rows[i + 1: i + 12]:
+            c = _CONTEXT_LINE.match(nxt)
+            if c:
+                num = num if num is not None else int(c.group(1))
+                context = c.group(2).strip()
+                break
+        if where is None and num is not None:
+            src_line = num - offset
+            if src_line < 1:
+                where = f"wrapper preamble line {num}"
+            elif lines is not None and src_line > lines:
+                where = "end of the source"
+            else:
+                where = f"source line {src_line}"
+        detail = f"{where}: {context}" if where and context else where or context
+        return _clean(f"! {msg} ({detail})" if detail else f"! {msg}")
+    return None
+
+
+def _first_line(argv: list[str]) -> str:
+    """First output line of a trusted version command ('' when it cannot run)."""
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    text = (out.stdout or out.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0] if text else ""
+
+
+@functools.lru_cache(maxsize=4)
+def tex_ro_paths(kpse: str | None) -> tuple[str, ...]:
+    """Read-only paths the sandboxed TeX needs besides ``/usr`` and ``/etc`` (formats, font maps),
+    asked of ``kpse`` (the ``kpsewhich`` binary)."""
+    paths = {"/var/lib/texmf"}
+    if kpse:
+        for var in ("TEXMFSYSVAR", "TEXMFSYSCONFIG", "TEXMFDIST", "TEXMFLOCAL"):
+            value = _first_line([kpse, f"-var-value={var}"])
+            paths.update(value.split(":"))
+    return tuple(sorted(p for p in paths if _tex_tree(p) and os.path.isdir(p)))
+
+
+def _tex_tree(path: str) -> bool:
+    """True for a path that may be bound into the sandbox as a TeX tree: absolute, at least two levels
+    deep, named like TeX, and not in a home or temp directory (never ``/`` or ``/home``)."""
+    norm = os.path.normpath(path) if path.startswith("/") else ""
+    return (norm.count("/") >= 2 and "tex" in norm.lower()
+            and not norm.startswith(("/home/", "/root/", "/tmp/", "/var/tmp/", "/proc/", "/dev/", "/sys/")))
+
+
+def _tool_root(binary: str) -> list[str]:
+    """A binary outside ``/usr`` (e.g. an upstream TeX Live in /opt) needs its tree bound too."""
+    real = os.path.realpath(binary)
+    if real.startswith(("/usr/", "/bin/", "/sbin/", "/lib")):
+        return []
+    root = os.path.dirname(os.path.dirname(os.path.dirname(real)))
+    return [root] if _tex_tree(root) else []
+
+
+def _private_dir(path: str) -> bool:
+    """True when ``path`` is a directory owned by us that nobody else can write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def format_cache_dir() -> str | None:
+    """Where the preamble format is kept: ``$XDG_CACHE_HOME/visalign/latex``, ``~/.cache/...``, or a
+    private temp dir; None when none can be created."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [os.path.join(base, "visalign", "latex"),
+                  os.path.join(tempfile.gettempdir(), f"visalign-latex-{os.geteuid()}")]
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            os.chmod(path, 0o755)
+        if _private_dir(path):
+            return path
+    return None
+
+
+def _reachable_by_others(path: str) -> bool:
+    """True when another uid can read ``path`` (every parent searchable, the file readable)."""
+    try:
+        if not os.stat(path).st_mode & 0o004:
+            return False
+        p = os.path.dirname(path)
+        while p not in ("/", ""):
+            if not os.stat(p).st_mode & 0o001:
+                return False
+            p = os.path.dirname(p)
+    except OSError:
+        return False
+    return True
+
+
+_TEX_PROCESSES = frozenset({"pdflatex", "pdftex", "pdftoppm", "pdfinfo", "mktexpk", "mktextfm", "mf", "mf-nowin"})
+
+
+def lingering_tex_processes(uid: int | None) -> list[int]:
+    """Pids of TeX/poppler processes running as the sandbox ``uid`` (or under this process).
+
+    A killed sandbox tears its PID namespace down asynchronously, so its processes can outlive
+    ``run_sandboxed`` by a few milliseconds.
+    """
+    procs: dict[int, tuple[int, str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                st = f.read()
+            with open(f"/proc/{entry}/status") as f:
+                ruid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+            procs[int(entry)] = (int(st[st.rindex(")") + 2:].split()[1]), st[st.index("(") + 1: st.rindex(")")], ruid)
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - mine
+        mine |= frontier
+    return [pid for pid, (_, name, ruid) in procs.items()
+            if name in _TEX_PROCESSES and (pid in mine or (uid is not None and ruid == uid))]
+
+
+class LatexRenderer(Renderer):
+    """Render LaTeX tables, formulas, bodies and whole documents into images cropped to the ink.
+
+    Args:
+        timeout: wall-clock seconds per sample for compiling and rasterising together (CPU time is
+            capped too); an endless macro comes back as ``timeout``.
+        dpi: rasterising resolution (``pdftoppm -r``).
+        workers: threads running sandboxed jobs in parallel (default: CPU count).
+        preamble: extra preamble lines for the wrapped kinds (baked into the preamble format).
+        background: paper colour; the rendering is multiplied by it (white paper becomes this colour,
+            black ink stays black).
+        max_pixels: a page 1 larger than this at ``dpi`` fails with ``memory`` before it is rasterised.
+        memory_mb: address-space limit per process.
+        precompile: use a preamble format built once per machine (falls back to plain compiles).
+
+    Example:
+        >>> with LatexRenderer(timeout=10, dpi=200, workers=1) as r:
+        ...     res = r.render("\\\\begin{tabular}{lr}\\\\toprule a & 1\\\\\\\\ \\\\bottomrule\\\\end{tabular}")
+        >>> res.ok, res.image.size[0] > res.image.size[1]
+        (True, True)
+    """
+
+    name = "latex"
+
+    def __init__(self, timeout: float = 10.0, dpi: float = 200.0, workers: int | None = None,
+                 preamble: Sequence[str] | str = (), background: str = "white",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, memory_mb: int = 2048, precompile: bool = True) -> None:
+        super().__init__(timeout)
+        if dpi <= 0:
+            raise ValueError(f"dpi must be positive, got {dpi}")
+        ImageColor.getrgb(background)  # raises ValueError on an unknown colour
+        self.dpi = float(dpi)
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.preamble = [preamble] if isinstance(preamble, str) else list(preamble)
+        self.background = background
+        self.max_pixels = int(max_pixels)
+        self.precompile = precompile
+        self.limits = SandboxLimits(memory_mb=memory_mb, max_processes=max(64, 8 * self.workers), max_file_mb=32)
+        self.sandbox_info: SandboxInfo = detect_sandbox()
+        self.tools = {t: shutil.which(t) for t in ("pdflatex", "pdftex", "pdfinfo", "pdftoppm", "kpsewhich")}
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._format: str | None = None      # host path of the .fmt in use
+        self._format_state = "not built"     # "in use", "off", "failed: ..."
+        self._format_binds: list[str] = []   # ro paths that expose it in the sandbox ([] -> link it)
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _missing(self) -> str | None:
+        if not self.tools["pdflatex"] or not self.tools["pdftex"]:
+            return f"pdflatex not found: {TEX_HINT}"
+        if not self.tools["pdftoppm"] or not self.tools["pdfinfo"]:
+            return f"pdftoppm/pdfinfo not found: {POPPLER_HINT}"
+        return None
+
+    def _ro_paths(self) -> list[str]:
+        paths = list(tex_ro_paths(self.tools["kpsewhich"]))
+        for tool in ("pdflatex", "pdftoppm"):
+            if self.tools[tool]:
+                paths += _tool_root(self.tools[tool] or "")
+        return paths + self._format_binds
+
+    def _format_key(self) -> str:
+        fmt = _first_line([self.tools["kpsewhich"] or "kpsewhich", "-engine=pdftex", "pdflatex.fmt"])
+        try:
+            st = os.stat(fmt)
+            fmt_id = [fmt, st.st_size, int(st.st_mtime)]
+        except OSError:
+            fmt_id = [fmt]
+        data = json.dumps([FORMAT_REVISION, _first_line([self.tools["pdftex"] or "pdftex", "--version"]),
+                           fmt_id, base_preamble(self.preamble)])
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def ensure_format(self) -> str | None:
+        """Build (once per machine) or find the preamble format; its host path, or None when off."""
+        with self._lock:
+            if self._format_state != "not built":
+                return self._format
+            if not self.precompile or self._missing():
+                self._format_state = "off"
+                return None
+            try:
+                self._format = self._find_or_build_format()
+                self._format_state = "in use"
+            except Exception as exc:  # any failure: compile the whole preamble every time instead
+                self._format, self._format_binds = None, []
+                self._format_state = f"failed: {_clean(str(exc), 300)}"
+            return self._format
+
+    def _find_or_build_format(self) -> str:
+        cache = format_cache_dir()
+        if cache is None:
+            raise RuntimeError("no private cache directory for the preamble format")
+        path = os.path.join(cache, f"visalign-{self._format_key()}.fmt")
+        # bwrap mounts a fresh /tmp over binds there: a format kept in /tmp is hard-linked instead.
+        in_tmp = os.path.realpath(cache).startswith(("/tmp/", "/var/tmp/"))
+        self._format_binds = [cache] if self.sandbox_info.level == "bubblewrap" and not in_tmp else []
+        if not os.path.isfile(path):
+            self._build_format(path)
+            # Smoke test: one table through the new format, so that a bad one is never kept.
+            res = self._render_one(r"\begin{tabular}{c}\toprule x\\\bottomrule\end{tabular}", path)
+            if not res.ok:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                raise RuntimeError(f"format smoke test failed: {res.error_kind}: {res.error}")
+        return path
+
+    def _build_format(self, dest: str) -> None:
+        workdir = make_workdir("visalign-latexfmt-", self.sandbox_info.uid)
+        try:
+            texdir = self._texdir(workdir)
+            with open(os.path.join(texdir, "preamble.tex"), "w") as f:
+                f.write(base_preamble(self.preamble) + "\n\\begin{document}\n\\end{document}\n")
+            run = run_sandboxed(
+                ["sh", "-c", 'cd tex && TEXMFOUTPUT=$(pwd) && export TEXMFOUTPUT && exec "$0" -ini '
+                 '-jobname=visalign -interaction=nonstopmode -halt-on-error "&pdflatex" mylatexformat.ltx '
+                 "preamble.tex >../build.out 2>&1", self.tools["pdftex"] or "pdftex"],
+                workdir, timeout=max(120.0, self.timeout), limits=self.limits, ro_paths=self._ro_paths(),
+                env=_TEX_ENV, info=self.sandbox_info)
+            built = os.path.join(texdir, "visalign.fmt")
+            st = os.lstat(built) if os.path.lexists(built) else None
+            if run.timed_out or run.returncode != 0 or st is None or not stat.S_ISREG(st.st_mode) \
+                    or not 0 < st.st_size < 256 << 20:
+                tail = (_read_capped(os.path.join(workdir, "build.out"), 4096) or "")[-400:]
+                raise RuntimeError(f"pdftex -ini failed (exit {run.returncode}): {_clean(tail, 300)}")
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".fmt-")
+            with os.fdopen(fd, "wb") as out, open(built, "rb") as src:
+                shutil.copyfileobj(src, out)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _texdir(self, workdir: str) -> str:
+        texdir = os.path.join(workdir, "tex")
+        os.mkdir(texdir, 0o755)
+        if self.sandbox_info.uid is not None:
+            os.chown(texdir, self.sandbox_info.uid, self.sandbox_info.uid)
+        return texdir
+
+    # -- rendering ---------------------------------------------------------------------------------
+
+    def _render_batch(self, sources: list[str]) -> list[RenderResult]:
+        if self._closed:
+            raise RuntimeError("renderer is closed")
+        missing = self._missing()
+        if missing:
+            return [RenderResult.failure("internal", missing) for _ in sources]
+        fmt = self.ensure_format()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="visalign-latex")
+            pool = self._pool
+        return list(pool.map(lambda s: self._safe_one(s, fmt), sources))
+
+    def _safe_one(self, source: str, fmt: str | None) -> RenderResult:
+        t0 = time.perf_counter()
+        try:
+            res = self._render_one(source, fmt)
+            if res.error_kind == "internal" and fmt is not None and (res.error or "").startswith(_FORMAT_FAILED):
+                with self._lock:  # the format broke under us: stop using it, retry this one plainly
+                    self._format, self._format_state = None, f"failed: {res.error}"
+                res = self._render_one(source, None)
+            return res
+        except Exception as exc:
+            return RenderResult.failure("internal", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
+
+    def _render_one(self, source: str, fmt: str | None) -> RenderResult:
+        t0 = time.perf_counter()
+        if not source.strip():
+            return RenderResult.failure("no_output", "the source is empty", 0.0)
+        prep = prepare(source, self.preamble, formatted=fmt is not None)
+        workdir = make_workdir("visalign-latex-", self.sandbox_info.uid)
+        try:
+            texdir = self._texdir(workdir)
+            with open(os.path.join(texdir, "doc.tex"), "w", encoding="utf-8", errors="replace") as f:
+                f.write(prep.tex)
+            args = list(_LATEX_FLAGS)
+            binds = self._ro_paths()
+            if prep.formatted and fmt is not None:
+                args.append(f"-fmt={self._expose_format(fmt, workdir)}")
+            if prep.kind == "document":
+                args += ["-jobname=doc", _NO_PAGE_NUMBERS]
+            else:
+                args.append("doc.tex")
+            run = run_sandboxed(
+                ["sh", "-c", _SCRIPT, "sh", f"{self.dpi:g}", str(self.max_pixels), self.tools["pdflatex"] or "",
+                 self.tools["pdfinfo"] or "", self.tools["pdftoppm"] or "", *args],
+                workdir, self.timeout, limits=self.limits, ro_paths=binds, env=_TEX_ENV, info=self.sandbox_info)
+            return self._result(prep, workdir, run.timed_out, time.perf_counter() - t0)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _expose_format(self, fmt: str, workdir: str) -> str:
+        """The format's path as the sandbox sees it: bound read-only, or hard-linked into the job."""
+        if self._format_binds:
+            return fmt
+        if self.sandbox_info.level != "bubblewrap" and (self.sandbox_info.uid is None or _reachable_by_others(fmt)):
+            return fmt
+        dest_dir = os.path.join(workdir, "fmt")
+        os.mkdir(dest_dir, 0o755)
+        dest = os.path.join(dest_dir, "visalign.fmt")
+        try:
+            os.link(fmt, dest)
+        except OSError:
+            shutil.copyfile(fmt, dest)
+            os.chmod(dest, 0o644)
+        inner = "/sandbox" if self.sandbox_info.level == "bubblewrap" else workdir
+        return os.path.join(inner, "fmt", "visalign.fmt")
+
+    def _result(self, prep: Prepared, workdir: str, timed_out: bool, seconds: float) -> RenderResult:
+        def fail(kind: str, msg: str) -> RenderResult:
+            return RenderResult.failure(kind, msg, seconds)
+
+        if timed_out:
+            return fail("timeout", f"pdflatex/pdftoppm ran past the {self.timeout:g} s limit")
+        texdir = os.path.join(workdir, "tex")
+        rc = _read_int(os.path.join(workdir, "latex.rc"))
+        out = _read_capped(os.path.join(workdir, "latex.out")) or ""
+        err = _read_capped(os.path.join(workdir, "latex.err"), 1 << 16) or ""
+        log = _read_capped(os.path.join(texdir, "doc.log")) or out
+        if rc is None:
+            return fail("internal", "the sandboxed shell did not run pdflatex")
+        if rc != 0 and prep.formatted and "(./doc.tex" not in out and "doc.tex" not in log:
+            return fail("internal", f"{_FORMAT_FAILED}: {_clean(out[-300:])}")
+        if rc == 128 + 24:  # SIGXCPU
+            return fail("timeout", "pdflatex hit the CPU-time limit")
+        if rc == 128 + 25:  # SIGXFSZ
+            return fail("memory", "pdflatex wrote a file over the size limit (log or PDF too large)")
+        refused = sorted({m.group(0) for m in _REFUSED.finditer(err) if m.group(1).strip() != "/dev/null"})
+        shell = sorted({m.group(1) for m in _RUNSYSTEM.finditer(log + "\n" + out)})
+        if refused or shell:
+            parts = [f"refused file access: {'; '.join(refused[:3])}"] if refused else []
+            if shell:
+                parts.append(f"shell escape blocked: {'; '.join(shell[:3])}")
+            return fail("sandbox", _clean(" | ".join(parts)))
+        cap = _CAPACITY.search(log) or _CAPACITY.search(out)
+        if cap:
+            return fail("memory", _clean(f"TeX capacity exceeded [{cap.group(1)}]"))
+        if rc != 0:
+            error = first_error(log, prep.offset, prep.lines) or first_error(out, prep.offset, prep.lines)
+            if error and "File `|" in error:  # \input{|cmd}: a pipe is a shell command
+                return fail("sandbox", f"shell pipe input blocked: {error}")
+            if error:
+                return fail("syntax", error)
+            if rc >= 128:
+                return fail("runtime", f"pdflatex was killed by signal {rc - 128}")
+            return fail("runtime", _clean(f"pdflatex exited with {rc}: {log[-300:]}"))
+        if not os.path.isfile(os.path.join(texdir, "doc.pdf")) or "No pages of output" in log:
+            return fail("no_output", "pdflatex produced no pages")
+        toobig = _read_capped(os.path.join(workdir, "toobig"), 64)
+        if toobig:
+            return fail("memory", _clean(f"page 1 would be {toobig.strip().replace(' ', 'x')} px at "
+                                         f"{self.dpi:g} dpi, over max_pixels={self.max_pixels}"))
+        ppm_rc = _read_int(os.path.join(workdir, "ppm.rc"))
+        if ppm_rc is None:
+            return fail("no_output", "the PDF has no readable page 1")
+        if ppm_rc != 0:
+            msg = _read_capped(os.path.join(workdir, "ppm.out"), 4096) or ""
+            return fail("runtime", _clean(f"pdftoppm exited with {ppm_rc}: {msg[-300:]}"))
+        return self._image(os.path.join(workdir, "out", "page.png"), seconds)
+
+    def _image(self, path: str, seconds: float) -> RenderResult:
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 256 << 20:
+                raise ValueError("not a regular PNG file under 256 MiB")
+            with open(path, "rb") as f:
+                image = load_png(f.read(), self.max_pixels)
+        except (OSError, ValueError, SyntaxError) as exc:
+            return RenderResult.failure("internal", f"unreadable image from pdftoppm: {exc}", seconds)
+        except Exception as exc:  # PIL raises DecompressionBombError and friends
+            return RenderResult.failure("memory", f"{type(exc).__name__}: {exc}", seconds)
+        pad = max(1, round(BORDER_PT / 72.27 * self.dpi))
+        image = on_background(crop_to_ink(image, pad), self.background)
+        return finish_image(image, seconds)
+
+    # -- housekeeping ------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        self.ensure_format()
+        versions = {"pdflatex": _first_line([self.tools["pdflatex"], "--version"]) if self.tools["pdflatex"]
+                    else "missing", "pdftoppm": _first_line([self.tools["pdftoppm"], "-v"])
+                    if self.tools["pdftoppm"] else "missing"}
+        return {**super().info(), "backend": "pdflatex + pdftoppm", "versions": versions, "dpi": self.dpi,
+                "workers": self.workers, "preamble_format": self._format_state == "in use",
+                "preamble_format_state": self._format_state, "format_path": self._format,
+                "sandbox": self.sandbox_info.level, "background": self.background, "max_pixels": self.max_pixels}
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            deadline = time.monotonic() + 2.0  # let killed sandboxes finish dying
+            while lingering_tex_processes(self.sandbox_info.uid) and time.monotonic() < deadline:
+                time.sleep(0.01)
