@@ -15,6 +15,7 @@ so the zygote reads it as plain JSON data and the parent validates the PNG again
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -262,6 +263,8 @@ def main() -> None:
     out = sys.stdout
     try:
         versions = handler.preload()
+        gc.collect()
+        gc.freeze()  # keep the preloaded heap out of GC passes: forks then copy fewer pages
         out.write(json.dumps({"ready": True, "versions": versions}) + "\n")
     except Exception as exc:
         out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
