@@ -46,8 +46,17 @@ def _render_cmd(args: argparse.Namespace) -> int:
                disable=True if len(inputs) < 2 else None)
     for kind in [k for k in RENDERERS if k in kinds]:
         idx = [i for i, k in enumerate(kinds) if k == kind]
-        options = _renderer_options(renderer_class(kind), args)
-        with renderer_class(kind)(**options) as renderer:
+        try:
+            options = _renderer_options(renderer_class(kind), args)
+            renderer = renderer_class(kind)(**options)
+        except Exception as exc:  # a missing backend fails its inputs, not the whole command
+            log.error("the %s renderer could not start: %s", kind, exc)
+            for i in idx:
+                records[i] = {"input": str(inputs[i]), "ok": False, "output": None, "error_kind": "internal",
+                              "error": f"{kind} renderer unavailable: {exc}", "seconds": 0.0, "renderer": kind}
+                bar.update(1)
+            continue
+        with renderer:
             chunk = max(4, 4 * int(getattr(renderer, "workers", 0) or options.get("workers") or 2))
             for start in range(0, len(idx), chunk):
                 part = idx[start:start + chunk]
