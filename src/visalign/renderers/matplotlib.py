@@ -25,30 +25,32 @@ FIGURE_POLICIES = ("last", "first", "all")
 def font_cache_dir() -> str | None:
     """A matplotlib config dir with a built font cache, shared read-only with the sandboxes.
 
-    Built once per machine by a trusted interpreter so that sandboxed workers (which cannot write
-    it) do not rebuild the font list at every start. None when no writable cache location exists.
+    Built once by a trusted interpreter and copied into each worker's directory, so that sandboxed
+    workers do not rebuild the font list at every start. It lives inside the Python prefix when that
+    is writable, else in the user's cache dir. None when neither works.
     """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "visalign", f"matplotlib-py{sys.version_info[0]}{sys.version_info[1]}")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    name = f"matplotlib-py{sys.version_info[0]}{sys.version_info[1]}"
+    for base in (os.path.join(sys.prefix, "var", "cache", "visalign"), os.path.join(xdg, "visalign")):
+        path = os.path.join(base, name)
+        if _build_font_cache(path):
+            return path
+    return None
+
+
+def _build_font_cache(path: str) -> bool:
     try:
         os.makedirs(path, exist_ok=True)
         if not any(n.startswith("fontlist") for n in os.listdir(path)):
             subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True, timeout=300,
-                           env={**os.environ, "MPLCONFIGDIR": path, "MPLBACKEND": "Agg"},
-                           capture_output=True)
+                           env={**os.environ, "MPLCONFIGDIR": path, "MPLBACKEND": "Agg"}, capture_output=True)
         os.chmod(path, 0o755)
         for name in os.listdir(path):
             with contextlib.suppress(OSError):
                 os.chmod(os.path.join(path, name), 0o644)
-        # The sandbox uid must be able to traverse to it: check each parent is searchable by others.
-        p = path
-        while p not in ("/", ""):
-            if not os.stat(p).st_mode & 0o001:
-                return None
-            p = os.path.dirname(p)
-        return path
+        return True
     except (OSError, subprocess.SubprocessError):
-        return None
+        return False
 
 
 class MatplotlibRenderer(Renderer):
@@ -88,14 +90,12 @@ class MatplotlibRenderer(Renderer):
         self.options: dict[str, Any] = {"dpi": dpi, "figsize": list(figsize) if figsize else None,
                                         "figures": figures, "tight": tight, "max_pixels": max_pixels,
                                         "instrument": list(instrument)}
-        env, ro = {}, []
+        # matplotlib insists on a writable config dir: each worker gets a copy of the prebuilt cache.
         cache = font_cache_dir()
-        if cache:
-            env["MPLCONFIGDIR"] = cache
-            ro.append(cache)
         self.pool = ZygotePool("mpl_handler", workers=workers, timeout=timeout,
-                               limits=SandboxLimits(memory_mb=memory_mb), extra_env=env,
-                               max_pixels=max_pixels, extra_ro_paths=ro)
+                               limits=SandboxLimits(memory_mb=memory_mb),
+                               extra_env={"MPLBACKEND": "Agg", "MPLCONFIGDIR": "{workdir}/.matplotlib"},
+                               max_pixels=max_pixels, seed_dirs={".matplotlib": cache} if cache else None)
 
     def _render_batch(self, sources: list[str], progress: Callable[[int], None] | None = None
                       ) -> list[RenderResult]:

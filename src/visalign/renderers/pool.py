@@ -54,9 +54,9 @@ class WorkerDied(RuntimeError):
 
 class _Zygote:
     def __init__(self, handler: str, info: SandboxInfo, limits: SandboxLimits, timeout: float,
-                 extra_env: dict[str, str], ro_paths: list[str]) -> None:
+                 extra_env: dict[str, str], ro_paths: list[str], seed_dirs: dict[str, str]) -> None:
         self.handler, self.info, self.limits, self.timeout = handler, info, limits, timeout
-        self.extra_env, self.ro_paths = extra_env, ro_paths
+        self.extra_env, self.ro_paths, self.seed_dirs = extra_env, ro_paths, seed_dirs
         self.proc: subprocess.Popen | None = None
         self.root = ""
         self.inner_root = ""
@@ -66,6 +66,14 @@ class _Zygote:
 
     def start(self) -> None:
         self.root = make_workdir("visalign-zygote-", self.info.uid)
+        for rel, src in self.seed_dirs.items():  # e.g. a prebuilt font cache the worker may update
+            dest = os.path.join(self.root, rel)
+            shutil.copytree(src, dest)
+            if self.info.uid is not None:
+                for d, _, files in os.walk(dest):
+                    os.chown(d, self.info.uid, self.info.uid)
+                    for f in files:
+                        os.chown(os.path.join(d, f), self.info.uid, self.info.uid)
         own_pidns = self.info.level == "bubblewrap" or (
             self.info.level == "namespaces+rlimits" and os.geteuid() == 0)
         argv = [sys.executable, "-I", os.path.join(HANDLER_DIR, "zygote.py"),
@@ -73,7 +81,7 @@ class _Zygote:
         full, inner = wrap_argv(argv, self.root, self.info, self.ro_paths + [HANDLER_DIR])
         self.inner_root = inner
         full = [a.replace("{workdir}", inner) for a in full]
-        env = clean_env(inner, {"MPLBACKEND": "Agg", **self.extra_env})
+        env = clean_env(inner, {k: v.replace("{workdir}", inner) for k, v in self.extra_env.items()})
         # The zygote's own CPU limit must outlast many jobs: the per-job limit is set in each child.
         limits = SandboxLimits(memory_mb=self.limits.memory_mb, cpu_seconds=10**7,
                                max_processes=self.limits.max_processes, max_file_mb=self.limits.max_file_mb,
@@ -182,7 +190,7 @@ class ZygotePool:
     def __init__(self, handler: str, workers: int | None = None, timeout: float = 10.0,
                  limits: SandboxLimits | None = None, extra_env: dict[str, str] | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, background: str = "white",
-                 extra_ro_paths: list[str] | None = None) -> None:
+                 extra_ro_paths: list[str] | None = None, seed_dirs: dict[str, str] | None = None) -> None:
         self.handler = handler
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.timeout = timeout
@@ -191,7 +199,8 @@ class ZygotePool:
         self.max_pixels = max_pixels
         self.background = background
         ro = python_ro_paths() + list(extra_ro_paths or [])
-        self._slots = [_Zygote(handler, self.info, self.limits, timeout, dict(extra_env or {}), ro)
+        self._slots = [_Zygote(handler, self.info, self.limits, timeout, dict(extra_env or {}), ro,
+                               dict(seed_dirs or {}))
                        for _ in range(self.workers)]
         self._free: queue.Queue[_Zygote] = queue.Queue()
         self._closed = False
