@@ -1,0 +1,386 @@
+"""The html renderer against the real Chromium and a real local HTTP server (no mocks)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("playwright")
+psutil = pytest.importorskip("psutil")
+
+from visalign.renderers import ERROR_KINDS, get_renderer  # noqa: E402
+from visalign.renderers.html import HtmlRenderer, chromium_path  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not os.access(chromium_path(), os.X_OK),
+                                reason=f"no Chromium at {chromium_path()} (apt-get install chromium)")
+
+TIMEOUT = 3.0
+GOOD = ('<div style="background:#ff0000;width:400px;height:200px">hello <b>world</b></div>'
+        '<p style="color:#0000ff">some text</p>')
+
+
+def browser_processes() -> dict[int, int]:
+    """pid -> process group of every live Chromium or Playwright driver process below this one."""
+    out = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            name = proc.name().lower()
+            if ("chrom" in name or "node" in name) and proc.status() != psutil.STATUS_ZOMBIE:
+                out[proc.pid] = os.getpgid(proc.pid)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    return out
+
+
+def colour_at(res, x: int, y: int) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.asarray(res.image)[y, x])
+
+
+class CountingServer(http.server.ThreadingHTTPServer):
+    """Counts every TCP connection it accepts, whatever is sent on it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.connections = 0
+        self.paths: list[str] = []
+
+    def get_request(self):
+        conn = super().get_request()
+        self.connections += 1
+        return conn
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        body = b"body{background:#00ff00}" if self.path.endswith(".css") else b"<p>from the server</p>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = CountingServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    r = get_renderer("html", timeout=TIMEOUT, workers=2)
+    yield r
+    r.close()
+
+
+def test_simple_page_renders_at_viewport_width(renderer):
+    res = renderer.render(GOOD)
+    assert res.ok, res.error
+    assert res.error_kind is None and res.image.mode == "RGB"
+    assert res.image.size == (1280, 720)
+    assert colour_at(res, 300, 150) == (255, 0, 0)       # inside the div (body margin is 8 px)
+    assert colour_at(res, 1000, 500) == (255, 255, 255)  # page background
+    assert 0 < res.seconds < TIMEOUT + 5
+    assert res.trace["blocked_requests"] == [] and res.trace["clipped"] is False
+
+
+def test_full_page_is_taller_than_the_viewport(renderer):
+    res = renderer.render('<div style="height:3000px;background:linear-gradient(#f00,#00f)"></div>')
+    assert res.ok, res.error
+    assert res.image.size[0] == 1280 and res.image.size[1] >= 3000
+
+
+def test_viewport_and_scale_options():
+    with HtmlRenderer(timeout=5, workers=1, viewport=(640, 480), full_page=False, device_scale_factor=2,
+                      background="black") as r:
+        res = r.render('<div style="height:3000px;width:100px;background:#f00"></div>')
+        info = r.info()
+    assert res.ok, res.error
+    assert res.image.size == (1280, 960)      # viewport only, at 2 device px per CSS px
+    assert colour_at(res, 100, 100) == (255, 0, 0)
+    assert colour_at(res, 1000, 100) == (0, 0, 0)  # the page paints no background: ours shows
+    assert info["backend"] == "playwright + chromium"
+    assert info["versions"]["chromium"] and info["versions"]["playwright"]
+    assert info["viewport"] == [640, 480] and info["full_page"] is False and info["workers"] == 1
+
+
+def network_pages(base: str, port: int) -> dict[str, str]:
+    text = '<p style="font-size:40px">content</p>'
+    return {
+        "img": f'{text}<img src="{base}/x.png">',
+        "stylesheet": f'<link rel="stylesheet" href="{base}/s.css">{text}',
+        "fetch": f"{text}<script>fetch('{base}/fetch').catch(() => 0)</script>",
+        "websocket": f"{text}<script>new WebSocket('ws://127.0.0.1:{port}/ws')</script>",
+        "beacon": f"{text}<script>navigator.sendBeacon('{base}/beacon', 'data')</script>",
+        "iframe": f'{text}<iframe src="{base}/frame"></iframe>',
+        "meta_refresh": f'<meta http-equiv="refresh" content="0;url={base}/refresh">{text}',
+        "location": f"{text}<script>location.href = '{base}/location'</script>",
+        "form": f'<form id="f" method="post" action="{base}/form"></form>{text}<script>f.submit()</script>',
+        # the other ways out, several to a page
+        "markup": (f'<link rel="prefetch" href="{base}/pf"><link rel="preconnect" href="{base}">'
+                   f'<style>@font-face{{font-family:X;src:url({base}/f.woff)}} p{{font-family:X}}</style>'
+                   f'<a id="a" href="#x" ping="{base}/ping">{text}</a><script>a.click()</script>'),
+        "scripts": (f"{text}<script>var x = new XMLHttpRequest(); x.open('GET', '{base}/xhr'); x.send();"
+                    f"new EventSource('{base}/events'); window.open('{base}/popup');"
+                    f"new Worker(URL.createObjectURL(new Blob([\"fetch('{base}/worker')\"])));"
+                    "alert('hi'); confirm('sure?')</script>"),
+    }
+
+
+def test_network_is_refused_and_the_server_sees_nothing(renderer, server):
+    port = server.server_address[1]
+    base = f"http://127.0.0.1:{port}"
+    # positive control: the server is reachable from this process, and counts
+    assert urllib.request.urlopen(base + "/control", timeout=5).read()
+    assert server.connections == 1
+    server.connections = 0
+    server.paths.clear()
+
+    pages = network_pages(base, port)
+    results = dict(zip(pages, renderer.render_batch(list(pages.values())), strict=True))
+    time.sleep(0.5)  # anything in flight would have arrived by now
+    assert server.connections == 0, server.paths
+    for name, res in results.items():
+        assert res.error_kind in (None, *ERROR_KINDS), name
+        assert res.ok, (name, res.error_kind, res.error)
+        assert res.trace["blocked_count"] >= 1, name
+        assert any(f"127.0.0.1:{port}" in url for url in res.trace["blocked_requests"]), name
+    assert results["websocket"].trace["blocked_requests"] == [f"ws://127.0.0.1:{port}/ws"]
+    # the refused stylesheet would have turned the page green: it did not
+    assert colour_at(results["stylesheet"], 1000, 600) == (255, 255, 255)
+
+
+def test_page_that_only_needs_the_network_is_a_sandbox_failure(renderer, server):
+    res = renderer.render(f'<body style="margin:0"><img src="http://127.0.0.1:{server.server_address[1]}/a.png" '
+                          'style="display:block;width:0;height:0"></body>')
+    assert res.error_kind == "sandbox", res.error
+    assert res.trace["blocked_count"] == 1
+
+
+def test_infinite_loop_times_out_and_the_renderer_recovers(renderer):
+    t0 = time.perf_counter()
+    results = renderer.render_batch(["<script>while(true){}</script>",
+                                     "<p>loaded</p><script>onload = () => { while(true){} }</script>"])
+    elapsed = time.perf_counter() - t0
+    assert [r.error_kind for r in results] == ["timeout", "timeout"], [r.error for r in results]
+    assert elapsed < TIMEOUT + 3, elapsed
+    res = renderer.render(GOOD)
+    assert res.ok, res.error
+
+
+def test_page_scripts_cannot_break_the_capture(renderer):
+    text = '<p style="font-size:40px">content</p>'
+    results = renderer.render_batch([
+        f"{text}<script>window.Promise = null; window.setTimeout = null; JSON.stringify = null</script>",
+        f"{text}<script>Object.defineProperty(document, 'readyState', {{get: () => 'loading'}})</script>",
+        f"{text}<script>onload = () => {{ document.open(); document.write('{text}'); document.close() }}</script>",
+        f"{text}<script>location.href = 'about:blank'</script>",  # it blanked itself
+    ])
+    assert [r.error_kind for r in results] == [None, None, None, "blank"], [r.error for r in results]
+
+
+@pytest.mark.slow
+def test_huge_table_is_clipped_or_times_out():
+    rows = "".join(f"<tr><td>{i}</td><td>row {i}</td><td>{i * i}</td></tr>" for i in range(50_000))
+    with HtmlRenderer(timeout=4, workers=1, max_height=4000) as r:
+        assert r.render(GOOD).ok  # the browser is up: time the table alone
+        t0 = time.perf_counter()
+        res = r.render(f"<table border=1>{rows}</table>")
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 4 + 5, elapsed
+        if res.ok:
+            assert res.image.size == (1280, 4000) and res.trace["clipped"] is True
+        else:
+            assert res.error_kind in ("timeout", "memory"), res.error
+        after = r.render(GOOD)
+        assert after.ok, after.error
+
+
+def test_empty_and_blank_documents(renderer):
+    results = renderer.render_batch(["", "  \n", '<body style="background:#fff"></body>',
+                                     "<html><head><title>t</title></head><body></body></html>"])
+    assert [r.error_kind for r in results] == ["no_output", "no_output", "blank", "blank"]
+    assert not any(r.ok or r.image is not None for r in results)
+
+
+def test_samples_do_not_share_state(renderer):
+    writer = ("<p>w</p><script>localStorage.setItem('k', '1'); sessionStorage.setItem('k', '1');"
+              "document.cookie = 'k=1; max-age=3600'; window.name = 'leak';</script>")
+    reader = ("<div id='d' style='width:300px;height:300px;background:#0f0'></div><script>"
+              "if (localStorage.getItem('k') || sessionStorage.getItem('k') || document.cookie "
+              "|| window.name || history.length > 2) d.style.background = '#f00';</script>")
+    assert renderer.render(writer).ok
+    res = renderer.render(reader)
+    assert res.ok, res.error
+    assert colour_at(res, 100, 100) == (0, 255, 0)
+
+
+def test_crashed_page_is_runtime_and_the_batch_goes_on():
+    bomb = "<p>x</p><script>var a = []; while (true) a.push(new Array(1e6).fill(1.5));</script>"
+    with HtmlRenderer(timeout=10, workers=1, js_heap_mb=128) as r:
+        results = r.render_batch([bomb, GOOD])
+    assert results[0].error_kind == "runtime", results[0].error
+    assert "crashed" in results[0].error
+    assert results[1].ok, results[1].error
+
+
+def test_mixed_batch_keeps_order(renderer):
+    red = '<div style="width:500px;height:500px;background:#f00"></div>'
+    blue = '<div style="width:500px;height:500px;background:#00f"></div>'
+    batch = [red, "<script>while(true){}</script>", blue, "", 42, '<body style="background:#fff"></body>', red]
+    results = renderer.render_batch(batch)
+    assert [r.error_kind for r in results] == [None, "timeout", None, "no_output", "syntax", "blank", None]
+    assert colour_at(results[0], 100, 100) == (255, 0, 0)
+    assert colour_at(results[2], 100, 100) == (0, 0, 255)
+    assert colour_at(results[6], 100, 100) == (255, 0, 0)
+
+
+def test_render_batch_from_several_threads(renderer):
+    out: dict[int, list] = {}
+
+    def work(k: int) -> None:
+        out[k] = renderer.render_batch([f'<div style="width:300px;height:300px;background:#{c}"></div>'
+                                        for c in ("f00", "00f")])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for k in range(2):
+        assert [colour_at(r, 100, 100) for r in out[k]] == [(255, 0, 0), (0, 0, 255)]
+
+
+def test_missing_chromium_is_an_internal_error(monkeypatch):
+    monkeypatch.setenv("VISALIGN_CHROMIUM", "/nonexistent/chromium")
+    with HtmlRenderer(timeout=5, workers=1) as r:
+        res = r.render(GOOD)
+        info = r.info()
+    assert res.error_kind == "internal"
+    assert "apt-get install chromium" in res.error and "VISALIGN_CHROMIUM" in res.error
+    assert "apt-get install chromium" in info["error"]
+
+
+def test_close_leaves_no_chromium_process():
+    # other renderers of this module may be alive: only look at the processes this one starts
+    before = browser_processes()
+    r = HtmlRenderer(timeout=5, workers=2)
+    assert r.render_batch([GOOD, GOOD])[1].ok
+
+    def ours() -> dict[int, int]:
+        return {pid: g for pid, g in browser_processes().items()
+                if pid not in before and g not in before.values()}
+
+    started = ours()
+    assert any(g == pid for pid, g in started.items()), f"expected a running browser, got {started}"
+    r.close()
+    r.close()  # twice is fine
+    deadline = time.monotonic() + 5
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ours() == {}
+
+
+@pytest.mark.slow
+def test_killed_browser_is_relaunched_and_the_batch_goes_on():
+    before = browser_processes()
+    with HtmlRenderer(timeout=TIMEOUT, workers=2) as r:
+        assert r.render(GOOD).ok
+
+        def browser_leaders() -> list[int]:
+            return [pid for pid, g in browser_processes().items() if g == pid and pid not in before]
+
+        leaders = browser_leaders()
+        assert len(leaders) == 1
+        out: list = []
+        thread = threading.Thread(target=lambda: out.extend(
+            r.render_batch(["<script>while(true){}</script>", GOOD, GOOD])))
+        thread.start()
+        time.sleep(1.0)  # the batch is in flight
+        os.killpg(leaders[0], 9)
+        thread.join(timeout=60)
+        assert [res.error_kind for res in out] == ["timeout", None, None], [res.error for res in out]
+        assert browser_leaders() and browser_leaders() != leaders
+        assert r.render(GOOD).ok
+
+
+def test_context_that_will_not_close_gets_the_browser_replaced(monkeypatch):
+    import visalign.renderers.html as html_module
+
+    with HtmlRenderer(timeout=TIMEOUT, workers=1) as r:
+        assert r.render(GOOD).ok
+        assert r.info()["restarts"] == 0
+        # no context can close within a microsecond: each sample ends with a kill and relaunch
+        monkeypatch.setattr(html_module, "CLOSE_TIMEOUT", 1e-6)
+        res = r.render(GOOD)
+        monkeypatch.undo()
+        assert res.ok, res.error  # the result was in before the context was closed
+        assert r.info()["restarts"] == 1
+        assert r.render(GOOD).ok
+
+
+@pytest.mark.slow
+def test_watchdog_replaces_a_stuck_engine(monkeypatch):
+    import visalign.renderers.html as html_module
+
+    with HtmlRenderer(timeout=1, workers=1) as r:
+        assert r.render(GOOD).ok
+        engine = r._holder.engine
+        # shrink the bounds the watchdog derives its stall limit from (2 x their sum = 3.7 s here)
+        for name, value in [("LAUNCH_TIMEOUT", 0.5), ("SETUP_TIMEOUT", 0.05), ("CLOSE_TIMEOUT", 0.05),
+                            ("GRACE", 0.05)]:
+            monkeypatch.setattr(html_module, name, value)
+        engine.loop.call_soon_threadsafe(time.sleep, 20)  # the engine's thread stops answering
+        t0 = time.perf_counter()
+        res = r.render(GOOD)
+        elapsed = time.perf_counter() - t0
+        monkeypatch.undo()
+        assert res.error_kind == "internal" and "stopped responding" in res.error
+        assert 3 < elapsed < 10, elapsed
+        assert r.render(GOOD).ok  # a fresh engine and browser
+        assert r._holder.engine is not engine
+
+
+def test_interpreter_exit_kills_the_browser():
+    import subprocess
+    import sys
+
+    script = ("from visalign.renderers.html import HtmlRenderer\n"
+              "r = HtmlRenderer(timeout=5, workers=1)\n"
+              "assert r.render('<p>x</p>').ok\n"
+              "print(*r._holder.engine.pgids, flush=True)\n")  # and exit without close()
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    groups = {int(g) for g in child.stdout.split()}
+    assert len(groups) == 1  # Chromium leads a process group of its own
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [p.pid for p in psutil.process_iter() if _pgid(p.pid) in groups]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == []
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
