@@ -1,0 +1,36 @@
+"""Metrics: pure functions comparing images, strings and traces, each pinned to a named reference.
+
+Example:
+    >>> import numpy as np
+    >>> from visalign.metrics import ssim, psnr
+    >>> img = np.zeros((32, 32, 3), np.uint8)
+    >>> ssim(img, img), psnr(img, img)
+    (1.0, inf)
+"""
+
+from .cw_ssim import cw_ssim, cw_ssim_batch
+from .image import (
+    MS_SSIM_MIN_SIZE,
+    MS_SSIM_WEIGHTS,
+    ms_ssim,
+    ms_ssim_batch,
+    mse,
+    prepare_image_pair,
+    psnr,
+    ssim,
+    ssim_batch,
+)
+
+__all__ = [
+    "MS_SSIM_MIN_SIZE",
+    "MS_SSIM_WEIGHTS",
+    "cw_ssim",
+    "cw_ssim_batch",
+    "ms_ssim",
+    "ms_ssim_batch",
+    "mse",
+    "prepare_image_pair",
+    "psnr",
+    "ssim",
+    "ssim_batch",
+]
