@@ -9,13 +9,12 @@ import time
 import urllib.request
 
 import numpy as np
+import psutil
 import pytest
 
-pytest.importorskip("playwright")
-psutil = pytest.importorskip("psutil")
-
-from visalign.renderers import ERROR_KINDS, get_renderer  # noqa: E402
-from visalign.renderers.html import HtmlRenderer, chromium_path  # noqa: E402
+from visalign.renderers import ERROR_KINDS, get_renderer
+from visalign.renderers.html import HtmlRenderer, chromium_path
+from visalign.renderers.sandbox import detect_sandbox
 
 pytestmark = pytest.mark.skipif(not os.access(chromium_path(), os.X_OK),
                                 reason=f"no Chromium at {chromium_path()} (apt-get install chromium)")
@@ -26,12 +25,13 @@ GOOD = ('<div style="background:#ff0000;width:400px;height:200px">hello <b>world
 
 
 def browser_processes() -> dict[int, int]:
-    """pid -> process group of every live Chromium or Playwright driver process below this one."""
+    """pid -> process group of every live Chromium or Playwright driver process below this one
+    (with the bubblewrap level, the browser's group leader is the bwrap that holds it)."""
     out = {}
     for proc in psutil.Process().children(recursive=True):
         try:
             name = proc.name().lower()
-            if ("chrom" in name or "node" in name) and proc.status() != psutil.STATUS_ZOMBIE:
+            if ("chrom" in name or "node" in name or name == "bwrap") and proc.status() != psutil.STATUS_ZOMBIE:
                 out[proc.pid] = os.getpgid(proc.pid)
         except (psutil.NoSuchProcess, ProcessLookupError):
             pass
@@ -384,3 +384,16 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+@pytest.mark.skipif(detect_sandbox().level != "bubblewrap", reason="needs the bubblewrap sandbox level")
+def test_chromium_runs_inside_bubblewrap_unprivileged():
+    with HtmlRenderer(timeout=TIMEOUT, workers=1) as r:
+        assert r.render(GOOD).ok
+        assert r.info()["sandbox"] == "bubblewrap + chromium"
+        chromium = [p for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()]
+        assert chromium
+        # no Chromium process keeps root, and none shares our network namespace
+        assert all(p.uids().real != 0 for p in chromium) or os.geteuid() != 0
+        ours = os.readlink("/proc/self/ns/net")
+        assert all(os.readlink(f"/proc/{p.pid}/ns/net") != ours for p in chromium)
