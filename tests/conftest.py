@@ -17,17 +17,18 @@ GOOD_CHART = "import matplotlib.pyplot as plt\nplt.bar(['a', 'b', 'c'], [3, 1, 2
 
 
 class CountingServer:
-    """A real HTTP server on 127.0.0.1 (port chosen by the OS) that counts every request."""
+    """A real HTTP server on 127.0.0.1 (port chosen by the OS) that counts every connection and
+    request; it serves a green stylesheet for ``*.css`` and a small page otherwise."""
 
     def __init__(self) -> None:
-        self.requests: list[str] = []
+        self.paths: list[str] = []
         self.connections = 0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                outer.requests.append(self.path)
-                body = b"secret-from-server"
+                outer.paths.append(self.path)
+                body = b"body{background:#00ff00}" if self.path.endswith(".css") else b"<p>from the server</p>"
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -44,7 +45,8 @@ class CountingServer:
                 return super().get_request()
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
+        self.server_address = self.server.server_address
+        self.port = self.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import os
 import threading
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
+from conftest import CountingServer
 from visalign.renderers import ERROR_KINDS, get_renderer
 from visalign.renderers.html import HtmlRenderer, chromium_path
 from visalign.renderers.sandbox import detect_sandbox
@@ -42,45 +42,11 @@ def colour_at(res, x: int, y: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.asarray(res.image)[y, x])
 
 
-class CountingServer(http.server.ThreadingHTTPServer):
-    """Counts every TCP connection it accepts, whatever is sent on it."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.connections = 0
-        self.paths: list[str] = []
-
-    def get_request(self):
-        conn = super().get_request()
-        self.connections += 1
-        return conn
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        body = b"body{background:#00ff00}" if self.path.endswith(".css") else b"<p>from the server</p>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_GET
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server():
     srv = CountingServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.close()
 
 
 @pytest.fixture(scope="module")

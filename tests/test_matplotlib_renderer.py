@@ -242,7 +242,7 @@ def test_no_network(renderer, http_server):
                  f"import urllib.request\nurllib.request.urlopen({http_server.url!r}, timeout=2).read()",
                  "import socket\nsocket.getaddrinfo('example.com', 80)"):
         _assert_fails(renderer, code, {"sandbox"})
-    assert http_server.connections == 0 and http_server.requests == []
+    assert http_server.connections == 0 and http_server.paths == []
 
 
 # ---- processes --------------------------------------------------------------------------------------
