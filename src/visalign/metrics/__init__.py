@@ -20,12 +20,15 @@ from .image import (
     ssim,
     ssim_batch,
 )
+from .latex_table import latex_table_to_html
+from .teds import teds
 
 __all__ = [
     "MS_SSIM_MIN_SIZE",
     "MS_SSIM_WEIGHTS",
     "cw_ssim",
     "cw_ssim_batch",
+    "latex_table_to_html",
     "ms_ssim",
     "ms_ssim_batch",
     "mse",
@@ -33,4 +36,5 @@ __all__ = [
     "psnr",
     "ssim",
     "ssim_batch",
+    "teds",
 ]
