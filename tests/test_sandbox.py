@@ -42,6 +42,8 @@ def test_bubblewrap_argv_hides_homes_and_network(tmp_path):
     assert not any(b.startswith(("/home", "/root")) for b in binds) and "/" not in binds
     assert argv[argv.index("--bind") + 1: argv.index("--bind") + 3] == ["/tmp/w", "/sandbox"]
     assert "--reuid=61234" in argv  # drops root before the program runs
+    # the private /tmp is mounted before the binds, so a venv under /tmp stays visible
+    assert argv.index("/tmp") < argv.index(str(py))
 
 
 def test_run_sandboxed_basic(workdir, sandbox_info):
@@ -61,7 +63,8 @@ def test_timeout_kills_the_whole_group(workdir):
 def test_cpu_limit(workdir):
     run = run_sandboxed(["sh", "-c", "while :; do :; done"], workdir, timeout=20,
                         limits=SandboxLimits(cpu_seconds=1))
-    assert not run.timed_out and run.signal is not None  # SIGXCPU / SIGKILL from RLIMIT_CPU
+    # stopped by RLIMIT_CPU long before the wall clock (unshare reports it as a plain failure)
+    assert not run.timed_out and run.returncode != 0 and run.seconds < 10
 
 
 def test_file_size_limit(workdir):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -35,6 +36,7 @@ from .sandbox import (
     make_preexec,
     make_workdir,
     python_ro_paths,
+    sandbox_uid,
     wrap_argv,
 )
 
@@ -74,10 +76,13 @@ class _Zygote:
                     os.chown(d, self.info.uid, self.info.uid)
                     for f in files:
                         os.chown(os.path.join(d, f), self.info.uid, self.info.uid)
+        # The zygote may kill every process it can signal after each job (kill(-1)) only when those
+        # are its jobs' alone: in its own PID namespace, or as a uid of its own.
         own_pidns = self.info.level == "bubblewrap" or (
             self.info.level == "namespaces+rlimits" and os.geteuid() == 0)
+        kill_all = own_pidns or self.info.uid is not None
         argv = [sys.executable, "-I", os.path.join(HANDLER_DIR, "zygote.py"),
-                self.handler, "{workdir}", "1" if own_pidns else "0"]
+                self.handler, "{workdir}", "1" if kill_all else "0"]
         full, inner = wrap_argv(argv, self.root, self.info, self.ro_paths + [HANDLER_DIR])
         self.inner_root = inner
         full = [a.replace("{workdir}", inner) for a in full]
@@ -199,9 +204,9 @@ class ZygotePool:
         self.max_pixels = max_pixels
         self.background = background
         ro = python_ro_paths() + list(extra_ro_paths or [])
-        self._slots = [_Zygote(handler, self.info, self.limits, timeout, dict(extra_env or {}), ro,
+        self._slots = [_Zygote(handler, self._slot_info(i), self.limits, timeout, dict(extra_env or {}), ro,
                                dict(seed_dirs or {}))
-                       for _ in range(self.workers)]
+                       for i in range(self.workers)]
         self._free: queue.Queue[_Zygote] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -226,6 +231,17 @@ class ZygotePool:
         for z in self._slots:
             self._free.put(z)
         _LIVE_POOLS.add(self)
+
+    def _slot_info(self, slot: int) -> SandboxInfo:
+        """Each slot runs as a uid of its own (when we drop privileges at all)."""
+        if self.info.uid is None:
+            return self.info
+        return dataclasses.replace(self.info, uid=sandbox_uid(slot))
+
+    @property
+    def uids(self) -> list[int]:
+        """The uids the workers run as (empty when they run as the caller)."""
+        return [z.info.uid for z in self._slots if z.info.uid is not None]
 
     @property
     def versions(self) -> dict[str, str]:

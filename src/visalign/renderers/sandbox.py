@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import resource
 import shutil
@@ -70,14 +71,19 @@ class SandboxInfo:
         return {"level": self.level, "uid": self.uid, "bwrap": self.bwrap, "note": self.note}
 
 
-def sandbox_uid() -> int | None:
+UIDS_PER_PROCESS = 16
+
+
+def sandbox_uid(slot: int = 0) -> int | None:
     """The unprivileged uid for this process's sandboxes when running as root, else None.
 
-    Different visalign processes get different uids so their process limits do not add up.
+    Different visalign processes, and different worker slots of one process (``slot``), get
+    different uids, so their process limits do not add up and a worker can kill everything its uid
+    runs without touching its siblings.
     """
     if os.geteuid() != 0:
         return None
-    return SANDBOX_UID_BASE + os.getpid() % 2000
+    return SANDBOX_UID_BASE + (os.getpid() % 1500) * UIDS_PER_PROCESS + slot % UIDS_PER_PROCESS
 
 
 def python_ro_paths() -> list[str]:
@@ -181,14 +187,15 @@ def wrap_argv(argv: Sequence[str], workdir: str, info: SandboxInfo, ro_paths: Se
                 cmd += ["--symlink", os.readlink(f"/{d}"), f"/{d}"]
             elif os.path.isdir(f"/{d}"):
                 cmd += ["--ro-bind", f"/{d}", f"/{d}"]
+        # the private /tmp first: binds of paths under /tmp (a venv there) must land on top of it
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
         binds = _outermost(p for p in ro_paths if os.path.exists(p) and not p.startswith(("/usr/", "/etc/")))
-        parents = sorted({a for p in binds for a in _ancestors(p)} - {"/", "/usr", "/etc", "/tmp"})
+        parents = sorted({a for p in binds for a in _ancestors(p)} - {"/", "/usr", "/etc", "/tmp", "/var/tmp"})
         for a in parents:  # bwrap would create them 0700, unreadable by the sandbox uid
             cmd += ["--perms", "0755", "--dir", a]
         for p in binds:
             cmd += ["--ro-bind", p, p]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-                "--bind", workdir, inner_workdir, "--chdir", inner_workdir, "--"]
+        cmd += ["--bind", workdir, inner_workdir, "--chdir", inner_workdir, "--"]
         return cmd + drop + list(argv), inner_workdir
     if info.level == "namespaces+rlimits":
         ns = ["unshare", "--net"]
@@ -310,6 +317,13 @@ def detect_sandbox() -> SandboxInfo:
     ``VISALIGN_SANDBOX`` = ``bubblewrap`` | ``namespaces`` | ``rlimits`` caps the level (for tests and
     for machines where a probe hangs).
     """
+    info = _detect()
+    if info.level != "bubblewrap" and not os.environ.get("VISALIGN_SANDBOX"):
+        logging.getLogger("visalign").warning("sandbox level %r: %s (see `visalign doctor`)", info.level, info.note)
+    return info
+
+
+def _detect() -> SandboxInfo:
     want = os.environ.get("VISALIGN_SANDBOX", "").lower()
     uid = sandbox_uid()
     notes = []

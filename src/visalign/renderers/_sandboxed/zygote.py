@@ -94,12 +94,13 @@ def _wait(pid: int, timeout: float) -> tuple[int | None, bool]:
             os.close(fd)
 
 
-def _reap_all(own_pidns: bool, pgid: int) -> None:
-    """Kill whatever the job left running: the whole PID namespace when it is ours, else its group."""
+def _reap_all(kill_all: bool, pgid: int) -> None:
+    """Kill whatever the job left running: every process we may signal when they are all ours (a
+    PID namespace or a uid of our own), else the job's process group."""
     for _ in range(50):
         try:
-            if own_pidns:
-                os.kill(-1, signal.SIGKILL)  # every process we may signal, except us and pid 1
+            if kill_all:
+                os.kill(-1, signal.SIGKILL)  # every process we may signal, except us and init
             else:
                 if pgid > 0:
                     os.killpg(pgid, signal.SIGKILL)
@@ -112,7 +113,7 @@ def _reap_all(own_pidns: bool, pgid: int) -> None:
                     break
         except ChildProcessError:
             pass
-        if not own_pidns or not _others_alive():
+        if not kill_all or not _others_alive():
             return
         time.sleep(0.01)
 
@@ -168,7 +169,7 @@ def _status_to_error(status: int, timeout: float) -> tuple[str, str]:
     return "runtime", f"the program exited with status {code} before it finished"
 
 
-def handle(handler, job: dict, root: str, own_pidns: bool) -> dict:
+def handle(handler, job: dict, root: str, kill_all: bool) -> dict:
     jid = int(job["id"])
     rel = f"job-{jid}"
     jobdir = os.path.join(root, rel)
@@ -180,7 +181,7 @@ def handle(handler, job: dict, root: str, own_pidns: bool) -> dict:
             pid = os.fork()
             break
         except BlockingIOError:
-            _reap_all(own_pidns, -1)
+            _reap_all(kill_all, -1)
             time.sleep(0.02 * (attempt + 1))
     if pid < 0:
         return {"id": jid, "error_kind": "internal", "error": "could not fork a render process",
@@ -197,7 +198,7 @@ def handle(handler, job: dict, root: str, own_pidns: bool) -> dict:
             os._exit(0)
     status, timed_out = _wait(pid, float(job["timeout"]))
     seconds = time.perf_counter() - t0
-    _reap_all(own_pidns, pid)
+    _reap_all(kill_all, pid)
     reply: dict = {"id": jid, "error_kind": None, "error": None, "png": None, "trace": None,
                    "seconds": seconds}
     if timed_out:
@@ -255,7 +256,7 @@ def _no_ptrace() -> None:
 
 
 def main() -> None:
-    handler_name, root, own_pidns = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    handler_name, root, kill_all = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     handler = importlib.import_module(handler_name)
     _no_ptrace()
@@ -276,7 +277,7 @@ def main() -> None:
             continue
         job = json.loads(line)
         try:
-            reply = handle(handler, job, root, own_pidns)
+            reply = handle(handler, job, root, kill_all)
         except Exception as exc:
             reply = {"id": job.get("id"), "error_kind": "internal", "error": f"{type(exc).__name__}: {exc}",
                      "png": None, "trace": None, "seconds": 0.0}
