@@ -1,6 +1,7 @@
 """The ``visalign`` command line.
 
     visalign render KIND INPUT... -o OUTDIR [--timeout S] [--dpi N] [--workers N] [--json] [--gallery]
+    visalign score METRIC PRED REF [--json]
     visalign doctor [--json] [--quick]
 
 Exit status 0 when inputs merely fail to render (that is data), 2 for usage errors.
@@ -12,6 +13,7 @@ import argparse
 import inspect
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +123,26 @@ def _renderer_options(cls: type, args: argparse.Namespace) -> dict:
     return options
 
 
+def _score_cmd(args: argparse.Namespace) -> int:
+    from .score import ScoreError, score_files
+
+    for p in (args.pred, args.ref):
+        if not Path(p).is_file():
+            print(f"visalign score: no such file: {p}", file=sys.stderr)
+            return 2
+    try:
+        value, details = score_files(args.metric, args.pred, args.ref, timeout=args.timeout)
+    except ScoreError as exc:
+        print(f"visalign score: {exc}", file=sys.stderr)
+        return 2
+    if args.json:  # strict JSON has no inf (psnr of identical images): write it as a string
+        shown = value if math.isfinite(value) else str(value)
+        print(json.dumps({"score": shown, **details}, default=str))
+    else:
+        print(f"{value:.6f}")
+    return 0
+
+
 def _doctor_cmd(args: argparse.Namespace) -> int:
     from .doctor import diagnose, format_report
 
@@ -150,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
     r.add_argument("--gallery", action="store_true", help="also write OUTDIR/index.html showing every input")
     r.set_defaults(func=_render_cmd)
+
+    from .score import METRICS
+
+    sc = sub.add_parser("score", help="score a prediction file against a reference file",
+                        description="Images are compared directly; code is rendered first (image metrics) "
+                                    "or compared as code (teds, teds_structure, chart_code).")
+    sc.add_argument("metric", choices=METRICS)
+    sc.add_argument("pred")
+    sc.add_argument("ref")
+    sc.add_argument("--timeout", type=float, default=10.0, help="seconds per render (default 10)")
+    sc.add_argument("--json", action="store_true", help="print the score with its details as JSON")
+    sc.set_defaults(func=_score_cmd)
 
     d = sub.add_parser("doctor", help="report backends, versions, sandbox level and what is missing")
     d.add_argument("--json", action="store_true")
