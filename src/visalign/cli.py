@@ -2,6 +2,7 @@
 
     visalign render KIND INPUT... -o OUTDIR [--timeout S] [--dpi N] [--workers N] [--json] [--gallery]
     visalign score METRIC PRED REF [--json]
+    visalign eval DATA.jsonl --task chart|table|svg|html|t2i [--rewards r1,r2] --out DIR [--workers N] [--limit N]
     visalign doctor [--json] [--quick]
 
 Exit status 0 when inputs merely fail to render (that is data), 2 for usage errors.
@@ -143,6 +144,29 @@ def _score_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_cmd(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    if not Path(args.data).is_file():
+        print(f"visalign eval: no such file: {args.data}", file=sys.stderr)
+        return 2
+    rewards = [r.strip() for r in args.rewards.split(",") if r.strip()] if args.rewards else None
+    try:
+        summary = run_eval(args.data, args.task, rewards, args.out, workers=args.workers, limit=args.limit,
+                           timeout=args.timeout)
+    except (ValueError, KeyError) as exc:
+        print(f"visalign eval: {exc}", file=sys.stderr)
+        return 2
+    if summary:
+        for name, s in summary["rewards"].items():
+            lo, hi = s["ci95"]
+            print(f"{name:<20} {s['mean']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  n={s['n']}")
+        if "execution_rate" in summary:
+            print(f"{'execution rate':<20} {summary['execution_rate']:.1%}")
+        print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def _doctor_cmd(args: argparse.Namespace) -> int:
     from .doctor import diagnose, format_report
 
@@ -184,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--timeout", type=float, default=10.0, help="seconds per render (default 10)")
     sc.add_argument("--json", action="store_true", help="print the score with its details as JSON")
     sc.set_defaults(func=_score_cmd)
+
+    from .evaluate import TASKS
+
+    ev = sub.add_parser("eval", help="render and score a JSONL of generations; write results and a report",
+                        description="Each line: completion or code (or image), reference_image and/or "
+                                    "reference_code, prompt. Rerunning resumes.")
+    ev.add_argument("data", metavar="DATA.jsonl")
+    ev.add_argument("--task", required=True, choices=sorted(TASKS))
+    ev.add_argument("--rewards", default=None, help="comma-separated reward names (default: the task's)")
+    ev.add_argument("--out", required=True, metavar="DIR")
+    ev.add_argument("--workers", type=int, default=None, help="sandboxed render workers (default: CPUs)")
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+    ev.add_argument("--timeout", type=float, default=10.0, help="seconds per render (default 10)")
+    ev.set_defaults(func=_eval_cmd)
 
     d = sub.add_parser("doctor", help="report backends, versions, sandbox level and what is missing")
     d.add_argument("--json", action="store_true")

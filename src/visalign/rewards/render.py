@@ -55,20 +55,36 @@ class RenderService:
         return self._renderers[kind]
 
     def render(self, samples: Sequence[Sample], reference: bool = False) -> None:
-        """Render ``code`` (or ``reference_code`` with ``reference=True``) of every sample not yet done."""
+        """Render ``code`` (or ``reference_code`` with ``reference=True``) of every sample not yet done.
+
+        Each distinct ``(kind, source)`` renders once and its result is shared: a GRPO group holds one
+        reference program for all its generations, and repeated generations are common. A sample that
+        already holds a render lends it to the others with the same source.
+        """
         attr, src = ("reference_rendered", "reference_code") if reference else ("rendered", "code")
-        todo: dict[str, list[Sample]] = {}
+        same: dict[tuple[str, str], list[Sample]] = {}
         for s in samples:
-            if getattr(s, attr) is not None or getattr(s, src) is None:
+            source = getattr(s, src)
+            if source is None:
                 continue
             if s.kind not in RENDERERS:
-                setattr(s, attr, RenderResult.failure("internal", f"unknown renderer kind {s.kind!r}"))
+                if getattr(s, attr) is None:
+                    setattr(s, attr, RenderResult.failure("internal", f"unknown renderer kind {s.kind!r}"))
                 continue
-            todo.setdefault(s.kind, []).append(s)
-        for kind, group in todo.items():
-            results = self.renderer(kind).render_batch([getattr(s, src) for s in group])
-            for s, res in zip(group, results, strict=True):
-                setattr(s, attr, res)
+            same.setdefault((s.kind, source), []).append(s)
+        todo: dict[str, list[tuple[str, str]]] = {}
+        for key, group in same.items():
+            if all(getattr(s, attr) is None for s in group):
+                todo.setdefault(key[0], []).append(key)
+        done: dict[tuple[str, str], RenderResult] = {}
+        for kind, keys in todo.items():
+            results = self.renderer(kind).render_batch([source for _, source in keys])
+            done.update(zip(keys, results, strict=True))
+        for key, group in same.items():
+            result = done.get(key) or next(getattr(s, attr) for s in group if getattr(s, attr) is not None)
+            for s in group:
+                if getattr(s, attr) is None:
+                    setattr(s, attr, result)
 
     def close(self) -> None:
         for r in self._renderers.values():
