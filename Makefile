@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/visalign render auto examples/*.py examples/*.tex examples/*.svg examples/*.html \
 		-o out/demo --gallery --timeout 20
-	@echo "demo: open out/demo/index.html"
+	$(VENV)/bin/visalign eval examples/eval/chart2code.jsonl --task chart \
+		--rewards execution,format,render_similarity --out out/demo-eval
+	@echo "demo: open out/demo/index.html (renders) and out/demo-eval/report.html (eval report)"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
