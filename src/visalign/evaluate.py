@@ -37,7 +37,7 @@ log = logging.getLogger("visalign.eval")
 TASKS = {"chart": "matplotlib", "table": "latex", "svg": "svg", "html": "html", "t2i": None}
 DEFAULT_REWARDS = {"chart": ["execution", "render_similarity"], "table": ["execution", "teds", "render_similarity"],
                    "svg": ["execution", "render_similarity"], "html": ["execution", "render_similarity"],
-                   "t2i": ["clip"]}
+                   "t2i": ["ocr"]}  # clip / identity need a model path or a reference face: name them
 _KNOWN = {"id", "completion", "code", "image", "reference_image", "reference_code", "prompt"}
 
 

@@ -8,6 +8,7 @@ Example:
     (1.0, inf)
 """
 
+from .chart_code import chart_code_metrics, chart_code_metrics_batch, ciede2000, compare_chart_traces
 from .cw_ssim import cw_ssim, cw_ssim_batch
 from .image import (
     MS_SSIM_MIN_SIZE,
@@ -26,6 +27,10 @@ from .teds import teds
 __all__ = [
     "MS_SSIM_MIN_SIZE",
     "MS_SSIM_WEIGHTS",
+    "chart_code_metrics",
+    "chart_code_metrics_batch",
+    "ciede2000",
+    "compare_chart_traces",
     "cw_ssim",
     "cw_ssim_batch",
     "latex_table_to_html",

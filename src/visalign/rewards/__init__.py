@@ -43,6 +43,10 @@ REWARDS: dict[str, tuple[str, str]] = {
     "table2latex_rl": ("visalign.rewards.similarity", "Table2LatexRLReward"),
     "composite": ("visalign.rewards.composite", "CompositeReward"),
     "vlm_judge": ("visalign.rewards.judge", "VlmJudgeReward"),
+    "chart_code": ("visalign.rewards.chart_code", "ChartCodeReward"),
+    "clip": ("visalign.rewards.clip", "ClipReward"),
+    "identity": ("visalign.rewards.identity", "IdentityReward"),
+    "ocr": ("visalign.rewards.ocr", "OcrReward"),
 }
 
 

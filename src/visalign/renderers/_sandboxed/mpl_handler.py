@@ -8,7 +8,8 @@ matplotlib, so a job pays only for its own drawing. Figures are captured whether
 Instrumentation: ``options["instrument"]`` names hooks from :data:`INSTRUMENTS`. Each hook is an
 object with ``install()`` (called before the program runs) and ``collect() -> dict`` (called after);
 their JSON-able results are written to ``trace.json`` and reach the caller as ``RenderResult.trace``.
-The chart-code metrics register their hooks here.
+Hooks are collected last, after the final capture of the figures, so that hooks recording at draw
+time see every render. ``chart`` (``mpl_instrument.py``) feeds the chart-code metrics.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def preload() -> dict:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     import numpy as np
+    from mpl_instrument import ChartInstrument
     from PIL import Image  # noqa: F401  (used by the "all" policy)
     from zygote import classify_exception, write_result
+
+    INSTRUMENTS["chart"] = ChartInstrument()  # installed only in the forked child, per job
 
     # Optional libraries chart code often imports: import them now if present so jobs pay nothing.
     for name in ("pandas", "seaborn", "matplotlib.patches", "matplotlib.colors", "matplotlib.ticker",
@@ -111,6 +115,24 @@ def _stack(pngs: list[bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _write_trace(names: list[str], hooks: list, jobdir: str) -> str | None:
+    """Collect every hook into ``trace.json``; returns its name, or None without hooks."""
+    if not hooks:
+        return None
+    trace = {}
+    for name, hook in zip(names, hooks, strict=True):
+        try:
+            trace[name] = hook.collect()
+        except Exception as exc:
+            trace[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        with open(os.path.join(jobdir, "trace.json"), "w") as f:
+            json.dump(trace, f, default=str)
+    except Exception:  # e.g. the program broke json or open: no trace, the caller copes
+        return None
+    return "trace.json"
+
+
 def run(source: str, opts: dict, jobdir: str) -> None:
     import matplotlib
     import matplotlib.pyplot as plt
@@ -137,9 +159,13 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     plt.show = show
     matplotlib.use = lambda *a, **k: None
     plt.switch_backend = lambda *a, **k: None
-    hooks = [INSTRUMENTS[n] for n in opts.get("instrument") or () if n in INSTRUMENTS]
+    names = [n for n in opts.get("instrument") or () if n in INSTRUMENTS]
+    hooks = [INSTRUMENTS[n] for n in names]
     for hook in hooks:
         hook.install()
+
+    def finish(**result) -> None:  # traces last: a hook recording at draw time sees the final renders
+        write_result(jobdir, trace=_write_trace(names, hooks, jobdir), **result)
 
     try:
         code = compile(source, "<generated>", "exec")
@@ -156,19 +182,8 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     except BaseException as exc:
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         failure = (_state["classify_exception"](exc, os.path.realpath(jobdir)), tb)
-    trace = {}
-    for name, hook in zip(opts.get("instrument") or (), hooks, strict=False):
-        try:
-            trace[name] = hook.collect()
-        except Exception as exc:
-            trace[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    trace_name = None
-    if trace:
-        with open(os.path.join(jobdir, "trace.json"), "w") as f:
-            json.dump(trace, f, default=str)
-        trace_name = "trace.json"
     if failure is not None:
-        write_result(jobdir, error_kind=failure[0], error=failure[1], trace=trace_name)
+        finish(error_kind=failure[0], error=failure[1])
         return
     try:
         for num in plt.get_fignums():
@@ -176,13 +191,13 @@ def run(source: str, opts: dict, jobdir: str) -> None:
             if num not in snapshots or fig.stale:  # not saved yet, or changed since it was saved
                 snapshots[num] = _render(fig, opts)
     except MemoryError as exc:
-        write_result(jobdir, error_kind="memory", error=str(exc) or "MemoryError", trace=trace_name)
+        finish(error_kind="memory", error=str(exc) or "MemoryError")
         return
     except Exception as exc:
-        write_result(jobdir, error_kind="runtime", error=f"{type(exc).__name__}: {exc}", trace=trace_name)
+        finish(error_kind="runtime", error=f"{type(exc).__name__}: {exc}")
         return
     if not snapshots:
-        write_result(jobdir, error_kind="no_output", error="the program drew no figure", trace=trace_name)
+        finish(error_kind="no_output", error="the program drew no figure")
         return
     order = sorted(snapshots)
     policy = opts.get("figures") or "last"
@@ -194,5 +209,4 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         png = snapshots[order[-1]]
     with open(os.path.join(jobdir, "out.png"), "wb") as f:
         f.write(png)
-    write_result(jobdir, error_kind=None, error=None, png="out.png", trace=trace_name,
-                 figures=len(order))
+    finish(error_kind=None, error=None, png="out.png", figures=len(order))

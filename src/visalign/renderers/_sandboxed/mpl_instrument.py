@@ -1,0 +1,412 @@
+"""The ``chart`` instrumentation hook: what a matplotlib program drew, for ChartMimic's code metrics.
+
+Runs inside the sandbox, in the forked child, before the untrusted program (standalone: stdlib,
+numpy and matplotlib only, never visalign). ``install()`` patches matplotlib classes; ``collect()``
+returns a small JSON-able dict read by ``visalign.metrics.chart_code``:
+
+    {"version": 1,
+     "text":   ["Q3 Sales", "Region", ...],            # strings drawn, tick labels excluded
+     "layout": [[nrows, ncols, row0, row1, col0, col1], ...],   # one per Axes
+     "type":   {"bar": 1, "plot": 2, "polar.plot": 1},  # outermost whitelisted plotting calls
+     "color":  {"bar": ["#4c72b0", ...], "imshow": ["RdBu_r"]},  # colours of the artists they made
+     "truncated": false}
+
+What is recorded, and where:
+
+- text: ``Text.draw`` (every string matplotlib draws goes through it, whichever renderer and
+  whatever path effects: ChartMimic patches the PDF backend's ``draw_text``, which Agg never calls
+  and path effects bypass). One item per non-empty line, as ``draw_text`` would see it. Tick labels
+  are excluded: ``Tick.__init__`` tags its ``label1`` / ``label2`` (2D, polar and 3D axes all make
+  their ticks there). Strings are grouped per figure *render* (``Figure.draw``) and a new render of
+  a figure replaces its previous one, so a figure drawn twice (``savefig`` then the final capture,
+  ``tight_layout``, ``bbox_inches="tight"``) counts once, in its final state.
+- layout: recorded at the same moment (the last render of each figure), for every Axes of the
+  figure, its subfigures and inset (child) axes: ``(nrows, ncols, row_start, row_end, col_start,
+  col_end)`` of its SubplotSpec in its GridSpec, ends inclusive (ChartMimic's definition). Axes
+  without a SubplotSpec (``fig.add_axes``, insets, colorbars of such axes) use the fallback
+  ``(0, 0, top, bottom, left, right)``: nrows = ncols = 0 marks "not a grid cell" and the edges are
+  the axes' position in tenths of the figure, rows counted from the top, so they only ever match an
+  axes placed at about the same spot.
+- type: calls of the whitelisted Axes / Axes3D methods in :data:`PLOT_METHODS`, counted only when no
+  other whitelisted call is running (``hist`` → ``bar``, ``errorbar`` → ``plot``, ``boxplot`` →
+  ``bxp`` → ``plot`` count once, as the outer call). Calls on non-rectilinear axes are named after
+  the projection: ``polar.plot``, ``3d.scatter``. Colorbars draw their gradient with
+  ``pcolormesh``: that is matplotlib's doing, not the program's, and is not counted.
+- color: for each counted call, the distinct colours of the artists it returned (lines: colour;
+  patches: face, or edge when the face is transparent; collections: face colours, or edge colours
+  when faces are transparent), as ``#rrggbb`` without alpha, or the colormap name when the artist
+  is colour-mapped (an anonymous ``ListedColormap`` from ``colors=[...]`` gives its colours).
+
+Everything is capped (:data:`MAX_ITEMS` strings and layout rows, :data:`MAX_COLORS` colours,
+:data:`MAX_COLORS_PER_CALL` per call; ``truncated`` says so).
+The program shares this process and can tamper with all of it: the caller treats the result as
+untrusted data and validates it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+MAX_ITEMS = 2000          # strings and layout rows (each) in one trace
+MAX_COLORS = 500          # colours in one trace (the parent matches them in O(n³))
+MAX_TEXT_LEN = 500        # characters kept of one string
+MAX_COLORS_PER_CALL = 100  # distinct colours kept from one plotting call
+MAX_KINDS = 200           # distinct call kinds
+_MAX_ARTISTS_PER_CALL = 20_000
+
+# Whitelisted plotting methods of ``matplotlib.axes.Axes`` (pyplot's wrappers call these).
+PLOT_METHODS: tuple[str, ...] = (
+    # lines
+    "plot", "loglog", "semilogx", "semilogy", "step", "errorbar", "stem", "stairs", "ecdf",
+    "hlines", "vlines", "axhline", "axvline", "axline", "eventplot",
+    # areas and spans
+    "fill", "fill_between", "fill_betweenx", "stackplot", "axhspan", "axvspan",
+    # bars and distributions
+    "bar", "barh", "grouped_bar", "broken_barh", "hist", "hist2d", "pie", "scatter",
+    "boxplot", "bxp", "violinplot", "violin",
+    # grids, images and fields
+    "imshow", "matshow", "pcolor", "pcolormesh", "pcolorfast", "contour", "contourf", "hexbin", "spy",
+    "tricontour", "tricontourf", "tripcolor", "triplot", "quiver", "barbs", "streamplot",
+    # signal plots and tables
+    "specgram", "psd", "acorr", "xcorr", "table",
+)
+# Whitelisted methods of ``mpl_toolkits.mplot3d.Axes3D`` (aliases map to their canonical name).
+PLOT_METHODS_3D: tuple[str, ...] = (
+    "plot", "scatter", "bar", "bar3d", "plot_surface", "plot_wireframe", "plot_trisurf", "contour",
+    "contourf", "tricontour", "tricontourf", "quiver", "voxels", "errorbar", "stem", "fill_between",
+    "plot3D", "scatter3D", "contour3D", "contourf3D",
+)
+_ALIASES = {"plot3D": "plot", "scatter3D": "scatter", "contour3D": "contour", "contourf3D": "contourf"}
+_TICK_LABEL_TAG = "_visalign_tick_label"
+_FIGURE_KEY = "_visalign_figure_key"
+
+
+class ChartInstrument:
+    """Records text, layout, plotting calls and colours of one program (one forked child).
+
+    Example (what the handler does in the child):
+        >>> hook = ChartInstrument()
+        >>> hook.install()                                    # doctest: +SKIP
+        >>> exec(program)                                     # doctest: +SKIP
+        >>> hook.collect()["type"]                            # doctest: +SKIP
+        {'bar': 1}
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0                      # > 0 while a whitelisted (or suppressed) call runs
+        self.types: dict[str, int] = {}
+        self.colors: dict[str, list[str]] = {}
+        self.n_colors = 0
+        self.truncated = False
+        self.errors = 0                     # our own failures while recording (never raised)
+        self.renders: dict[int, tuple[list[str], list[list[int]]]] = {}  # figure key → last render
+        self._stack: list[dict[int, list[str]]] = []
+        self._next_key = 0
+        self.installed = False
+
+    # ---- installation ----------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Patch matplotlib; idempotent. Never raises on a missing optional piece (mplot3d)."""
+        if self.installed:
+            return
+        self.installed = True
+        from matplotlib import axis as maxis
+        from matplotlib import text as mtext
+        from matplotlib.axes import Axes
+        from matplotlib.figure import Figure
+
+        self._patch_text(mtext.Text)
+        self._patch_ticks(maxis.Tick)
+        self._patch_figure(Figure)
+        for name in PLOT_METHODS:
+            self._wrap_method(Axes, name)
+        try:
+            from mpl_toolkits.mplot3d import Axes3D
+        except Exception:
+            Axes3D = None
+        if Axes3D is not None:
+            for name in PLOT_METHODS_3D:
+                self._wrap_method(Axes3D, name)
+        try:
+            from matplotlib.colorbar import Colorbar
+        except Exception:
+            Colorbar = None
+        if Colorbar is not None:  # the colorbar's own pcolormesh is not a plotting call of the program
+            for name in ("_draw_all", "_add_solids", "_add_solids_patches"):
+                if name in Colorbar.__dict__:
+                    setattr(Colorbar, name, self._suppressed(Colorbar.__dict__[name]))
+
+    def _patch_text(self, text_cls) -> None:
+        orig = text_cls.draw
+        inst = self
+
+        @functools.wraps(orig)
+        def draw(text, renderer, *args, **kwargs):
+            if inst._stack:
+                try:
+                    inst._record_text(text)
+                except Exception:
+                    inst.errors += 1
+            return orig(text, renderer, *args, **kwargs)
+
+        text_cls.draw = draw
+
+    def _patch_ticks(self, tick_cls) -> None:
+        orig = tick_cls.__init__
+
+        @functools.wraps(orig)
+        def __init__(tick, *args, **kwargs):
+            orig(tick, *args, **kwargs)
+            for label in (getattr(tick, "label1", None), getattr(tick, "label2", None)):
+                if label is not None:
+                    setattr(label, _TICK_LABEL_TAG, True)
+
+        tick_cls.__init__ = __init__
+
+    def _patch_figure(self, figure_cls) -> None:
+        orig = figure_cls.draw
+        inst = self
+
+        @functools.wraps(orig)
+        def draw(fig, renderer, *args, **kwargs):
+            texts: dict[int, list[str]] = {}
+            inst._stack.append(texts)
+            try:
+                return orig(fig, renderer, *args, **kwargs)
+            finally:
+                inst._stack.pop()
+                try:
+                    key = getattr(fig, _FIGURE_KEY, None)
+                    if not isinstance(key, int):  # a key of our own: ids of closed figures get reused
+                        key = inst._next_key = inst._next_key + 1
+                        setattr(fig, _FIGURE_KEY, key)
+                    lines = [line for group in texts.values() for line in group][:MAX_ITEMS]
+                    inst.renders[key] = (lines, _figure_layout(fig))
+                except Exception:
+                    inst.errors += 1
+
+        figure_cls.draw = draw
+
+    def _wrap_method(self, cls, name: str) -> None:
+        func = cls.__dict__.get(name)
+        if func is None or not callable(func):
+            return
+        base = _ALIASES.get(name, name)
+        inst = self
+
+        @functools.wraps(func)
+        def wrapper(ax, *args, **kwargs):
+            if inst.depth:  # called from inside another plotting call: not the program's own call
+                return func(ax, *args, **kwargs)
+            inst.depth += 1
+            try:
+                result = func(ax, *args, **kwargs)
+            finally:
+                inst.depth -= 1
+            try:
+                inst._record_call(_kind(ax, base), result)
+            except Exception:
+                inst.errors += 1
+            return result
+
+        setattr(cls, name, wrapper)
+
+    def _suppressed(self, func):
+        inst = self
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            inst.depth += 1
+            try:
+                return func(*args, **kwargs)
+            finally:
+                inst.depth -= 1
+
+        return wrapper
+
+    # ---- recording -------------------------------------------------------------------------------
+
+    def _record_text(self, text) -> None:
+        if getattr(text, _TICK_LABEL_TAG, False) or not text.get_visible():
+            return
+        s = text.get_text()
+        if not isinstance(s, str) or not s:
+            return
+        current = self._stack[-1]
+        if id(text) in current or len(current) >= MAX_ITEMS:  # the same Text twice in one render
+            return
+        current[id(text)] = [line[:MAX_TEXT_LEN] for line in s.split("\n") if line.strip()]
+
+    def _record_call(self, kind: str, result) -> None:
+        if kind not in self.types and len(self.types) >= MAX_KINDS:
+            self.truncated = True
+            return
+        self.types[kind] = self.types.get(kind, 0) + 1
+        colors: list[str] = []
+        seen: set[str] = set()
+        for artist in _artists(result):
+            for c in _artist_colors(artist):
+                if c not in seen:
+                    seen.add(c)
+                    colors.append(c)
+        if len(colors) > MAX_COLORS_PER_CALL:
+            colors = colors[:MAX_COLORS_PER_CALL]
+            self.truncated = True
+        room = MAX_COLORS - self.n_colors
+        if len(colors) > room:
+            colors = colors[:max(room, 0)]
+            self.truncated = True
+        if colors:
+            self.colors.setdefault(kind, []).extend(colors)
+            self.n_colors += len(colors)
+
+    def collect(self) -> dict:
+        """The JSON-able record of everything drawn so far (see the module docstring)."""
+        text: list[str] = []
+        layout: list[list[int]] = []
+        for lines, rows in self.renders.values():
+            text.extend(lines)
+            layout.extend(rows)
+        truncated = self.truncated or len(text) > MAX_ITEMS or len(layout) > MAX_ITEMS
+        return {"version": 1, "text": text[:MAX_ITEMS], "layout": layout[:MAX_ITEMS],
+                "type": dict(self.types), "color": {k: list(v) for k, v in self.colors.items()},
+                "truncated": bool(truncated), "errors": self.errors}
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _safe_name(name: object) -> str:
+    """A name the validator accepts: letters, digits and ``_.+-``, at most 60 characters."""
+    return re.sub(r"[^A-Za-z0-9_.+\-]", "_", str(name))[:60]
+
+
+def _kind(ax, base: str) -> str:
+    proj = getattr(ax, "name", "rectilinear")
+    if not isinstance(proj, str) or proj == "rectilinear":
+        return base
+    return f"{_safe_name(proj)}.{base}"
+
+
+def _all_axes(fig, depth: int = 0) -> list:
+    if depth > 5:
+        return []
+    out = []
+    todo = list(getattr(fig, "axes", []))
+    while todo and len(out) < MAX_ITEMS:
+        ax = todo.pop(0)
+        out.append(ax)
+        todo.extend(getattr(ax, "child_axes", []) or [])
+    for sub in getattr(fig, "subfigs", []) or []:
+        out.extend(_all_axes(sub, depth + 1))
+    return out
+
+
+def _figure_layout(fig) -> list[list[int]]:
+    rows: list[list[int]] = []
+    for ax in _all_axes(fig)[:MAX_ITEMS]:
+        spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
+        if spec is not None:
+            nrows, ncols = spec.get_gridspec().get_geometry()
+            rows.append([int(nrows), int(ncols), int(spec.rowspan.start), int(spec.rowspan.stop) - 1,
+                         int(spec.colspan.start), int(spec.colspan.stop) - 1])
+        else:
+            x0, y0, x1, y1 = (float(v) for v in ax.get_position(original=True).extents)
+            if all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+                rows.append([0, 0, round((1 - y1) * 10), round((1 - y0) * 10), round(x0 * 10), round(x1 * 10)])
+    return rows
+
+
+def _artists(result):
+    """The artists in a plotting call's return value (lists, tuples, containers, dicts, sets)."""
+    import numpy as np
+    from matplotlib.artist import Artist
+
+    stack = [(result, 0)]
+    n = 0
+    while stack and n < _MAX_ARTISTS_PER_CALL:
+        obj, d = stack.pop()
+        if isinstance(obj, Artist):
+            n += 1
+            yield obj
+            continue  # a ContourSet or a Container-like artist is one artist
+        if d > 4 or isinstance(obj, (str, bytes, np.ndarray)) or obj is None:
+            continue
+        if isinstance(obj, dict):
+            items = list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            items = list(obj)
+        elif hasattr(obj, "lines") and hasattr(obj, "arrows"):  # StreamplotSet
+            items = [obj.lines, obj.arrows]
+        elif hasattr(obj, "wedges"):  # PieContainer (matplotlib >= 3.11): the wedges, not the labels
+            items = [obj.wedges]
+        else:
+            continue
+        stack.extend((item, d + 1) for item in reversed(items))
+
+
+def _cmap_colors(cmap) -> list[str]:
+    from matplotlib.colors import ListedColormap, to_hex
+
+    name = getattr(cmap, "name", None)
+    if isinstance(cmap, ListedColormap) and (not isinstance(name, str) or name == "from_list"):
+        colors = cmap.colors
+        try:
+            return [to_hex(c, keep_alpha=False) for c in list(colors)[:MAX_COLORS_PER_CALL]]
+        except (ValueError, TypeError):
+            return []
+    return [_safe_name(name)] if name else []
+
+
+def _rows_to_hex(rgba) -> list[str]:
+    import numpy as np
+    from matplotlib.colors import to_hex
+
+    arr = np.asarray(rgba, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] not in (3, 4) or arr.shape[0] == 0:
+        return []
+    if arr.shape[1] == 4:
+        arr = arr[arr[:, 3] > 0]
+    if arr.shape[0] == 0:
+        return []
+    rgb = np.clip(np.round(arr[:, :3] * 255), 0, 255).astype(np.int64)
+    _, first = np.unique(rgb, axis=0, return_index=True)
+    return [to_hex(tuple(rgb[i] / 255.0)) for i in sorted(first)[:MAX_COLORS_PER_CALL]]
+
+
+def _artist_colors(artist) -> list[str]:
+    from matplotlib.collections import Collection
+    from matplotlib.colors import to_rgba
+    from matplotlib.image import AxesImage, _ImageBase
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.text import Text
+
+    if isinstance(artist, Text):
+        return []
+    if isinstance(artist, (Collection, _ImageBase)):
+        arr = artist.get_array() if hasattr(artist, "get_array") else None
+        if arr is not None:
+            if isinstance(artist, AxesImage) and getattr(arr, "ndim", 2) == 3:
+                return []  # an RGB(A) image: no colormap, colours are data
+            return _cmap_colors(artist.get_cmap())
+        if isinstance(artist, _ImageBase):
+            return []
+        faces = _rows_to_hex(artist.get_facecolor())
+        return faces or _rows_to_hex(artist.get_edgecolor())
+    if isinstance(artist, Line2D):
+        color = artist.get_color()
+        if isinstance(color, str) and color.lower() == "none":
+            color = artist.get_markerfacecolor()
+        try:
+            return _rows_to_hex(to_rgba(color))
+        except (ValueError, TypeError):
+            return []
+    if isinstance(artist, Patch):
+        face = _rows_to_hex(artist.get_facecolor()) if artist.get_fill() else []
+        return face or _rows_to_hex(artist.get_edgecolor())
+    return []
