@@ -206,10 +206,44 @@ def bench_cw_ssim(args: argparse.Namespace) -> list[Row]:
                   cw_ssim_batch)
 
 
+def _table(rows: int, cols: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    cells = lambda: "".join(f"<td>{rng.integers(0, 1000) / 10:.1f}</td>" for _ in range(cols))  # noqa: E731
+    head = "<thead><tr>" + "".join(f"<td>col {c}</td>" for c in range(cols)) + "</tr></thead>"
+    return f"<table>{head}<tbody>" + "".join(f"<tr>{cells()}</tr>" for _ in range(rows)) + "</tbody></table>"
+
+
+def bench_teds(args: argparse.Namespace) -> list[Row]:
+    """TEDS against the PubTabNet reference code pattern (lxml + the pure-Python ``apted`` package), as
+    transcribed in ``tests/test_metrics_teds.py``, on 5x5, 20x10 and 50x10 tables with changed cells."""
+    from visalign.metrics import teds
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    try:
+        from test_metrics_teds import reference_teds
+    except ImportError as exc:
+        raise Skip(f"the reference needs apted (and lxml): {exc}") from None
+    rows = []
+    for r, c in ((5, 5), (20, 10), (50, 10)):
+        if r * c > 200 and args.pairs < 3:
+            continue
+        pairs = [(_table(r, c, seed=i), _table(r, c, seed=i + 1000)) for i in range(2)]
+        out: dict[str, list[float]] = {}
+        methods = {"reference": lambda p=pairs, out=out: out.__setitem__("reference", [reference_teds(a, b) for a, b in p]),
+                   "ours": lambda p=pairs, out=out: out.__setitem__("ours", [teds(a, b) for a, b in p])}
+        reps = 1 if r * c > 100 else args.repeat
+        seconds = best_times(methods, reps, {})
+        diff = float(np.abs(np.array(out["ours"]) - np.array(out["reference"])).max())
+        rows.append(Row(f"teds {r}x{c}", "per pair", "cpu", seconds["ours"], "PubTabNet TEDS (lxml + apted)",
+                        seconds["reference"], len(pairs), diff))
+    return rows
+
+
 # name -> function(args) -> rows; another metric adds its entry here
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "ssim": bench_ssim,
     "cw_ssim": bench_cw_ssim,
+    "teds": bench_teds,
 }
 
 
@@ -219,8 +253,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
 
 def print_rows(rows: Sequence[Row]) -> None:
     for row in rows:
-        print(f"  {row.method:<9} {row.device:<4} visalign {row.ours_rate:9.1f} images/s   "
-              f"reference {row.reference_rate:8.1f} images/s   ratio {row.ours_rate / row.reference_rate:7.1f}x   "
+        print(f"  {row.metric:<12} {row.method:<9} {row.device:<4} visalign {row.ours_rate:9.1f} items/s   "
+              f"reference {row.reference_rate:8.1f} items/s   ratio {row.ours_rate / row.reference_rate:7.1f}x   "
               f"max |diff| {row.max_abs_diff:.1e}")
 
 
