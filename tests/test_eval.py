@@ -103,3 +103,21 @@ def test_report_in_chromium(svg_eval):
             assert sorted(ids) == sorted(page.eval_on_selector_all("#gallery .row", "els => els.map(e => e.dataset.id)"))
         finally:
             browser.close()
+
+
+def test_eval_shards_across_processes(tmp_path):
+    """Under torchrun / accelerate launch each process scores every N-th row; process 0 merges."""
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "sharded"
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "visalign.cli", "eval",
+                           str(EXAMPLES / "svg.jsonl"), "--task", "svg", "--rewards", "execution",
+                           "--out", str(out), "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ids = [json.loads(x)["id"] for x in (out / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(x)["id"] for x in (EXAMPLES / "svg.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(rows)  # every row once, none twice
+    assert not list(out.glob("results.rank*.jsonl"))
+    assert json.loads((out / "summary.json").read_text())["rows"] == len(rows)
