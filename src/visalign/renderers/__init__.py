@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from .._registry import load
 from .base import ERROR_KINDS, Renderer, RenderResult, is_blank
 
 # name -> (module, class); modules are imported on first use so that `import visalign.renderers`
@@ -31,11 +31,7 @@ EXTENSIONS: dict[str, str] = {".py": "matplotlib", ".tex": "latex", ".svg": "svg
 
 def renderer_class(name: str) -> type[Renderer]:
     """The class registered under ``name`` (one of :data:`RENDERERS`)."""
-    try:
-        module, cls = RENDERERS[name]
-    except KeyError:
-        raise ValueError(f"unknown renderer {name!r}; choose one of {sorted(RENDERERS)}") from None
-    return getattr(importlib.import_module(module), cls)
+    return load(RENDERERS, name, "renderer")
 
 
 def get_renderer(name: str, **options: Any) -> Renderer:

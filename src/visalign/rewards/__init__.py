@@ -14,9 +14,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from .._registry import load
 from .base import Reward, RewardOutput, Sample
 from .code import (
     ExecutionReward,
@@ -57,11 +57,7 @@ def reward_class(name: str) -> type[Reward]:
         >>> reward_class("teds").__name__
         'TedsReward'
     """
-    try:
-        module, cls = REWARDS[name]
-    except KeyError:
-        raise ValueError(f"unknown reward {name!r}; choose one of {sorted(REWARDS)}") from None
-    return getattr(importlib.import_module(module), cls)
+    return load(REWARDS, name, "reward")
 
 
 def get_reward(name: str, **options: Any) -> Reward:
