@@ -121,3 +121,28 @@ def test_eval_shards_across_processes(tmp_path):
     assert sorted(ids) == sorted(rows)  # every row once, none twice
     assert not list(out.glob("results.rank*.jsonl"))
     assert json.loads((out / "summary.json").read_text())["rows"] == len(rows)
+
+
+def test_text_to_image_eval_with_reward_options(tmp_path):
+    """Generated images (no code) scored by the face identity reward, options from the command line."""
+    from PIL import Image, ImageOps
+    from skimage import data
+
+    face = Image.fromarray(data.astronaut()).resize((256, 256))
+    face.save(tmp_path / "ref.png")
+    face.save(tmp_path / "same.png")
+    ImageOps.mirror(face).save(tmp_path / "flip.png")
+    Image.fromarray(data.coffee()).resize((256, 256)).save(tmp_path / "coffee.png")
+    rows = [{"id": name, "image": f"{name}.png", "reference_image": "ref.png", "prompt": "an astronaut"}
+            for name in ("same", "flip", "coffee")]
+    (tmp_path / "t2i.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["eval", str(tmp_path / "t2i.jsonl"), "--task", "t2i", "--rewards", "identity", "--out", str(out),
+                 "--reward-options", '{"identity": {"no_face_score": 0.0, "upsample": 1}}']) == 0
+    scores = {r["id"]: r["scores"]["identity"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert scores["same"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.5 < scores["flip"] < 1.0  # the same person: dlib distance under 0.6
+    assert scores["coffee"] == 0.0  # no face found
+    assert (out / "report.html").exists()
+    assert main(["eval", str(tmp_path / "t2i.jsonl"), "--task", "t2i", "--rewards", "identity", "--out", str(out),
+                 "--reward-options", '{"clip": {}}']) == 2  # options for a reward not asked for

@@ -152,9 +152,10 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         return 2
     rewards = [r.strip() for r in args.rewards.split(",") if r.strip()] if args.rewards else None
     try:
+        options = _load_options(args.reward_options)
         summary = run_eval(args.data, args.task, rewards, args.out, workers=args.workers, limit=args.limit,
-                           timeout=args.timeout)
-    except (ValueError, KeyError) as exc:
+                           timeout=args.timeout, reward_options=options)
+    except (ValueError, KeyError, TypeError) as exc:
         print(f"visalign eval: {exc}", file=sys.stderr)
         return 2
     if summary:
@@ -165,6 +166,24 @@ def _eval_cmd(args: argparse.Namespace) -> int:
             print(f"{'execution rate':<20} {summary['execution_rate']:.1%}")
         print(f"report: {Path(args.out) / 'report.html'}")
     return 0
+
+
+def _load_options(text: str | None) -> dict | None:
+    """``--reward-options``: inline JSON, or a .json / .yaml file holding {reward: {option: value}}."""
+    if not text:
+        return None
+    if Path(text).is_file():
+        import yaml
+
+        data = yaml.safe_load(Path(text).read_text())
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--reward-options is neither a file nor JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError("--reward-options must map reward names to option mappings")
+    return data
 
 
 def _doctor_cmd(args: argparse.Namespace) -> int:
@@ -221,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=None, help="sandboxed render workers (default: CPUs)")
     ev.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     ev.add_argument("--timeout", type=float, default=10.0, help="seconds per render (default 10)")
+    ev.add_argument("--reward-options", default=None, metavar="JSON|FILE",
+                    help='options per reward, e.g. \'{"clip": {"pretrained": "/models/clip.pt"}}\' or a YAML file')
     ev.set_defaults(func=_eval_cmd)
 
     d = sub.add_parser("doctor", help="report backends, versions, sandbox level and what is missing")

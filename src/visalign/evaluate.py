@@ -115,9 +115,20 @@ def _batches(rows: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield list(rows[i:i + size])
 
 
-def build_rewards(names: Sequence[str], service: RenderService) -> dict[str, Reward]:
-    """Rewards by name, each sharing ``service`` when it takes one."""
-    return {n: get_reward(n, service=service) if _takes_service(n) else get_reward(n) for n in names}
+def build_rewards(names: Sequence[str], service: RenderService,
+                  options: dict[str, dict[str, Any]] | None = None) -> dict[str, Reward]:
+    """Rewards by name with their ``options`` (name -> keyword arguments), sharing ``service``."""
+    options = options or {}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"options given for rewards not asked for: {unknown}")
+    built = {}
+    for n in names:
+        kwargs = dict(options.get(n, {}))
+        if _takes_service(n):
+            kwargs["service"] = service
+        built[n] = get_reward(n, **kwargs)
+    return built
 
 
 def _takes_service(name: str) -> bool:
@@ -128,10 +139,12 @@ def _takes_service(name: str) -> bool:
 
 def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: str | Path, *,
              workers: int | None = None, limit: int | None = None, timeout: float = 10.0, batch_size: int = 32,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, reward_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Render and score every row of ``data``; write results, summary and report into ``out``.
 
-    Returns the summary (also written to ``summary.json``).
+    ``reward_options`` maps a reward name to its keyword arguments, e.g.
+    ``{"clip": {"model_name": "ViT-L-14", "pretrained": "/models/clip.pt"}}``. Returns the summary (also
+    written to ``summary.json``).
 
     Example:
         >>> import json, tempfile, pathlib
@@ -158,7 +171,7 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     if done:
         log.info("resuming: %d samples already scored, %d to go", len(done), len(rows))
     with RenderService(timeout=timeout, workers=workers) as service:
-        built = build_rewards(names, service)
+        built = build_rewards(names, service, reward_options)
         try:
             bar = tqdm(total=len(mine), desc=f"eval {task}", unit="sample", disable=not progress or None)
             _end_with_newline(results_path)
