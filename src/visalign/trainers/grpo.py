@@ -1,0 +1,119 @@
+"""GRPO math: group advantages and the clipped policy loss, with TRL 1.16's semantics.
+
+Small public functions that the trainers call and the tests hold to reference numbers; no model, no
+data, no loop here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Scale = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+def _nan_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Unbiased (N - 1) standard deviation ignoring NaN; 0 where fewer than two values."""
+    valid = ~torch.isnan(x)
+    n = valid.sum() if dim is None else valid.sum(dim)
+    mean = torch.nanmean(x) if dim is None else torch.nanmean(x, dim=dim, keepdim=True)
+    sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
+    total = sq.sum() if dim is None else sq.sum(dim)
+    var = total / (n - 1).clamp(min=1)
+    return torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: Scale = "group", eps: float = 1e-4
+                     ) -> torch.Tensor:
+    """GRPO advantages: reward minus its prompt group's mean, over a standard deviation.
+
+    ``rewards`` holds ``B = n_groups * group_size`` rewards, the ``group_size`` completions of each
+    prompt contiguous (TRL's layout). ``scale``: ``"group"`` divides by the unbiased std of the group,
+    ``"batch"`` by the unbiased std of the whole batch (the mean is still per group), ``"none"`` does
+    not divide (Dr. GRPO). ``eps`` is added to the std (TRL: 1e-4). NaN rewards (not applicable) are
+    left out of the means and stds and get advantage 0.
+
+    Example:
+        >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2)
+        tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
+    """
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D (one per completion), got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    r = rewards.double().view(-1, group_size)
+    has_any = (~torch.isnan(r)).any(dim=1, keepdim=True)
+    mean = torch.where(has_any, torch.nanmean(r, dim=1, keepdim=True), torch.zeros_like(r[:, :1]))
+    adv = r - mean
+    if scale == "group":
+        adv = adv / (_nan_std(r, dim=1).unsqueeze(1) + eps)
+    elif scale == "batch":
+        adv = adv / (_nan_std(r.flatten()) + eps)
+    adv = torch.nan_to_num(adv, nan=0.0)
+    return adv.view(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                loss_type: LossType = "dapo", epsilon: float = 0.2, epsilon_high: float | None = None,
+                beta: float = 0.0, ref_logps: torch.Tensor | None = None,
+                importance_sampling_level: Literal["token", "sequence"] = "token",
+                max_completion_length: int | None = None, num_items_in_batch: float | None = None,
+                num_processes: int = 1, kl_importance_weighting: bool = True) -> torch.Tensor:
+    """The clipped GRPO surrogate loss, aggregated as TRL 1.16 does.
+
+    Per token, the importance ratio ``r = exp(logp - old_logp)`` (``"sequence"``: GSPO, the masked mean
+    of the log-ratio over the sequence), clipped to ``[1 - epsilon, 1 + epsilon_high]`` (clip-higher,
+    DAPO; ``epsilon_high`` defaults to ``epsilon``), and the loss ``-min(r A, clip(r) A)``. With
+    ``beta > 0`` the k3 estimate of KL(pi || pi_ref), ``exp(d) - d - 1`` with ``d = ref_logp - logp``,
+    multiplied by the importance ratio (TRL's ``use_bias_correction_kl``; off with
+    ``kl_importance_weighting=False``), is added with weight ``beta``.
+
+    Aggregation over the (B, T) token losses under ``mask``:
+    ``grpo`` mean over sequences of each sequence's token mean; ``bnpo`` mean over all active tokens;
+    ``dr_grpo`` sum / (B * ``max_completion_length``); ``dapo`` sum / (``num_items_in_batch`` /
+    ``num_processes``), the active tokens of the whole generation batch (default: this batch's).
+
+    Example:
+        >>> lp = torch.tensor([[-1.0, -0.5]])
+        >>> float(policy_loss(lp, lp, torch.tensor([2.0]), torch.ones(1, 2), loss_type="grpo"))
+        -2.0
+    """
+    if logps.shape != old_logps.shape or logps.shape != mask.shape or logps.ndim != 2:
+        raise ValueError(f"logps, old_logps and mask must share one (B, T) shape, got {tuple(logps.shape)}, "
+                         f"{tuple(old_logps.shape)}, {tuple(mask.shape)}")
+    if advantages.shape != logps.shape[:1]:
+        raise ValueError(f"advantages must have shape ({logps.shape[0]},), got {tuple(advantages.shape)}")
+    mask = mask.to(logps.dtype)
+    log_ratio = logps - old_logps
+    if importance_sampling_level == "token":
+        log_w = log_ratio
+    elif importance_sampling_level == "sequence":
+        log_w = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    else:
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    ratio = torch.exp(log_w)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + (epsilon if epsilon_high is None else epsilon_high))
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta > 0 needs ref_logps")
+        d = ref_logps - logps
+        kl = torch.exp(d) - d - 1
+        per_token = per_token + beta * (kl * ratio if kl_importance_weighting else kl)
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("dr_grpo needs max_completion_length")
+        return (per_token * mask).sum() / (logps.shape[0] * max_completion_length)
+    if loss_type == "dapo":
+        items = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=logps.dtype)
+        return (per_token * mask).sum() / (items / num_processes).clamp(min=1.0)
+    raise ValueError(f"loss_type must be one of grpo, bnpo, dr_grpo, dapo; got {loss_type!r}")
