@@ -134,6 +134,21 @@ def _gaussian_log_prob(prev_sample: torch.Tensor, mean: torch.Tensor, std: torch
 # ------------------------------------------------------------------------------------------ flow steps
 
 
+def _flow_step_inputs(velocity: torch.Tensor, sample: torch.Tensor, sigmas: torch.Tensor, step_index: int | torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shared set-up of the flow steps: upcast ``x`` and ``v``, and the per-sample ``s`` and ``s'``."""
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(
+            f"sigmas must be a 1-D tensor with at least 2 entries, got shape {tuple(sigmas.shape)}"
+        )
+    dtype = _compute_dtype(sample, velocity)
+    x, v = sample.to(dtype), velocity.to(dtype)
+    sig = sigmas.to(device=x.device, dtype=dtype)
+    s = _per_sample(_index(sig, step_index, "step_index", high=sig.numel() - 1), x)
+    s_next = _per_sample(_index(sig, step_index + 1, "step_index + 1", high=sig.numel()), x)
+    return x, v, sig, s, s_next
+
+
 def sde_step_with_logprob(
     velocity: torch.Tensor,
     sample: torch.Tensor,
@@ -179,15 +194,7 @@ def sde_step_with_logprob(
     _check_sample(sample, velocity, "velocity")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(
-            f"sigmas must be a 1-D tensor with at least 2 entries, got shape {tuple(sigmas.shape)}"
-        )
-    dtype = _compute_dtype(sample, velocity)
-    x, v = sample.to(dtype), velocity.to(dtype)
-    sig = sigmas.to(device=x.device, dtype=dtype)
-    s = _per_sample(_index(sig, step_index, "step_index", high=sig.numel() - 1), x)
-    s_next = _per_sample(_index(sig, step_index + 1, "step_index + 1", high=sig.numel()), x)
+    x, v, sig, s, s_next = _flow_step_inputs(velocity, sample, sigmas, step_index)
     dt = s_next - s
     s_tilde = torch.where(s == 1, sig[1], s)
     sigma_t = noise_level * torch.sqrt(s / (1 - s_tilde))
@@ -244,15 +251,7 @@ def cps_step_with_logprob(
         raise ValueError(f"noise_level must be in [0, 1] for CPS, got {noise_level}")
     if log_prob_form not in ("flow_grpo", "gaussian"):
         raise ValueError(f"log_prob_form must be 'flow_grpo' or 'gaussian', got {log_prob_form!r}")
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(
-            f"sigmas must be a 1-D tensor with at least 2 entries, got shape {tuple(sigmas.shape)}"
-        )
-    dtype = _compute_dtype(sample, velocity)
-    x, v = sample.to(dtype), velocity.to(dtype)
-    sig = sigmas.to(device=x.device, dtype=dtype)
-    s = _per_sample(_index(sig, step_index, "step_index", high=sig.numel() - 1), x)
-    s_next = _per_sample(_index(sig, step_index + 1, "step_index + 1", high=sig.numel()), x)
+    x, v, _, s, s_next = _flow_step_inputs(velocity, sample, sigmas, step_index)
     x0_hat = x - s * v
     eps_hat = x + (1 - s) * v
     std = s_next * math.sin(noise_level * math.pi / 2)
