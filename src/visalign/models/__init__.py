@@ -1,0 +1,1 @@
+"""Model builders: tiny models made offline from configs (tests, benchmarks, shipped demo policies)."""

@@ -1,0 +1,136 @@
+"""Prompts for code-writing VLMs: chat messages, batched encoding, and the two guards every VLM
+trainer needs.
+
+- Vision special tokens (image / video pads, vision start / end) must never be generated: tiny and
+  early models emit them and the processor then fails with "image features and image tokens do not
+  match". :func:`vision_token_ids` lists them for ``generate(suppress_tokens=...)``.
+- A prompt longer than ``max_prompt_length`` is never truncated (truncating through the image tokens is
+  the other cause of that error, and truncating the instruction changes the task):
+  :func:`encode_prompts` raises :class:`PromptTooLongError` naming the row, its length and how many of
+  its tokens are image tokens, and :func:`check_prompts` returns the bad rows so a trainer can reject
+  them up front.
+
+The conversation is the one every chart-to-code recipe uses: one user turn holding the image and the
+instruction, then the assistant's answer (the code).
+
+Example:
+    >>> chat_messages("Write matplotlib code for this chart.")[0]["content"]
+    [{'type': 'image'}, {'type': 'text', 'text': 'Write matplotlib code for this chart.'}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+#: The instruction used when a dataset row has none, per renderer kind.
+DEFAULT_INSTRUCTIONS = {
+    "matplotlib": "Write matplotlib code that reproduces this chart.",
+    "latex": "Write the LaTeX code of this table.",
+    "svg": "Write SVG code that reproduces this image.",
+    "html": "Write the HTML code of this web page.",
+}
+
+_VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                       "image_token_index", "video_token_index")
+
+
+class PromptTooLongError(ValueError):
+    """A prompt does not fit ``max_prompt_length``; it is rejected, never truncated."""
+
+
+def chat_messages(instruction: str, with_image: bool = True, system: str | None = None) -> list[dict[str, Any]]:
+    """The user turn (image first, then the instruction), after an optional system turn.
+
+    Example:
+        >>> [m["role"] for m in chat_messages("Draw it.", system="You write code.")]
+        ['system', 'user']
+    """
+    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": instruction})
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def prompt_texts(processor: Any, instructions: Sequence[str], with_image: bool = True,
+                 system: str | None = None) -> list[str]:
+    """The chat-templated prompt strings, ending where the assistant starts answering."""
+    return [processor.apply_chat_template(chat_messages(i, with_image, system), tokenize=False,
+                                          add_generation_prompt=True) for i in instructions]
+
+
+def vision_token_ids(model_or_config: Any, eos_token_id: int | Sequence[int] | None = None) -> list[int]:
+    """Ids of the vision special tokens named in a model's config (never EOS), sorted.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> vision_token_ids(SimpleNamespace(image_token_id=5, video_token_id=6, vision_start_token_id=3))
+        [3, 5, 6]
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if eos_token_id is None:
+        gen = getattr(model_or_config, "generation_config", None)
+        eos_token_id = getattr(gen, "eos_token_id", None)
+    eos = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+    ids = {getattr(config, n, None) for n in _VISION_TOKEN_ATTRS}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i not in eos)
+
+
+def _image_token_id(processor: Any) -> int | None:
+    tok = getattr(processor, "tokenizer", processor)
+    token = getattr(processor, "image_token", None) or getattr(tok, "image_token", None)
+    if token is None:
+        return None
+    tid = tok.convert_tokens_to_ids(token)
+    return tid if isinstance(tid, int) and tid >= 0 else None
+
+
+def encode_prompts(processor: Any, images: Sequence[Image.Image | None], instructions: Sequence[str], *,
+                   max_prompt_length: int | None = None, system: str | None = None,
+                   row_ids: Sequence[Any] | None = None) -> Any:
+    """Encode a batch of (image, instruction) prompts, left-padded for generation.
+
+    Returns the processor's ``BatchFeature`` (``input_ids``, ``attention_mask``, ``pixel_values``,
+    ``image_grid_thw``, ...). Raises :class:`PromptTooLongError` when a prompt is longer than
+    ``max_prompt_length`` tokens, naming it (``row_ids`` or its index) and its image-token count.
+    """
+    if len(images) != len(instructions):
+        raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+    with_image = [im is not None for im in images]
+    if any(with_image) and not all(with_image):
+        raise ValueError("a batch mixes prompts with and without an image; batch them apart")
+    tok = getattr(processor, "tokenizer", processor)
+    tok.padding_side = "left"
+    texts = prompt_texts(processor, instructions, with_image=all(with_image), system=system)
+    pics = [im.convert("RGB") for im in images if im is not None]
+    inputs = processor(text=texts, images=pics or None, return_tensors="pt", padding=True)
+    if max_prompt_length is not None:
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        image_id = _image_token_id(processor)
+        for i, n in enumerate(lengths):
+            if n > max_prompt_length:
+                n_img = int((inputs["input_ids"][i] == image_id).sum()) if image_id is not None else 0
+                name = row_ids[i] if row_ids is not None else i
+                raise PromptTooLongError(
+                    f"prompt {name!r} is {n} tokens ({n_img} of them image tokens), over max_prompt_length "
+                    f"{max_prompt_length}: raise max_prompt_length or lower the processor's max_pixels; "
+                    "visalign never truncates a prompt (cutting image tokens breaks the model)")
+    return inputs
+
+
+def check_prompts(processor: Any, images: Sequence[Image.Image | None], instructions: Sequence[str],
+                  max_prompt_length: int, system: str | None = None) -> list[tuple[int, str]]:
+    """``(index, reason)`` of every prompt :func:`encode_prompts` would reject (one at a time)."""
+    bad = []
+    for i, (im, text) in enumerate(zip(images, instructions, strict=True)):
+        try:
+            encode_prompts(processor, [im], [text], max_prompt_length=max_prompt_length, system=system,
+                           row_ids=[i])
+        except PromptTooLongError as e:
+            bad.append((i, str(e)))
+    return bad
