@@ -186,6 +186,51 @@ def _load_options(text: str | None) -> dict | None:
     return data
 
 
+TRAINERS = {  # visalign train NAME -> (config class, entry point), imported on use
+    "grpo": ("visalign.trainers.vlm", "VLMGRPOConfig", "train_grpo_from_config"),
+    "sft": ("visalign.trainers.sft", "SFTConfig", "train_sft_from_config"),
+    "flow": ("visalign.trainers.flow", "FlowGRPOConfig", "train_flow_from_config"),
+}
+
+
+def _parse_sets(items: Sequence[str] | None) -> dict:
+    """``--set key=value`` pairs, values read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _train_cmd(args: argparse.Namespace) -> int:
+    import importlib
+
+    from .trainers.config import describe_config
+
+    module, config_name, entry = TRAINERS[args.trainer]
+    mod = importlib.import_module(module)
+    if args.describe:
+        print(describe_config(getattr(mod, config_name)))
+        return 0
+    if not args.config:
+        print(f"visalign train {args.trainer}: give a CONFIG file (or --describe for its options)", file=sys.stderr)
+        return 2
+    if not Path(args.config).is_file():
+        print(f"visalign train {args.trainer}: no such file: {args.config}", file=sys.stderr)
+        return 2
+    try:
+        overrides = _parse_sets(args.set)
+        getattr(mod, entry)(args.config, **overrides)
+    except (ValueError, TypeError) as exc:
+        print(f"visalign train {args.trainer}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _doctor_cmd(args: argparse.Namespace) -> int:
     from .doctor import diagnose, format_report
 
@@ -243,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reward-options", default=None, metavar="JSON|FILE",
                     help='options per reward, e.g. \'{"clip": {"pretrained": "/models/clip.pt"}}\' or a YAML file')
     ev.set_defaults(func=_eval_cmd)
+
+    t = sub.add_parser("train", help="train: grpo (code-writing VLM), sft (warm start), flow (text-to-image GRPO)",
+                       description="Train from a YAML config. Multi-GPU / multi-node: "
+                                   "accelerate launch [--multi_gpu|--use_deepspeed|--use_fsdp] -m visalign train ...")
+    t.add_argument("trainer", choices=sorted(TRAINERS))
+    t.add_argument("config", nargs="?", help="YAML file with the trainer's options")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
+    t.add_argument("--describe", action="store_true", help="print the trainer's options and defaults")
+    t.set_defaults(func=_train_cmd)
 
     d = sub.add_parser("doctor", help="report backends, versions, sandbox level and what is missing")
     d.add_argument("--json", action="store_true")

@@ -139,12 +139,14 @@ def _takes_service(name: str) -> bool:
 
 def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: str | Path, *,
              workers: int | None = None, limit: int | None = None, timeout: float = 10.0, batch_size: int = 32,
-             progress: bool = True, reward_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+             progress: bool = True, reward_options: dict[str, dict[str, Any]] | None = None,
+             render_options: dict[str, dict[str, Any]] | None = None, title: str | None = None) -> dict[str, Any]:
     """Render and score every row of ``data``; write results, summary and report into ``out``.
 
     ``reward_options`` maps a reward name to its keyword arguments, e.g.
-    ``{"clip": {"model_name": "ViT-L-14", "pretrained": "/models/clip.pt"}}``. Returns the summary (also
-    written to ``summary.json``).
+    ``{"clip": {"model_name": "ViT-L-14", "pretrained": "/models/clip.pt"}}``; ``render_options`` maps a
+    renderer kind to its options (``{"matplotlib": {"dpi": 64}}``, as :class:`RenderService` takes them).
+    Returns the summary (also written to ``summary.json``).
 
     Example:
         >>> import json, tempfile, pathlib
@@ -170,7 +172,7 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     kind = TASKS[task]
     if done:
         log.info("resuming: %d samples already scored, %d to go", len(done), len(rows))
-    with RenderService(timeout=timeout, workers=workers) as service:
+    with RenderService(timeout=timeout, workers=workers, options=render_options) as service:
         built = build_rewards(names, service, reward_options)
         try:
             bar = tqdm(total=len(mine), desc=f"eval {task}", unit="sample", disable=not progress or None)
@@ -202,7 +204,8 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
     images = {r["id"]: {"reference": _load(out, r.get("reference_png")), "generated": _load(out, r.get("generated_png"))}
               for r in records}
-    write_report(records, summary, names, out, title=f"visalign eval · {task} · {data.name}", images=images)
+    write_report(records, summary, names, out, title=title or f"visalign eval · {task} · {data.name}",
+                 images=images)
     return summary
 
 

@@ -67,7 +67,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
 
     Per token, the importance ratio ``r = exp(logp - old_logp)`` (``"sequence"``: GSPO, the masked mean
     of the log-ratio over the sequence), clipped to ``[1 - epsilon, 1 + epsilon_high]`` (clip-higher,
-    DAPO; ``epsilon_high`` defaults to ``epsilon``), and the loss ``-min(r A, clip(r) A)``. With
+    DAPO; ``epsilon_high`` defaults to ``epsilon``), and the loss ``-min(r A, clip(r) A)``. ``advantages``
+    holds one value per sequence (B,) or one per token (B, T), as prefix-tree rollouts give. With
     ``beta > 0`` the k3 estimate of KL(pi || pi_ref), ``exp(d) - d - 1`` with ``d = ref_logp - logp``,
     multiplied by the importance ratio (TRL's ``use_bias_correction_kl``; off with
     ``kl_importance_weighting=False``), is added with weight ``beta``.
@@ -85,8 +86,9 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     if logps.shape != old_logps.shape or logps.shape != mask.shape or logps.ndim != 2:
         raise ValueError(f"logps, old_logps and mask must share one (B, T) shape, got {tuple(logps.shape)}, "
                          f"{tuple(old_logps.shape)}, {tuple(mask.shape)}")
-    if advantages.shape != logps.shape[:1]:
-        raise ValueError(f"advantages must have shape ({logps.shape[0]},), got {tuple(advantages.shape)}")
+    if advantages.shape not in (logps.shape[:1], logps.shape):
+        raise ValueError(f"advantages must have shape ({logps.shape[0]},) or {tuple(logps.shape)} (per token), "
+                         f"got {tuple(advantages.shape)}")
     mask = mask.to(logps.dtype)
     log_ratio = logps - old_logps
     if importance_sampling_level == "token":
@@ -97,7 +99,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
     ratio = torch.exp(log_w)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + (epsilon if epsilon_high is None else epsilon_high))
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.ndim == 1 else advantages
     per_token = -torch.min(ratio * adv, clipped * adv)
     if beta != 0.0:
         if ref_logps is None:

@@ -10,7 +10,10 @@ adds nothing: a flat group (no shared prefix) gives exactly GRPO.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -93,3 +96,197 @@ def tree_token_advantages(token_ids: Sequence[Sequence[int]], rewards: torch.Ten
                 adv.zero_()
             out.append(adv.to(torch.float32))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling: independent groups and prefix trees from one KV-cached decoding loop
+# ---------------------------------------------------------------------------------------------------
+
+BranchMode = Literal["independent", "segment", "entropy"]
+
+
+@dataclass
+class TreeSampling:
+    """How a prompt's ``num_leaves`` completions are grown.
+
+    - ``"independent"``: the root splits into all leaves at the first token (plain GRPO sampling; the
+      prompt's KV cache is still computed once).
+    - ``"segment"`` (TreePO): a trunk grows; every ``segment_length`` tokens each live branch that still
+      owes more than one leaf splits into ``branch_factor`` children.
+    - ``"entropy"`` (after TreeRL's EPTree, online): a branch that owes more than one leaf splits at the
+      first token whose next-token entropy is at least ``entropy_threshold`` nats, at least
+      ``min_segment`` tokens after its last split.
+
+    In every mode a branch that owes ``q > 1`` leaves and samples EOS emits one leaf and draws again
+    from the same distribution for the other ``q - 1`` (so every leaf is a fair sample given its
+    prefix), and at the last allowed position a branch splits into all the leaves it owes. So each
+    prompt always gets exactly ``num_leaves`` completions.
+
+    Example:
+        >>> TreeSampling(num_leaves=8, mode="segment", segment_length=16).num_leaves
+        8
+    """
+
+    num_leaves: int
+    mode: BranchMode = "independent"
+    branch_factor: int = 2
+    segment_length: int = 16
+    entropy_threshold: float = 1.0
+    min_segment: int = 4
+
+    def __post_init__(self) -> None:
+        if self.num_leaves < 1 or self.branch_factor < 2 or self.segment_length < 1 or self.min_segment < 1:
+            raise ValueError("num_leaves >= 1, branch_factor >= 2, segment_length >= 1 and min_segment >= 1")
+        if self.mode not in ("independent", "segment", "entropy"):
+            raise ValueError(f"mode must be independent, segment or entropy; got {self.mode!r}")
+
+    def splits(self, position: int, quota: int, entropy: float, since_split: int, last: bool) -> int:
+        """How many children a live branch owing ``quota`` leaves gets at ``position`` (1 = no split)."""
+        if quota <= 1:
+            return 1
+        if last:
+            return quota
+        if self.mode == "independent":
+            return quota if position == 0 else 1
+        if self.mode == "segment":
+            split = position > 0 and position % self.segment_length == 0
+        else:
+            split = since_split >= self.min_segment and entropy >= self.entropy_threshold
+        return min(self.branch_factor, quota) if split else 1
+
+
+@dataclass
+class SampledGroup:
+    """The completions of one prompt: token ids (EOS included when reached), the log-prob of each token
+    under the distribution it was drawn from, whether each was cut at ``max_new_tokens``, and how many
+    tokens were sampled for all of them together (a shared prefix counts once)."""
+
+    completions: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    tokens_sampled: int = 0
+
+
+def split_quota(quota: int, parts: int) -> list[int]:
+    """Share ``quota`` leaves among ``parts`` children as evenly as possible, larger shares first.
+
+    Example:
+        >>> split_quota(5, 2)
+        [3, 2]
+    """
+    return [quota // parts + (1 if i < quota % parts else 0) for i in range(parts)]
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  suppress: Sequence[int] = ()) -> torch.Tensor:
+    """Logits as sampled from: suppressed tokens at -inf, divided by ``temperature``, then top-k and
+    top-p (nucleus) filtering. Float32.
+
+    Example:
+        >>> filter_logits(torch.tensor([[1.0, 2.0, 3.0]]), top_k=2, suppress=[2]).tolist()
+        [[1.0, 2.0, -inf]]
+    """
+    x = logits.float() / max(temperature, 1e-6)
+    if suppress:
+        x[..., list(suppress)] = float("-inf")
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, descending=True, dim=-1)
+        cum = sorted_x.softmax(-1).cumsum(-1)
+        drop = cum - sorted_x.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return x
+
+
+def _positions(attention_mask: torch.Tensor, rope_deltas: torch.Tensor | None, cache_length: int) -> torch.Tensor:
+    """Position ids of the next token of each row: M-RoPE (Qwen-VL: cache position + the row's
+    rope delta, on all three axes) or 1-D (tokens seen so far, padding excluded)."""
+    if rope_deltas is not None:
+        pos = cache_length + rope_deltas.view(-1, 1).to(attention_mask.device)
+        return pos.unsqueeze(0).expand(3, -1, -1)
+    return (attention_mask.long().sum(-1, keepdim=True) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample_groups(model: Any, inputs: Mapping[str, torch.Tensor], plan: TreeSampling, *, max_new_tokens: int,
+                  eos_token_ids: Sequence[int], generators: Sequence[torch.Generator], temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, suppress_tokens: Sequence[int] = ()) -> list[SampledGroup]:
+    """Sample ``plan.num_leaves`` completions for each prompt of ``inputs`` with one KV cache.
+
+    The prompts (left-padded, as :func:`~visalign.trainers.prompting.encode_prompts` gives) are encoded
+    once; then every live branch of every prompt advances one token per forward pass. A split copies
+    the parent's cache rows (no prefix is ever recomputed). Prompt ``p`` draws its tokens from
+    ``generators[p]`` alone, so what a prompt gets does not depend on the batch it was sampled in or on
+    the number of processes. Works with Qwen-VL models (M-RoPE deltas are carried per row) and with
+    models using 1-D positions.
+
+    Returns one :class:`SampledGroup` per prompt.
+    """
+    n_prompts = inputs["input_ids"].shape[0]
+    if len(generators) != n_prompts:
+        raise ValueError(f"{n_prompts} prompts but {len(generators)} generators")
+    eos = set(eos_token_ids)
+    if not eos:
+        raise ValueError("sampling needs at least one EOS token id")
+    inner = getattr(model, "model", None)
+    mrope = inner is not None and hasattr(inner, "rope_deltas")
+    if mrope:
+        inner.rope_deltas = None
+    # transformers >= 5.24 renamed past_key_values to cache in some models
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    rope_deltas = inner.rope_deltas.clone() if mrope and inner.rope_deltas is not None else None
+    logits = out.logits[:, -1]
+    attn = inputs["attention_mask"]
+    device = attn.device
+    groups = [SampledGroup() for _ in range(n_prompts)]
+    # live rows: (prompt index, leaves owed, tokens so far, their log-probs, tokens since the last split)
+    rows: list[tuple[int, int, list[int], list[float], int]] = [(p, plan.num_leaves, [], [], 0) for p in range(n_prompts)]
+    for t in range(max_new_tokens):
+        x = filter_logits(logits, temperature, top_k, top_p, suppress_tokens)
+        probs = x.softmax(-1)
+        logp = torch.log_softmax(x, -1)
+        entropy = -(probs * logp.nan_to_num(neginf=0.0)).sum(-1)
+        last = t == max_new_tokens - 1
+        keep: list[int] = []
+        new_rows: list[tuple[int, int, list[int], list[float], int]] = []
+        new_tokens: list[int] = []
+        for r, (p, quota, toks, lps, since) in enumerate(rows):
+            g, gen = groups[p], generators[p]
+            k = plan.splits(t, quota, float(entropy[r]), since, last)
+            for owed in split_quota(quota, k):
+                while owed > 0:
+                    tok = int(torch.multinomial(probs[r].cpu(), 1, generator=gen))
+                    g.tokens_sampled += 1
+                    lp = [*lps, float(logp[r, tok])]
+                    if tok in eos or last:
+                        g.completions.append([*toks, tok])
+                        g.logprobs.append(lp)
+                        g.truncated.append(tok not in eos)
+                        owed -= 1
+                        continue
+                    keep.append(r)
+                    new_rows.append((p, owed, [*toks, tok], lp, 0 if k > 1 else since + 1))
+                    new_tokens.append(tok)
+                    owed = 0
+        rows = new_rows
+        if not rows:
+            break
+        index = torch.tensor(keep, device=device)
+        if keep != list(range(len(keep))) or len(keep) != logits.shape[0]:
+            cache.reorder_cache(index)
+            attn = attn.index_select(0, index)
+            if rope_deltas is not None:
+                rope_deltas = rope_deltas.index_select(0, index.to(rope_deltas.device))
+        attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
+        step_ids = torch.tensor(new_tokens, device=device).view(-1, 1)
+        cache_length = cache.get_seq_length()
+        position_ids = _positions(attn, rope_deltas, cache_length)
+        out = model(input_ids=step_ids, attention_mask=attn, position_ids=position_ids, use_cache=True,
+                    cache_position=torch.tensor([cache_length], device=device), **{cache_arg: cache})
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+    return groups

@@ -1,0 +1,8 @@
+"""`python -m visalign` (what `accelerate launch -m visalign train ...` runs)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
