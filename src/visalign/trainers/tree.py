@@ -200,13 +200,14 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return x
 
 
-def _positions(attention_mask: torch.Tensor, rope_deltas: torch.Tensor | None, cache_length: int) -> torch.Tensor:
-    """Position ids of the next token of each row: M-RoPE (Qwen-VL: cache position + the row's
-    rope delta, on all three axes) or 1-D (tokens seen so far, padding excluded)."""
+def _positions(attention_mask: torch.Tensor, rope_deltas: torch.Tensor | None) -> torch.Tensor:
+    """Position ids of the last token of each row (``attention_mask`` includes it): its index among the
+    row's real tokens (left padding excluded), plus the row's M-RoPE delta on all three axes for
+    Qwen-VL models (the delta is relative to the unpadded prompt length)."""
+    pos = (attention_mask.long().sum(-1, keepdim=True) - 1).clamp(min=0)
     if rope_deltas is not None:
-        pos = cache_length + rope_deltas.view(-1, 1).to(attention_mask.device)
-        return pos.unsqueeze(0).expand(3, -1, -1)
-    return (attention_mask.long().sum(-1, keepdim=True) - 1).clamp(min=0)
+        return (pos + rope_deltas.view(-1, 1).to(pos.device)).unsqueeze(0).expand(3, -1, -1)
+    return pos
 
 
 @torch.no_grad()
@@ -284,7 +285,7 @@ def sample_groups(model: Any, inputs: Mapping[str, torch.Tensor], plan: TreeSamp
         attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
         step_ids = torch.tensor(new_tokens, device=device).view(-1, 1)
         cache_length = cache.get_seq_length()
-        position_ids = _positions(attn, rope_deltas, cache_length)
+        position_ids = _positions(attn, rope_deltas)
         out = model(input_ids=step_ids, attention_mask=attn, position_ids=position_ids, use_cache=True,
                     cache_position=torch.tensor([cache_length], device=device), **{cache_arg: cache})
         cache = out.past_key_values
