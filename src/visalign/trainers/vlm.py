@@ -307,6 +307,8 @@ class VLMGRPOTrainer:
         self.step_count = 0
         self.cursor = 0  # position in the (shuffled, repeating) stream of prompts, shared by all processes
         self.history: list[dict[str, Any]] = []
+        self.eval_dirs: list[Path] = []
+        self.eval_steps: list[int] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visalign-score")
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -622,7 +624,17 @@ class VLMGRPOTrainer:
             self.evaluate()
         self.save_checkpoint(final=True)
         if acc.is_main_process:
-            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+            curves = plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+            if len(self.eval_dirs) >= 2:
+                from ..report.compare import compare_evals
+
+                table = compare_evals(self.eval_dirs[0], self.eval_dirs[-1], self.out / "comparison.html",
+                                      title=f"GRPO: held-out before (step {self.eval_steps[0]}) / after "
+                                            f"(step {self.eval_steps[-1]})", curves=curves)
+                for name, t in table.items():
+                    d = t["difference"]
+                    log.info("held-out %s: %.4f -> %.4f, paired difference %+.4f [%+.4f, %+.4f]", name,
+                             t["before"][0], t["after"][0], d[0], d[1], d[2])
         acc.end_training()
         return self.history
 
@@ -698,6 +710,8 @@ class VLMGRPOTrainer:
                                title=f"visalign GRPO eval · {tag}")
             flat = {f"eval/{n}/mean": s["mean"] for n, s in summary["rewards"].items()}
             acc.log(flat, step=self.step_count)
+            self.eval_dirs.append(d / "report")
+            self.eval_steps.append(self.step_count)
             with open(self.out / "eval.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": self.step_count, "tag": tag, **flat}) + "\n")
             log.info("eval %s: %s", tag, ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
