@@ -996,13 +996,9 @@ class TransformersJudgeBackend(JudgeBackend):
         self.suppress_tokens = self._vision_token_ids() if suppress_vision_tokens else []
 
     def _vision_token_ids(self) -> list[int]:
-        config = self.model.config
-        names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                 "image_token_index", "video_token_index")
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        ids = {getattr(config, n, None) for n in names}
-        return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i not in eos_ids)
+        from ..models.tokens import vision_token_ids
+
+        return vision_token_ids(self.model)
 
     def _messages(self, request: JudgeRequest) -> list[dict[str, Any]]:
         content = [{"type": "image"} if isinstance(p, Image.Image) else {"type": "text", "text": p}

@@ -25,6 +25,11 @@ from typing import Any
 
 from PIL import Image
 
+from ..models.tokens import vision_token_ids
+
+__all__ = ["DEFAULT_INSTRUCTIONS", "PromptTooLongError", "chat_messages", "check_prompts", "encode_prompts",
+           "prompt_texts", "vision_token_ids"]
+
 #: The instruction used when a dataset row has none, per renderer kind.
 DEFAULT_INSTRUCTIONS = {
     "matplotlib": "Write matplotlib code that reproduces this chart.",
@@ -32,9 +37,6 @@ DEFAULT_INSTRUCTIONS = {
     "svg": "Write SVG code that reproduces this image.",
     "html": "Write the HTML code of this web page.",
 }
-
-_VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-                       "image_token_index", "video_token_index")
 
 
 class PromptTooLongError(ValueError):
@@ -62,23 +64,6 @@ def prompt_texts(processor: Any, instructions: Sequence[str], with_image: bool =
     """The chat-templated prompt strings, ending where the assistant starts answering."""
     return [processor.apply_chat_template(chat_messages(i, with_image, system), tokenize=False,
                                           add_generation_prompt=True) for i in instructions]
-
-
-def vision_token_ids(model_or_config: Any, eos_token_id: int | Sequence[int] | None = None) -> list[int]:
-    """Ids of the vision special tokens named in a model's config (never EOS), sorted.
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> vision_token_ids(SimpleNamespace(image_token_id=5, video_token_id=6, vision_start_token_id=3))
-        [3, 5, 6]
-    """
-    config = getattr(model_or_config, "config", model_or_config)
-    if eos_token_id is None:
-        gen = getattr(model_or_config, "generation_config", None)
-        eos_token_id = getattr(gen, "eos_token_id", None)
-    eos = set(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
-    ids = {getattr(config, n, None) for n in _VISION_TOKEN_ATTRS}
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i not in eos)
 
 
 def _image_token_id(processor: Any) -> int | None:
