@@ -635,7 +635,8 @@ class VLMGRPOTrainer:
                     d = t["difference"]
                     log.info("held-out %s: %.4f -> %.4f, paired difference %+.4f [%+.4f, %+.4f]", name,
                              t["before"][0], t["after"][0], d[0], d[1], d[2])
-        acc.end_training()
+        for tracker in acc.trackers:  # not end_training(): it would tear down the caller's process group
+            tracker.finish()
         return self.history
 
     _last_rollout: Rollout | None = None

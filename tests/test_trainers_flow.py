@@ -1,0 +1,293 @@
+"""Flow-GRPO trainer: tiny random models (SD3 pipeline, class-conditional UNet) end to end on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from visalign.rewards import Reward, RewardOutput
+from visalign.trainers.config import load_config
+from visalign.trainers.flow import (
+    FlowGRPOConfig,
+    FlowGRPOTrainer,
+    step_noise_levels,
+    train_flow_from_config,
+)
+from visalign.trainers.flow_policies import (
+    ClassConditionalFlowPolicy,
+    SD3Policy,
+    load_flow_policy,
+    tiny_sd3_pipeline,
+)
+from visalign.trainers.sde import sde_step_with_logprob
+
+CLASSES = ["a red circle", "a blue square"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Bright(Reward):
+    """Mean pixel value in [0, 1]; remembers the last scores."""
+
+    name = "bright"
+
+    def __init__(self, **_: object) -> None:
+        self.last: list[float] = []
+
+    def score(self, samples):
+        self.last = [float(np.asarray(s.image, dtype=np.float64).mean() / 255) for s in samples]
+        return RewardOutput(list(self.last), [{} for _ in samples], {"calls": 1.0})
+
+
+class Flaky(Reward):
+    """Returns None, garbage and non-finite values for some samples."""
+
+    name = "flaky"
+
+    def score(self, samples):
+        bad = [None, "garbage", float("nan"), float("inf")]
+        scores = [bad[i] if i < len(bad) else float(np.asarray(s.image).mean()) for i, s in enumerate(samples)]
+        return RewardOutput(scores, [{} for _ in samples])  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine stalls two spinning threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_unet(seed: int = 0) -> UNet2DModel:
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=len(CLASSES) + 1)  # + a null class for CFG
+
+
+def unet_policy(seed: int = 0) -> ClassConditionalFlowPolicy:
+    return ClassConditionalFlowPolicy(tiny_unet(seed), CLASSES)
+
+
+def config(tmp_path: Path, **overrides: object) -> FlowGRPOConfig:
+    base = {"num_steps": 4, "group_size": 4, "prompts_per_iteration": 2, "batch_size": 8, "guidance_scale": 1.0,
+            "lora_rank": 4, "lora_alpha": 8.0, "beta": 0.0, "clip_range": 1e-2, "eval_every": 0, "num_iterations": 1,
+            "log_with": "none", "output_dir": str(tmp_path / "run"), "learning_rate": 1e-3}
+    base.update(overrides)
+    return load_config(FlowGRPOConfig, base)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def test_sd3_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
+    pipe = tiny_sd3_pipeline(workdir=tmp_path / "tok")
+    pipe.save_pretrained(tmp_path / "sd3")
+    trainer = train_flow_from_config({
+        "pretrained": str(tmp_path / "sd3"), "resolution": 16, "max_sequence_length": 8,
+        "rewards": {f"{__name__}:Bright": 1.0}, "prompts": ["a red circle", "a blue square"],
+        "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2, "guidance_scale": 2.0, "beta": 0.04,
+        "lora_rank": 4, "num_iterations": 1, "eval_every": 1, "eval_images_per_prompt": 2, "eval_num_steps": 2,
+        "log_with": "none", "output_dir": str(tmp_path / "run")})
+    assert isinstance(trainer.policy, SD3Policy) and trainer.policy.lora
+    (m,) = read_metrics(tmp_path / "run")
+    assert m["nfe/rollout"] == 2 * 2 * 2 * 2  # 4 images x 2 steps x 2 (CFG)
+    assert m["nfe/train"] == 4 * 1 * 2 * 2  # 4 images x 1 trained step x 2 (CFG) x 2 (policy + reference)
+    assert m["ratio/first_update_max_abs_dev"] == 0.0
+    for key in ("loss", "kl", "clip_fraction", "ratio/mean", "adv/std", "reward/mean", "reward/calls",
+                "time/rollout", "time/reward", "time/train", "eval/reward_mean", "eval_start/reward_mean"):
+        assert key in m and math.isfinite(m[key]), key
+    assert Path(m["eval/grid"]).exists()
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+
+
+def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
+    tiny_unet().save_pretrained(tmp_path / "unet")
+    (tmp_path / "unet" / "classes.json").write_text(json.dumps(CLASSES))
+    assert isinstance(load_flow_policy(tmp_path / "unet"), ClassConditionalFlowPolicy)
+    trainer = train_flow_from_config({
+        "pretrained": str(tmp_path / "unet"), "rewards": {f"{__name__}:Bright": {"weight": 1.0}},
+        "prompts": CLASSES, "num_steps": 3, "group_size": 4, "prompts_per_iteration": 2, "guidance_scale": 3.0,
+        "beta": 0.04, "lora_rank": 4, "num_iterations": 2, "num_inner_updates": 2, "ema_every": 1,
+        "eval_every": 0, "log_with": "none", "output_dir": str(tmp_path / "run")})
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    assert metrics[0]["ratio/first_update_max_abs_dev"] == 0.0
+    assert all(math.isfinite(m["loss"]) and m["kl"] >= 0 for m in metrics)
+    assert metrics[1]["kl"] > 0  # the adapter moved away from the reference
+    assert len(trainer.trained_transitions) == 2  # two inner updates, disjoint shares
+    a, b = trainer.trained_transitions
+    assert set(a[0]).isdisjoint(b[0]) and sorted(a[0] + b[0]) == list(range(8))
+
+
+# ---------------------------------------------------------------------------------------- ratio
+
+
+def test_reevaluating_a_rollout_gives_ratio_exactly_one(tmp_path: Path) -> None:
+    trainer = FlowGRPOTrainer(config(tmp_path, guidance_scale=3.0), unet_policy(), Bright(), CLASSES)
+    levels = step_noise_levels(trainer.config, 0)
+    rollout = trainer.rollout(CLASSES, [(0, 0), (1, 0), (2, 1), (3, 1)], levels, 0)
+    cond = trainer.policy.encode_prompts(CLASSES)
+    for k, rec in enumerate(rollout.steps):
+        v = trainer.policy.velocity(rec.parents, trainer._sigmas[k], cond.select(rec.parent_prompt), 3.0)
+        _, log_prob, _, _ = sde_step_with_logprob(v, rec.parents, trainer._sigmas, k, noise_level=rec.noise_level,
+                                                  prev_sample=rec.children)
+        assert torch.equal(torch.exp(log_prob - rec.log_probs), torch.ones(4)), k
+        assert log_prob.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ trees
+
+
+def test_tree_rollout_nfe_equals_its_formula(tmp_path: Path) -> None:
+    c = config(tmp_path, rollout="tree", split_steps=[0, 2], branch_factor=2, guidance_scale=3.0)
+    (m,) = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES).train()
+    live = [2 ** sum(s < k for s in (0, 2)) for k in range(4)]  # nodes alive at each step: 1, 2, 2, 4
+    assert m["nfe/rollout"] == 2 * sum(live) * 2  # 2 prompts, x2 CFG
+    assert m["nfe/train"] == 2 * sum(live[:3]) * 2  # steps 0..2 trained (timestep fraction 0.99)
+    assert m["transitions/trained"] == 2 * (2 + 2 + 4)
+
+
+def test_width_pruning_trains_exactly_best_and_worst(tmp_path: Path) -> None:
+    reward = Bright()
+    c = config(tmp_path, rollout="tree", split_steps=[0, 1], branch_factor=2, width_pruning=True, num_steps=3,
+               timestep_fraction=1.0)
+    trainer = FlowGRPOTrainer(c, unet_policy(), reward, CLASSES)
+    trainer.train()
+    leaves = np.array(reward.last).reshape(2, 4)  # 2 trees of 4 leaves, depth-first
+    expected: dict[int, list[int]] = {}
+    for k in range(3):
+        nodes = 2 if k == 0 else 4
+        chosen = []
+        for t in range(2):
+            node_rewards = leaves[t].reshape(nodes, -1).mean(1)
+            keep = range(nodes) if nodes <= 2 else sorted({int(np.argmax(node_rewards)), int(np.argmin(node_rewards))})
+            chosen += [t * nodes + i for i in keep]
+        expected[k] = chosen
+    assert trainer.trained_transitions == [expected]
+    assert trainer.history[0]["transitions/trained"] == 2 * (2 + 2 + 2)
+
+
+def test_split_noise_scale_log_prob_uses_the_applied_noise(tmp_path: Path) -> None:
+    c = config(tmp_path, rollout="tree", split_steps=[1], split_noise_scale=3.0, noise_level=0.5)
+    trainer = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES)
+    rollout = trainer.rollout(CLASSES[:1], [(0, 0)], step_noise_levels(c, 0), 0)
+    rec = rollout.steps[1]
+    assert rec.noise_level == pytest.approx(1.5) and rollout.steps[0].noise_level == 0.5
+    cond = trainer.policy.encode_prompts(CLASSES[:1])
+    v = trainer.policy.velocity(rec.parents, trainer._sigmas[1], cond.select(rec.parent_prompt))
+    x, vv = rec.parents[rec.parent_index], v[rec.parent_index]
+    _, applied, _, std = sde_step_with_logprob(vv, x, trainer._sigmas, 1, noise_level=1.5, prev_sample=rec.children)
+    _, unscaled, _, std1 = sde_step_with_logprob(vv, x, trainer._sigmas, 1, noise_level=0.5, prev_sample=rec.children)
+    assert torch.equal(applied, rec.log_probs)
+    assert not torch.allclose(unscaled, rec.log_probs)
+    assert torch.allclose(std, 3 * std1)
+
+
+# ---------------------------------------------------------------------------------------- MixGRPO
+
+
+def test_mixgrpo_window_trains_only_window_steps_and_uses_ode_outside(tmp_path: Path) -> None:
+    c = config(tmp_path, sde_window_size=2, sde_window_shift_every=1, num_iterations=2, timestep_fraction=1.0)
+    trainer = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES)
+    history = trainer.train()
+    assert [h["sde_window"] for h in history] == [[0, 1], [1, 2]]
+    assert sorted(trainer.trained_transitions[0]) == [1, 2]  # the last iteration's window
+    assert [h["nfe/train"] for h in history] == [2 * 8, 2 * 8]
+    rollout = trainer.rollout(CLASSES, [(i, i // 4) for i in range(8)], step_noise_levels(c, 1), 1)
+    cond = trainer.policy.encode_prompts(CLASSES)
+    for k, rec in enumerate(rollout.steps):
+        if k in (1, 2):
+            assert rec.noise_level > 0 and bool((rec.log_probs != 0).all())
+            continue
+        assert rec.noise_level == 0.0 and bool((rec.log_probs == 0).all())
+        v = trainer.policy.velocity(rec.parents, trainer._sigmas[k], cond.select(rec.parent_prompt))
+        dt = trainer._sigmas[k + 1] - trainer._sigmas[k]
+        torch.testing.assert_close(rec.children, rec.parents + dt * v)  # the Euler (ODE) step
+
+
+# ------------------------------------------------------------------------------ resume, robustness
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+    keys = ("loss", "reward/mean", "ratio/max", "adv/std", "clip_fraction")
+    opts = {"num_iterations": 4, "ema_every": 1, "eval_every": 2, "eval_images_per_prompt": 1, "clip_range": 1e-3}
+    full = FlowGRPOTrainer(config(tmp_path / "a", **opts), unet_policy(), Bright(), CLASSES).train()
+    first = config(tmp_path / "b", **{**opts, "num_iterations": 2, "save_every": 2})
+    FlowGRPOTrainer(first, unet_policy(), Bright(), CLASSES).train()
+    second = config(tmp_path / "b", **{**opts, "resume_from": "latest"})
+    resumed = FlowGRPOTrainer(second, unet_policy(), Bright(), CLASSES)
+    assert resumed.iteration == 2
+    tail = resumed.train()
+    assert [h["iteration"] for h in tail] == [3, 4]
+    for a, b in zip(full[2:], tail, strict=True):
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        assert a.get("eval/reward_mean") == b.get("eval/reward_mean")  # EMA weights restored too
+    assert full[0]["reward/mean"] != full[3]["reward/mean"]
+
+
+@pytest.mark.parametrize("rollout", ["independent", "tree"])
+def test_missing_and_garbage_rewards_do_not_stop_the_run(tmp_path: Path, rollout: str) -> None:
+    c = config(tmp_path, rollout=rollout, split_steps=[0, 1], num_iterations=2)
+    history = FlowGRPOTrainer(c, unet_policy(), Flaky(), CLASSES).train()
+    assert [h["reward/missing"] for h in history] == [4, 4]
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["reward/mean"]) for h in history)
+
+
+def test_example_config_loads() -> None:
+    c = load_config(FlowGRPOConfig, __import__("yaml").safe_load((ROOT / "configs/flow_grpo_shapes.yaml").read_text())["flow"])
+    assert c.rollout in ("independent", "tree") and c.rewards
+
+
+# --------------------------------------------------------------------------------- two processes
+
+_TWO_PROCESS_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_trainers_flow import two_process_run
+torch.set_num_threads(1)
+out = {{r: two_process_run(Path({out!r}) / r, r) for r in ("independent", "tree")}}
+if torch.distributed.get_rank() == 0:
+    Path({out!r}, "history.json").write_text(json.dumps(out))
+"""
+
+
+def two_process_run(out: Path, rollout: str) -> list[dict]:
+    # 3 prompts x 4 images over 2 processes: the second group spans both (independent); trees: 2 prompts
+    c = config(out, num_iterations=2, rollout=rollout, split_steps=[0, 1], group_size=4, guidance_scale=3.0,
+               prompts_per_iteration=3 if rollout == "independent" else 2, beta=0.04)
+    return FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES).train()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2`` (gloo, CPU) gives the metrics of one process on the same data."""
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESS_SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path / "two")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29517",
+           str(script)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    one = {r: two_process_run(tmp_path / "one" / r, r) for r in ("independent", "tree")}  # meanwhile, in process
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    keys = ("loss", "kl", "reward/mean", "adv/std", "ratio/max", "nfe/rollout", "nfe/train", "transitions/trained")
+    for rollout in one:
+        for a, b in zip(one[rollout], two[rollout], strict=True):
+            for k in keys:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (rollout, k, a[k], b[k])
