@@ -231,6 +231,23 @@ def _train_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_cmd(args: argparse.Namespace) -> int:
+    from .data.charts import chart_dataset
+    from .data.loaders import write_jsonl
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
+    exclude: set[str] = set()
+    for other in args.exclude or ():
+        from .data.loaders import load_rows
+
+        exclude |= {r["code"] for r in load_rows(other) if r.get("code")}
+    rows = chart_dataset(args.n, seed=args.seed, workers=args.workers, exclude=exclude,
+                         **({"kinds": kinds} if kinds else {}))
+    path = write_jsonl(rows, args.out)
+    print(f"{len(rows)} charts -> {path}")
+    return 0
+
+
 def _doctor_cmd(args: argparse.Namespace) -> int:
     from .doctor import diagnose, format_report
 
@@ -297,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
     t.add_argument("--describe", action="store_true", help="print the trainer's options and defaults")
     t.set_defaults(func=_train_cmd)
+
+    dt = sub.add_parser("data", help="write a synthetic chart-to-code set (code + rendered image) as JSONL")
+    dt.add_argument("kind", choices=["charts"])
+    dt.add_argument("n", type=int)
+    dt.add_argument("out", help="JSONL path; images go to <stem>_images/ beside it")
+    dt.add_argument("--seed", type=int, default=0)
+    dt.add_argument("--kinds", help="comma-separated chart kinds (bar, line, scatter, pie, multi)")
+    dt.add_argument("--exclude", action="append", help="a JSONL whose codes must not appear (held-out sets)")
+    dt.add_argument("--workers", type=int, default=2)
+    dt.set_defaults(func=_data_cmd)
 
     d = sub.add_parser("doctor", help="report backends, versions, sandbox level and what is missing")
     d.add_argument("--json", action="store_true")

@@ -116,6 +116,7 @@ class VLMGRPOConfig:
     max_grad_norm: float = option(1.0, "gradient clipping", source="TRL 1.16")
     per_device_train_batch_size: int = option(8, "completions per forward/backward micro-batch")
     max_steps: int = option(100, "GRPO steps")
+    max_minutes: float | None = option(None, "stop after this many minutes of training (a wall-clock budget)")
     gradient_checkpointing: bool = option(False, "trade compute for memory")
     mixed_precision: str = option("no", "no, bf16 or fp16 (accelerate); log-probs stay float32")
     lora: bool = option(False, "train a LoRA adapter (peft) instead of all weights")
@@ -606,8 +607,12 @@ class VLMGRPOTrainer:
             self.evaluate()
         bar = tqdm(total=c.max_steps, initial=self.step_count, desc="grpo", unit="step",
                    disable=not (c.progress and acc.is_main_process) or None)
+        started = time.monotonic()
         try:
             while self.step_count < c.max_steps:
+                if c.max_minutes is not None and self._out_of_time(started):
+                    log.info("max_minutes %.1f reached after %d steps", c.max_minutes, self.step_count)
+                    break
                 metrics = self.step()
                 self._log(metrics)
                 bar.update(1)
@@ -640,6 +645,11 @@ class VLMGRPOTrainer:
         return self.history
 
     _last_rollout: Rollout | None = None
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether the time budget is spent, decided alike on every process (the slowest one's clock)."""
+        spent = torch.tensor([time.monotonic() - started], device=self.accelerator.device)
+        return float(self.accelerator.gather(spent).max()) >= 60 * float(self.config.max_minutes or 0)
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
