@@ -1,0 +1,231 @@
+"""Seeded synthetic chart-to-code data: short, regular matplotlib programs and their renders.
+
+The programs are what a tiny VLM can learn from scratch on a CPU (FIELD_NOTES: a 1.6 M-parameter
+Qwen2-VL learns syntax, EOS and chart type within minutes when the code is ~20-30 tokens): one
+``import`` line, one plotting call with small integer values and a colour from a fixed palette, and
+optional title / axis labels / legend drawn from small word lists. The figure size and resolution are
+not in the code: the renderer imposes them (:data:`CHART_RENDER_OPTIONS`), and the rewards must
+render generated code with exactly the same options so a perfect program scores SSIM 1.0.
+
+Kinds: ``bar``, ``line`` (the default set, what FIELD_NOTES' tiny model learns in minutes),
+``scatter``, ``pie`` and ``multi`` (two panels side by side).
+
+Example:
+    >>> print(random_chart_code(random.Random(0), "bar"))
+    import matplotlib.pyplot as plt
+    plt.bar(range(6), [1, 5, 9, 8, 7, 5], color='cyan')
+    >>> codes = chart_corpus(50, seed=0)
+    >>> len(codes), len(set(codes)), all(c.startswith("import matplotlib.pyplot as plt") for c in codes)
+    (50, 50, True)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from ..trainers.prompting import DEFAULT_INSTRUCTIONS
+
+__all__ = [
+    "CHART_KINDS",
+    "CHART_RENDER_OPTIONS",
+    "COLOURS",
+    "DEFAULT_CHART_KINDS",
+    "HEADER",
+    "LABEL_WORDS",
+    "TITLE_WORDS",
+    "chart_corpus",
+    "chart_dataset",
+    "chart_whole_words",
+    "random_chart_code",
+    "render_charts",
+]
+
+#: Renderer options for the references and for the rewards: 1.5 in x 1.5 in at 64 dpi = 96 x 96 px,
+#: which the tiny VLM's processor takes as 36 image tokens (patch 8, merge 2).
+CHART_RENDER_OPTIONS: dict[str, Any] = {"dpi": 64, "figsize": (1.5, 1.5)}
+
+#: Every program starts with this line (``extract_code`` finds bare code by its ``import``).
+HEADER = "import matplotlib.pyplot as plt"
+
+CHART_KINDS: tuple[str, ...] = ("bar", "line", "scatter", "pie", "multi")
+#: What a ~1.6 M-parameter model learns in a few CPU minutes (FIELD_NOTES used bar / line).
+DEFAULT_CHART_KINDS: tuple[str, ...] = ("bar", "line")
+
+#: Named colours that are far apart at 96 x 96 pixels.
+COLOURS: tuple[str, ...] = ("red", "blue", "green", "orange", "purple", "black", "gray", "cyan")
+TITLE_WORDS: tuple[str, ...] = ("Sales", "Cost", "Users", "Score", "Growth", "Revenue")
+LABEL_WORDS: tuple[str, ...] = ("Year", "Month", "Day", "Value", "Count", "Price")
+#: Values are integers in this range (one digit: one token).
+VALUE_RANGE: tuple[int, int] = (1, 9)
+#: Number of bars / points / slices.
+LENGTH_RANGE: tuple[int, int] = (3, 7)
+
+
+def _values(rng: random.Random, n: int | None = None) -> list[int]:
+    n = n if n is not None else rng.randint(*LENGTH_RANGE)
+    return [rng.randint(*VALUE_RANGE) for _ in range(n)]
+
+
+def _call(rng: random.Random, kind: str, target: str, legend: bool) -> str:
+    """One plotting call on ``target`` (``plt`` or an axes name)."""
+    values = _values(rng)
+    label = f", label={rng.choice(TITLE_WORDS)!r}" if legend else ""
+    if kind == "bar":
+        return f"{target}.bar(range({len(values)}), {values}, color={rng.choice(COLOURS)!r}{label})"
+    if kind == "line":
+        return f"{target}.plot({values}, color={rng.choice(COLOURS)!r}{label})"
+    if kind == "scatter":
+        return f"{target}.scatter(range({len(values)}), {values}, color={rng.choice(COLOURS)!r}{label})"
+    if kind == "pie":
+        return f"{target}.pie({values})"  # matplotlib's colour cycle: per-slice colours would double the code
+    raise ValueError(f"unknown chart kind {kind!r}; choose from {CHART_KINDS}")
+
+
+def random_chart_code(rng: random.Random, kind: str, *, title_prob: float = 0.0, label_prob: float = 0.0,
+                      legend_prob: float = 0.0) -> str:
+    """One chart program of ``kind`` drawn from ``rng``.
+
+    ``title_prob``, ``label_prob`` (both axis labels) and ``legend_prob`` (a ``label=`` and
+    ``plt.legend()``; not for pie) are the chances of each optional element. The code ends without a
+    newline, as the policy writes it before EOS.
+
+    Example:
+        >>> print(random_chart_code(random.Random(3), "multi", title_prob=1.0))
+        import matplotlib.pyplot as plt
+        fig, (a, b) = plt.subplots(1, 2)
+        a.bar(range(7), [9, 3, 6, 8, 2, 1, 8], color='purple')
+        b.scatter(range(4), [4, 8, 9, 9], color='cyan')
+        fig.suptitle('Cost')
+    """
+    if kind not in CHART_KINDS:
+        raise ValueError(f"unknown chart kind {kind!r}; choose from {CHART_KINDS}")
+    lines = [HEADER]
+    if kind == "multi":
+        lines.append("fig, (a, b) = plt.subplots(1, 2)")
+        for axis in ("a", "b"):
+            lines.append(_call(rng, rng.choice(("bar", "line", "scatter")), axis, legend=False))
+        if rng.random() < title_prob:
+            lines.append(f"fig.suptitle({rng.choice(TITLE_WORDS)!r})")
+        return "\n".join(lines)
+    legend = kind != "pie" and rng.random() < legend_prob
+    lines.append(_call(rng, kind, "plt", legend))
+    if rng.random() < title_prob:
+        lines.append(f"plt.title({rng.choice(TITLE_WORDS)!r})")
+    if kind != "pie" and rng.random() < label_prob:
+        x, y = rng.sample(LABEL_WORDS, 2)
+        lines += [f"plt.xlabel({x!r})", f"plt.ylabel({y!r})"]
+    if legend:
+        lines.append("plt.legend()")
+    return "\n".join(lines)
+
+
+def _unique_codes(n: int, seed: int, kinds: Sequence[str], exclude: Collection[str], options: dict[str, float],
+                  ) -> list[tuple[str, str]]:
+    if not kinds:
+        raise ValueError("kinds is empty")
+    for kind in kinds:
+        if kind not in CHART_KINDS:
+            raise ValueError(f"unknown chart kind {kind!r}; choose from {CHART_KINDS}")
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out: list[tuple[str, str]] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise RuntimeError(f"could not draw {n} distinct charts of kinds {tuple(kinds)}")
+        kind = kinds[len(out) % len(kinds)]  # balanced kinds
+        code = random_chart_code(rng, kind, **options)
+        if code not in seen:
+            seen.add(code)
+            out.append((kind, code))
+    return out
+
+
+def chart_corpus(n: int, seed: int = 0, kinds: Sequence[str] = CHART_KINDS, *, title_prob: float = 0.3,
+                 label_prob: float = 0.2, legend_prob: float = 0.2) -> list[str]:
+    """``n`` distinct chart programs (no rendering), e.g. to train a tokenizer on.
+
+    Example:
+        >>> chart_corpus(2, seed=1, kinds=("line",))[0].splitlines()[1]
+        "plt.plot([5, 2, 8], color='cyan', label='Score')"
+    """
+    opts = {"title_prob": title_prob, "label_prob": label_prob, "legend_prob": legend_prob}
+    return [code for _, code in _unique_codes(n, seed, kinds, (), opts)]
+
+
+def chart_whole_words() -> list[str]:
+    """Strings a chart tokenizer should keep as single tokens: the header line, the plotting calls,
+    quoted colours and words, and ``", 5"``-style list items. With them a bar or line chart is ~15
+    tokens, a two-panel one ~30.
+
+    Example:
+        >>> "'red'" in chart_whole_words() and HEADER in chart_whole_words()
+        True
+    """
+    words = [HEADER, "plt.bar(range(", "plt.plot([", "plt.scatter(range(", "plt.pie([",
+             "fig, (a, b) = plt.subplots(1, 2)", "a.bar(range(", "a.plot([", "a.scatter(range(",
+             "b.bar(range(", "b.plot([", "b.scatter(range(", "fig.suptitle(", "plt.title(", "plt.xlabel(",
+             "plt.ylabel(", "plt.legend()", ", color=", ", label=", "), ["]
+    words += [repr(w) for w in (*COLOURS, *TITLE_WORDS, *LABEL_WORDS)]
+    words += [f", {v}" for v in range(VALUE_RANGE[0], VALUE_RANGE[1] + 1)]  # a list item is one token
+    return words
+
+
+def render_charts(codes: Sequence[str], *, workers: int = 2, timeout: float = 20.0,
+                  render_options: dict[str, Any] | None = None) -> list[Any]:
+    """Render ``codes`` in the sandboxed matplotlib renderer with :data:`CHART_RENDER_OPTIONS`;
+    returns the ``RenderResult`` of each program."""
+    from ..renderers import get_renderer
+
+    opts = {**CHART_RENDER_OPTIONS, **(render_options or {})}
+    with get_renderer("matplotlib", workers=workers, timeout=timeout, **opts) as renderer:
+        return renderer.render_batch(list(codes))
+
+
+def _row(code: str, image: Any, chart_type: str, prompt: str) -> dict[str, Any]:
+    return {"code": code, "image": image, "kind": "matplotlib", "prompt": prompt, "chart_type": chart_type}
+
+
+def chart_dataset(n: int, seed: int = 0, kinds: Sequence[str] = DEFAULT_CHART_KINDS, *, render: bool = True,
+                  workers: int = 2, exclude: Collection[str] = (), title_prob: float = 0.3,
+                  label_prob: float = 0.0, legend_prob: float = 0.0, timeout: float = 20.0,
+                  ) -> list[dict[str, Any]]:
+    """``n`` distinct synthetic charts: ``dict(code, image, kind, prompt, chart_type)``.
+
+    ``kind`` is the renderer kind (``"matplotlib"``, as in every data row and reward sample);
+    ``chart_type`` is the kind of chart drawn (one of ``kinds``).
+
+    With ``render=True`` the programs are rendered in one batch by the sandboxed renderer with
+    :data:`CHART_RENDER_OPTIONS` (96 x 96 RGB images); a program that fails to render is replaced by a
+    new draw. With ``render=False`` ``image`` is None. Codes in ``exclude`` (e.g. a training set) are
+    never drawn, so a held-out set made with another seed and ``exclude=train_codes`` is disjoint.
+
+    Example:
+        >>> rows = chart_dataset(2, seed=0, workers=1)
+        >>> [r["chart_type"] for r in rows], rows[0]["kind"], rows[0]["image"].size
+        (['bar', 'line'], 'matplotlib', (96, 96))
+    """
+    opts = {"title_prob": title_prob, "label_prob": label_prob, "legend_prob": legend_prob}
+    prompt = DEFAULT_INSTRUCTIONS["matplotlib"]
+    drawn = _unique_codes(n, seed, kinds, exclude, opts)
+    if not render:
+        return [_row(code, None, kind, prompt) for kind, code in drawn]
+    rows: list[dict[str, Any]] = []
+    seen = set(exclude) | {code for _, code in drawn}
+    round_seed = seed
+    while True:
+        results = render_charts([code for _, code in drawn], workers=workers, timeout=timeout)
+        rows += [_row(code, res.image.convert("RGB"), kind, prompt) for (kind, code), res in zip(drawn, results, strict=True) if res.ok and res.image is not None]
+        missing = n - len(rows)
+        if missing == 0 or round_seed - seed > 5:
+            break
+        round_seed += 1  # redraw the failures with a fresh stream, still distinct from everything seen
+        drawn = _unique_codes(missing, seed * 1000 + round_seed, kinds, seen, opts)
+        seen |= {code for _, code in drawn}
+    if len(rows) < n:
+        raise RuntimeError(f"only {len(rows)} of {n} charts rendered; is the matplotlib renderer working? "
+                           "(try `visalign doctor`)")
+    return rows
