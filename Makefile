@@ -24,7 +24,12 @@ demo: setup
 		-o out/demo --gallery --timeout 20
 	$(VENV)/bin/visalign eval examples/eval/chart2code.jsonl --task chart \
 		--rewards execution,format,render_similarity --out out/demo-eval
-	@echo "demo: open out/demo/index.html (renders) and out/demo-eval/report.html (eval report)"
+	rm -rf out/demo-grpo
+	$(VENV)/bin/visalign data charts 400 out/demo-grpo/data/train.jsonl --seed 2 \
+		--exclude models/tiny-chart-vlm/heldout.jsonl
+	$(VENV)/bin/visalign train grpo configs/chart_grpo_demo.yaml
+	@echo "demo: open out/demo/index.html (renders), out/demo-eval/report.html (eval report) and"
+	@echo "      out/demo-grpo/comparison.html (the tiny chart-to-code policy before / after GRPO)"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -323,3 +323,32 @@ def test_evaluation_writes_the_report(tiny: dict[str, Any], tmp_path: Path) -> N
     assert summary["rewards"]["execution"]["mean"] == 1.0
     assert 0.0 <= summary["rewards"]["render_similarity"]["mean"] <= 1.0
     assert json.loads((tmp_path / "run" / "eval.jsonl").read_text().splitlines()[0])["tag"] == "check"
+
+
+def test_cli_trains_from_a_yaml_config(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """``visalign data charts`` writes rows; ``visalign train grpo CONFIG --set ...`` trains on them with
+    rewards by name and leaves metrics, a checkpoint and the final model."""
+    from visalign.cli import main
+
+    data = tmp_path / "data" / "train.jsonl"
+    assert main(["data", "charts", "3", str(data), "--seed", "4", "--workers", "1"]) == 0
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        grpo:
+          model: {tiny["path"]}
+          train_data: {data}
+          rewards: [execution, {{name: render_similarity, weight: 2.0}}]
+          render_options: {{matplotlib: {{dpi: 20, figsize: [1.6, 1.6]}}}}
+          num_generations: 2
+          prompts_per_step: 2
+          max_completion_length: 6
+          log_with: none
+          progress: false
+          render_workers: 1
+        """))
+    assert main(["train", "grpo", str(cfg), "--set", "max_steps=1", "--set", f"output_dir={tmp_path / 'out'}"]) == 0
+    m = json.loads((tmp_path / "out" / "metrics.jsonl").read_text())
+    assert m["step"] == 1 and "reward/render_similarity/mean" in m
+    assert (tmp_path / "out" / "final.txt").read_text().strip() == "checkpoint-000001/model"
+    assert main(["train", "grpo", str(cfg), "--set", "num_generations=1"]) == 2  # bad option: one line, exit 2
+    assert main(["train", "grpo", str(cfg), "--set", "no_such_option=1"]) == 2

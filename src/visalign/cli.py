@@ -225,7 +225,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     try:
         overrides = _parse_sets(args.set)
         getattr(mod, entry)(args.config, **overrides)
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:  # bad options or data: one line; anything else keeps its traceback
         print(f"visalign train {args.trainer}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -301,7 +301,8 @@ class VLMGRPOTrainer:
         if not self.train_rows:
             raise ValueError("no training rows")
         source = eval_rows if eval_rows is not None else (self._load(c.eval_data, c.max_eval_rows) if c.eval_data else [])
-        self.eval_rows = list(source)[: c.max_eval_rows] if c.max_eval_rows else list(source)
+        source = [dict(r, id=str(r.get("id", i))) for i, r in enumerate(source)]
+        self.eval_rows = source[: c.max_eval_rows] if c.max_eval_rows else source
         self.plan = TreeSampling(c.num_generations, mode="independent" if c.sampling == "independent" else c.tree_mode,
                                  branch_factor=c.tree_branch_factor, segment_length=c.tree_segment_length,
                                  entropy_threshold=c.tree_entropy_threshold, min_segment=c.tree_min_segment)
@@ -426,14 +427,15 @@ class VLMGRPOTrainer:
         for f in futures:
             s, m, secs = f.result()
             scores += s
-            for k, v in m.items():
+            for k, v in m.items():  # means weigh by batch size, counts add up
                 if isinstance(v, (int, float)) and math.isfinite(v):
-                    metrics[k] += v * len(s)
+                    metrics[k] += v * len(s) if k.endswith("mean") else v
             seconds.update(secs)
         seconds["wait_for_scores"] = time.perf_counter() - t0
         rewards = torch.tensor([math.nan if s is None else float(s) for s in scores], dtype=torch.float32)
         return Rollout(rows=[r for _, r in prompts], completion_ids=ids, truncated=truncated, texts=texts, samples=samples,
-                       rewards=rewards, tokens_sampled=tokens, reward_metrics={k: v / max(1, len(scores)) for k, v in metrics.items()},
+                       rewards=rewards, tokens_sampled=tokens, reward_metrics={k: v / max(1, len(scores)) if k.endswith("mean") else v
+                                       for k, v in metrics.items()},
                        seconds=dict(seconds))
 
     def _dynamic_sampling(self, rollout: Rollout) -> Rollout:
@@ -863,7 +865,8 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[s
         return None
     evals_path = metrics_path.with_name("eval.jsonl")
     evals = [json.loads(ln) for ln in evals_path.read_text().splitlines() if ln.strip()] if evals_path.exists() else []
-    keys = [k for k in keys if any(k in r for r in rows)]
+    children = sorted({k for r in rows for k in r if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"})
+    keys = [k for k in (*children, *keys) if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys) + (1 if evals else 0), figsize=(3.6 * (len(keys) + bool(evals)), 3))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     for ax, k in zip(axes, keys, strict=False):
