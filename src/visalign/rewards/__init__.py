@@ -47,6 +47,7 @@ REWARDS: dict[str, tuple[str, str]] = {
     "clip": ("visalign.rewards.clip", "ClipReward"),
     "identity": ("visalign.rewards.identity", "IdentityReward"),
     "ocr": ("visalign.rewards.ocr", "OcrReward"),
+    "shape_colour": ("visalign.rewards.shapes", "ShapeColourReward"),
 }
 
 
