@@ -660,8 +660,10 @@ class VLMGRPOTrainer:
         if acc.is_main_process:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
-        log.info("step %d reward %.4f loss %.5f tokens/leaf %.1f (%.1fs)", self.step_count, metrics["reward/mean"],
-                 metrics["loss"], metrics["tokens/per_leaf"], metrics["time/step"])
+        children = " ".join(f"{k[7:-5]} {v:.4f}" for k, v in metrics.items()
+                            if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean")
+        log.info("step %d reward %.4f (%s) loss %.5f tokens/leaf %.1f (%.1fs)", self.step_count, metrics["reward/mean"],
+                 children or "-", metrics["loss"], metrics["tokens/per_leaf"], metrics["time/step"])
 
     def _save_completions(self, rollout: Rollout | None) -> None:
         if rollout is None or not self.accelerator.is_main_process:
@@ -849,13 +851,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[str] = ("reward/mean", "loss",
-                "tokens/per_leaf", "completion/length_mean")) -> Path | None:
-    """Plot training curves from ``metrics.jsonl`` (and the eval points from ``eval.jsonl`` beside it)
-    into one PNG; returns its path, or None when there is nothing to plot."""
+                "tokens/per_leaf", "completion/length_mean", "render/ok")) -> Path | None:
+    """Plot training curves from ``metrics.jsonl`` (each reward's mean first, a moving average over the
+    raw line) and the held-out evaluations from ``eval.jsonl`` beside it, into one PNG. Curves that do
+    not move (e.g. the total of group-normalised rewards, always 0) are left out. Returns the path, or
+    None when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     metrics_path = Path(metrics_path)
     if not metrics_path.exists():
@@ -866,21 +871,35 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[s
     evals_path = metrics_path.with_name("eval.jsonl")
     evals = [json.loads(ln) for ln in evals_path.read_text().splitlines() if ln.strip()] if evals_path.exists() else []
     children = sorted({k for r in rows for k in r if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"})
-    keys = [k for k in (*children, *keys) if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys) + (1 if evals else 0), figsize=(3.6 * (len(keys) + bool(evals)), 3))
-    axes = list(axes) if hasattr(axes, "__len__") else [axes]
-    for ax, k in zip(axes, keys, strict=False):
-        xs = [r["step"] for r in rows if k in r]
-        ax.plot(xs, [r[k] for r in rows if k in r], lw=1.2)
+
+    def moves(k: str) -> bool:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        return len(vals) > 0 and max(vals) - min(vals) > 1e-6
+
+    keys = [k for k in dict.fromkeys((*children, *keys)) if moves(k)]
+    panels = len(keys) + (1 if evals else 0)
+    cols = min(4, panels)
+    nrows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 2.8 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, k in zip(flat, keys, strict=False):
+        xs = np.array([r["step"] for r in rows if k in r])
+        ys = np.array([r[k] for r in rows if k in r], dtype=float)
+        ax.plot(xs, ys, lw=0.8, alpha=0.45, color="tab:blue")
+        w = max(1, len(ys) // 10)
+        if w > 1:
+            ax.plot(xs[w - 1:], np.convolve(ys, np.ones(w) / w, mode="valid"), lw=1.8, color="tab:blue")
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     if evals:
-        ax = axes[-1]
+        ax = flat[len(keys)]
         for k in sorted({k for e in evals for k in e if k.startswith("eval/")}):
-            ax.plot([e["step"] for e in evals if k in e], [e[k] for e in evals if k in e], marker="o", label=k[5:])
-        ax.set_title("held-out eval", fontsize=9)
+            ax.plot([e["step"] for e in evals if k in e], [e[k] for e in evals if k in e], marker="o", label=k[5:-5])
+        ax.set_title("held-out eval (greedy)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.legend(fontsize=7)
+    for ax in flat[panels:]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
