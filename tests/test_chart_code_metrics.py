@@ -5,6 +5,7 @@ One instrumented renderer serves the whole module; programs are rendered in batc
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -13,12 +14,16 @@ import pytest
 
 from visalign.metrics.chart_code import (
     METRIC_KEYS,
+    SCORE_KEYS,
+    DataSeries,
     chart_code_metrics,
     chart_code_metrics_batch,
     ciede2000,
     color_similarity_matrix,
     compare_chart_traces,
+    data_similarity_matrix,
     hex_to_lab,
+    series_similarity,
     validate_chart_trace,
 )
 from visalign.renderers import get_renderer
@@ -111,11 +116,17 @@ def test_reference_against_itself_scores_one(renderer):
     for name, a, b in zip(SELF_CHARTS, first, second, strict=True):
         assert a == b, name
         m = compare_chart_traces(a, b)
-        assert set(m) == set(METRIC_KEYS)
+        assert set(m) == set(SCORE_KEYS) == {*METRIC_KEYS, "data"}
         assert all(v == 1.0 for v in m.values()), (name, m)
         assert a["text"] and a["layout"] and a["type"], name
     bar, grid, pie, heat = first[:4]
     assert bar["type"] == {"bar": 1} and len(bar["color"]["bar"]) == 5
+    assert bar["version"] == 2 and bar["data"] == [
+        {"kind": "bar", "axes": 0, "x": [0.0, 1.0, 2.0, 3.0, 4.0], "y": [482.0, 365.0, 529.0, 301.0, 414.0],
+         "truncated": False}]
+    assert [d["kind"] for d in grid["data"]] == ["plot", "bar", "scatter"]  # hist: no data series
+    assert sorted({d["axes"] for d in grid["data"]}) == [0, 1, 2]
+    assert [d["kind"] for d in pie["data"]] == ["pie"] and abs(sum(pie["data"][0]["y"]) - 1) < 1e-9
     assert sorted(map(tuple, grid["layout"])) == [(2, 2, r, r, c, c) for r in (0, 1) for c in (0, 1)]
     assert grid["type"] == {"plot": 1, "bar": 1, "hist": 1, "scatter": 1}
     assert pie["type"] == {"pie": 1} and "Apple" in pie["text"] and "20.1%" in pie["text"]
@@ -221,18 +232,19 @@ def test_no_state_leaks_between_samples(renderer):
 
 def test_empty_sides_and_failures(renderer):
     empty = {"text": [], "layout": [], "type": {}, "color": {}}
-    full = {"text": ["a"], "layout": [[1, 1, 0, 0, 0, 0]], "type": {"bar": 2}, "color": {"bar": ["#000000"]}}
+    full = {"text": ["a"], "layout": [[1, 1, 0, 0, 0, 0]], "type": {"bar": 2}, "color": {"bar": ["#000000"]},
+            "data": [{"kind": "bar", "y": [1, 2]}]}
     assert set(compare_chart_traces(empty, empty).values()) == {1.0}
     assert set(compare_chart_traces(empty, full).values()) == {0.0}
     assert set(compare_chart_traces(full, empty).values()) == {0.0}  # colour: no division by zero
-    assert compare_chart_traces(None, full) == dict.fromkeys(METRIC_KEYS, 0.0)
+    assert compare_chart_traces(None, full) == dict.fromkeys(SCORE_KEYS, 0.0)
     with pytest.raises(ValueError):
         compare_chart_traces(full, None)
     ref = prog("plt.bar([1, 2], [3, 4])\nplt.title('T')\n")
     broken = chart_code_metrics_batch([("raise ValueError('boom')", ref), ("plt.plot(", ref), (None, ref)],
                                       renderer=renderer)
     for m, kind in zip(broken, ["runtime", "syntax", "syntax"], strict=True):
-        assert m["pred_error_kind"] == kind and all(m[k] == 0.0 for k in METRIC_KEYS), m
+        assert m["pred_error_kind"] == kind and all(m[k] == 0.0 for k in SCORE_KEYS), m
     with pytest.raises(ValueError, match="reference"):
         chart_code_metrics(ref, "import sys\nsys.exit(2)", renderer=renderer)
     with pytest.raises(ValueError, match="instrument"):
@@ -249,11 +261,16 @@ def test_validator_and_hostile_programs(renderer):
         {**good, "type": {"bar": 1.5}}, {**good, "type": {"<script>": 1}},
         {**good, "color": {"bar": ["red"] * 3000}}, {**good, "color": {"bar": ["#GGGGGG"]}},
         {**good, "color": {"bar": "#000000"}}, {k: v for k, v in good.items() if k != "color"},
+        {**good, "data": {}}, {**good, "data": [{"kind": "bar"}]}, {**good, "data": [{"y": [1]}]},
+        {**good, "data": [{"kind": "<b>", "y": [1]}]}, {**good, "data": [{"kind": "bar", "y": [True]}]},
+        {**good, "data": [{"kind": "bar", "y": ["1"]}]}, {**good, "data": [{"kind": "bar", "y": [10**400]}]},
+        {**good, "data": [{"kind": "bar", "y": [1] * 1001}]}, {**good, "data": [{"kind": "bar", "y": [1]}] * 201},
+        {**good, "data": [{"kind": "bar", "y": [1], "x": 3}]}, {**good, "data": [{"kind": "bar", "y": [1], "axes": -1}]},
     ]
     for trace in bad:
         with pytest.raises(ValueError):
             validate_chart_trace(trace)
-        assert compare_chart_traces(trace, good) == dict.fromkeys(METRIC_KEYS, 0.0)
+        assert compare_chart_traces(trace, good) == dict.fromkeys(SCORE_KEYS, 0.0)
         with pytest.raises(ValueError):
             compare_chart_traces(good, trace)
     assert validate_chart_trace(good).types == {"bar": 1}
@@ -269,13 +286,153 @@ def test_validator_and_hostile_programs(renderer):
     ]
     results = chart_code_metrics_batch([(h, ref) for h in hostile], renderer=renderer)
     for m in results:  # a clean result each time: zeros, never a crash or a leak of the reference's numbers
-        assert all(m[k] == 0.0 for k in METRIC_KEYS), m
+        assert all(m[k] == 0.0 for k in SCORE_KEYS), m
     assert [m.get("pred_error_kind") for m in results] == [
         "invalid_trace", "invalid_trace", "invalid_trace",
         None,       # object() went through json's default=str: well-formed data that matches nothing
         "runtime",  # the child could not write its result either
     ]
     assert renderer.render(ref).ok  # and the next program is fine
+
+
+# ---- the data score ------------------------------------------------------------------------------
+
+def trace_with(*series: dict) -> dict:
+    return {"text": [], "layout": [], "type": {}, "color": {}, "data": list(series)}
+
+
+def test_series_similarity_by_hand():
+    bar = DataSeries("bar", (5.0, 2.0, 6.0))
+    # bars: S = max(5, 2, 6, 0) - min(5, 2, 6, 0) = 6; errors 0, 0, |8 - 6| / 6 = 1/3
+    # → (1 + 1 + 2/3) / 3 = 8/9
+    assert series_similarity(DataSeries("bar", (5.0, 2.0, 8.0)), bar) == pytest.approx(8 / 9)
+    assert series_similarity(bar, bar) == 1.0
+    # a point off by the whole scale or more counts 0, not less: (1 + 1 + 0) / 3
+    assert series_similarity(DataSeries("bar", (5.0, 2.0, 100.0)), bar) == pytest.approx(2 / 3)
+    # length mismatch: each point is worth 1 / max(n_pred, n_ref); missing or extra points count 0
+    assert series_similarity(DataSeries("bar", (5.0, 2.0)), bar) == pytest.approx(2 / 3)
+    assert series_similarity(DataSeries("bar", (5.0, 2.0, 6.0, 1.0)), bar) == pytest.approx(3 / 4)
+    # missing values (NaN): both missing agree, one missing is a full error; S over finite r = 3 - 0
+    ref = DataSeries("bar", (1.0, math.nan, 3.0))
+    assert series_similarity(DataSeries("bar", (1.0, math.nan)), ref) == pytest.approx(2 / 3)
+    assert series_similarity(DataSeries("bar", (1.0, 5.0, 3.0)), ref) == pytest.approx(2 / 3)
+    # lines: S = the range of r, not from 0: ref 100..102, S = 2; a flat hedge at 101 errs 1/2, 0, 1/2
+    line = DataSeries("plot", (100.0, 101.0, 102.0))
+    assert series_similarity(DataSeries("plot", (101.0, 101.0, 101.0)), line) == pytest.approx(2 / 3)
+    # constant reference line: S = max |r| = 4; error 1 / 4 on both points
+    assert series_similarity(DataSeries("plot", (3.0, 3.0)), DataSeries("plot", (4.0, 4.0))) == 0.75
+    # all-zero reference: S = 1
+    assert series_similarity(DataSeries("bar", (0.5, 0.0)), DataSeries("bar", (0.0, 0.0))) == 0.75
+    # scatter: mean of x and y; x: S = 2, errors 0, 0, 1/2 → 5/6; y identical → 1; (5/6 + 1) / 2
+    sc = DataSeries("scatter", (1.0, 2.0, 3.0), (0.0, 1.0, 2.0))
+    assert series_similarity(DataSeries("scatter", (1.0, 2.0, 3.0), (0.0, 1.0, 3.0)), sc) == pytest.approx(11 / 12)
+    # line x is not compared
+    assert series_similarity(DataSeries("plot", (1.0, 2.0), (5.0, 6.0)), DataSeries("plot", (1.0, 2.0), (0.0, 1.0))) == 1
+    # different kinds never match; empty series of one kind agree
+    assert series_similarity(DataSeries("bar", (5.0,)), DataSeries("barh", (5.0,))) == 0.0
+    assert series_similarity(DataSeries("plot", ()), DataSeries("plot", ())) == 1.0
+    # pies compare fractions: S = max fraction (0 is in the range) = 0.4; errors .375, .125, .125, .375
+    pie = DataSeries("pie", (0.4, 0.3, 0.2, 0.1))
+    assert series_similarity(DataSeries("pie", (0.25,) * 4), pie) == pytest.approx(0.75)
+
+
+def test_data_score_of_traces():
+    ref = trace_with({"kind": "bar", "y": [5, 2, 6]})
+    one = trace_with({"kind": "bar", "y": [5, 2, 8]})
+    assert compare_chart_traces(one, ref)["data"] == pytest.approx(8 / 9)  # one pair: F1 = its similarity
+    assert compare_chart_traces(ref, ref)["data"] == 1.0
+    empty = trace_with()
+    assert compare_chart_traces(empty, empty)["data"] == 1.0
+    assert compare_chart_traces(empty, ref)["data"] == 0.0 and compare_chart_traces(ref, empty)["data"] == 0.0
+    # version-1 traces (no "data") read as having no series
+    v1 = {"text": [], "layout": [], "type": {}, "color": {}}
+    assert compare_chart_traces(v1, v1)["data"] == 1.0 and compare_chart_traces(v1, ref)["data"] == 0.0
+    # an extra predicted series and a missing one cost the same: 2 · 1 / (2 + 1)
+    extra = trace_with({"kind": "bar", "y": [5, 2, 6]}, {"kind": "plot", "y": [1, 2]})
+    assert compare_chart_traces(extra, ref)["data"] == pytest.approx(2 / 3)
+    assert compare_chart_traces(ref, extra)["data"] == pytest.approx(2 / 3)
+    # 2 · (8/9) / (2 + 1), as in the doctest
+    extra_off = trace_with({"kind": "bar", "y": [5, 2, 8]}, {"kind": "plot", "y": [1, 2]})
+    assert compare_chart_traces(extra_off, ref)["data"] == pytest.approx(16 / 27)
+    # the Hungarian matching pairs series by value, not by order (and across axes)
+    two = trace_with({"kind": "bar", "y": [1, 2, 3]}, {"kind": "bar", "y": [30, 10, 20], "axes": 1})
+    swapped = trace_with({"kind": "bar", "y": [30, 10, 20]}, {"kind": "bar", "y": [1, 2, 3], "axes": 1})
+    assert compare_chart_traces(swapped, two)["data"] == 1.0
+    sim = data_similarity_matrix(validate_chart_trace(swapped).data, validate_chart_trace(two).data)
+    assert sim[0, 1] == 1.0 and sim[1, 0] == 1.0 and sim[0, 0] < 1
+    # the same values under another kind: no credit (the type score already says bar ≠ barh)
+    assert compare_chart_traces(trace_with({"kind": "barh", "y": [5, 2, 6]}), ref)["data"] == 0.0
+    # the other twelve numbers ignore data
+    m = compare_chart_traces(one, ref)
+    assert all(m[k] == 1.0 for k in METRIC_KEYS)
+    # missing values from the trace, and non-finite numbers a hostile program might write, read as NaN
+    nan_ref = trace_with({"kind": "plot", "y": [1, None, 3]})
+    assert compare_chart_traces(trace_with({"kind": "plot", "y": [1, float("nan"), 3]}), nan_ref)["data"] == 1.0
+
+
+def test_data_recorded_and_scored_on_renders(renderer):
+    sources = [
+        prog("""
+            fig, (a, b) = plt.subplots(1, 2)
+            a.bar(["x", "y", "z"], [5, 2, np.nan], bottom=1)
+            a.barh([1, 2], [-3, 4], left=[1, 1])
+            a.plot([1, 2, 3], [3, np.inf, 1], [1, 2], [0, 0])
+            b.scatter([1, 2, 3], [3, np.nan, 1])
+            b.pie([1, 2, 1])
+            b.hist([1, 2, 2])
+            fig.add_subplot(2, 2, 4, projection="3d").scatter([1], [2], [3])
+            plt.figure()
+            plt.plot(np.arange(1500.0))
+            plt.scatter(["a", "b"], [1, 2])
+        """),
+        prog("plt.pie([10, 20, 10])\n"),
+        prog("plt.pie([1, 1, 1, 1])\n"),
+        prog("plt.pie([4, 3, 2, 1])\n"),
+        # unreadable data: the call is skipped (an error counted), the program runs on
+        prog("""
+            import matplotlib.lines
+            plt.plot(["a", "b", "c"], ["u", "v", "u"])
+            def broken(self):
+                raise RuntimeError("no data")
+            matplotlib.lines.Line2D.get_xydata = broken
+            plt.plot([1, 2])
+            plt.bar([1], [2])
+        """),
+    ]
+    mixed, pie_a, pie_flat, pie_ref, odd = traces(renderer, sources)
+    by_kind = [(d["kind"], d["axes"]) for d in mixed["data"]]
+    assert by_kind == [("bar", 0), ("barh", 0), ("plot", 0), ("plot", 0), ("scatter", 1), ("pie", 1),
+                       ("plot", 2), ("scatter", 2)]  # no hist, no 3D series
+    bar, barh, line, flat, scatter, pie, long, cats = mixed["data"]
+    assert bar["y"] == [5.0, 2.0, None] and bar["x"] == [0.0, 1.0, 2.0]  # heights, not tops; NaN → null
+    assert barh["y"] == [-3.0, 4.0] and barh["x"] == [1.0, 2.0]
+    assert line == {"kind": "plot", "axes": 0, "x": [1.0, 2.0, 3.0], "y": [3.0, None, 1.0], "truncated": False}
+    assert flat["y"] == [0.0, 0.0]
+    assert scatter["x"] == [1.0, None, 3.0] and scatter["y"] == [3.0, None, 1.0]  # a masked point
+    assert pie["y"] == pytest.approx([0.25, 0.5, 0.25]) and "x" not in pie
+    assert long["truncated"] is True and len(long["y"]) == 1000 and mixed["truncated"] is True
+    assert cats["x"] == [0.0, 1.0] and cats["y"] == [1.0, 2.0]  # categories as numbers
+    assert mixed["errors"] == 0
+    assert not any(d["truncated"] for d in pie_a["data"])
+    # pies compare fractions: the same shares from other totals score 1; flat vs 4:3:2:1 as by hand
+    assert compare_chart_traces(pie_a, {**pie_a, "data": [pie]})["data"] == pytest.approx(1.0)
+    assert compare_chart_traces(pie_flat, pie_ref)["data"] == pytest.approx(0.75)
+    assert [d["kind"] for d in odd["data"]] == ["plot", "bar"] and odd["errors"] == 1
+    assert odd["data"][0]["x"] == [0.0, 1.0, 2.0] and odd["data"][0]["y"] == [0.0, 1.0, 0.0]
+    assert odd["type"] == {"plot": 2, "bar": 1}
+
+
+def test_data_score_sees_hedged_values(renderer):
+    ref = chart("chart_01_bar")
+    hedge = ref.replace("sales = [482, 365, 529, 301, 414]", "sales = [418, 418, 418, 418, 418]")
+    close = ref.replace("sales = [482, 365, 529, 301, 414]", "sales = [480, 365, 529, 301, 414]")
+    same_shape = ref.replace("ax.bar(regions, sales", "ax.bar(regions, [v + 0 for v in sales]")
+    out = chart_code_metrics_batch([(hedge, ref), (close, ref), (same_shape, ref)], renderer=renderer)
+    # S = 529 - 0; errors 64, 53, 111, 117, 4 → 1 - 349 / (5 · 529)
+    assert out[0]["data"] == pytest.approx(1 - 349 / (5 * 529))
+    assert out[1]["data"] == pytest.approx(1 - 2 / (5 * 529))
+    assert out[2]["data"] == 1.0 and all(out[2][k] == 1.0 for k in METRIC_KEYS)
+    assert out[0]["type_f1"] == out[0]["layout_f1"] == out[0]["color_f1"] == 1.0  # blind to the values
 
 
 # ---- the reward ----------------------------------------------------------------------------------
@@ -317,7 +474,7 @@ def test_chart_code_reward(renderer):
     assert out.scores[2] == 0.0 and out.details[2]["error_kind"] == "runtime"
     assert 0.4 < out.scores[1] < 0.6 and out.details[1]["type_f1"] == 0.0  # text, layout 1; type, colour 0
     assert 0.9 < out.scores[3] < 1.0
-    assert set(METRIC_KEYS) <= set(out.details[3])
+    assert set(SCORE_KEYS) <= set(out.details[3]) and out.details[3]["data"] == 1.0  # same values
     assert len(service.rendered) == 5  # four predictions, one shared reference
     again = reward(samples)  # renders are reused
     assert again.scores == out.scores and len(service.rendered) == 5
@@ -325,6 +482,22 @@ def test_chart_code_reward(renderer):
     assert text_only(samples[:2]).scores == [1.0, 1.0] and len(service.rendered) == 5
     weighted = ChartCodeReward(service, weights={"type_f1": 1.0})
     assert weighted(samples[:2]).scores == [1.0, 0.0]
+    # the data score: weighted by its own key, the four F1 also by their short names
+    with_data = ChartCodeReward(service, weights={"text": 1, "layout": 1, "type": 1, "color": 1, "data": 4})
+    assert with_data.weights == {"text_f1": 1.0, "layout_f1": 1.0, "type_f1": 1.0, "color_f1": 1.0, "data": 4.0}
+    res = with_data(samples[:4])
+    assert res.scores[0] == 1.0 and res.scores[2] == 0.0 and res.details[2]["data"] == 0.0
+    assert res.scores[1] == pytest.approx(2 / 8)  # barh: text, layout 1; type, colour, data (kind) 0
+    assert res.details[1]["data"] == 0.0 and res.details[1]["metric"] == "mean_f1"
+    assert res.scores[3] == pytest.approx((out.details[3]["text_f1"] + 3 + 4) / 8)  # the values are right
+    assert ChartCodeReward(service).weights["data"] == 0.0  # default: ChartMimic's four F1 only
+    assert ChartCodeReward(service, metric="data")(samples[:2]).scores == [1.0, 0.0]
+    with pytest.raises(ValueError, match="twice"):
+        ChartCodeReward(service, weights={"text": 1, "text_f1": 1})
+    with pytest.raises(ValueError, match="may only name"):
+        ChartCodeReward(service, weights={"values": 1})
+    with pytest.raises(ValueError):
+        ChartCodeReward(service, weights={"data": float("nan")})
     with pytest.raises(ValueError):
         ChartCodeReward(service, metric="f1")
     bad_ref = Sample(code=ref, reference_code="raise SystemExit(1)", kind="matplotlib")

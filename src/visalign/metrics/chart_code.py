@@ -1,4 +1,4 @@
-"""ChartMimic's low-level chart-code metrics (text, layout, type, colour), done right.
+"""ChartMimic's low-level chart-code metrics (text, layout, type, colour), done right, plus a data score.
 
 ChartMimic (Yang et al., 2024) scores generated chart code by what it *draws*: the strings, the
 subplot grid, the plotting calls and their colours, each as precision / recall / F1 against the
@@ -31,6 +31,12 @@ colours, R = matched / #ref colours. F1 = 2PR / (P + R), 0 when P + R = 0.
 Empty sides: both empty → P = R = F1 = 1 (nothing to draw, nothing drawn); one side empty → 0.
 A missing or malformed predicted trace scores 0 everywhere; a missing or malformed reference trace
 raises ``ValueError`` (a broken reference is a dataset bug, not the model's fault).
+
+Data (not in ChartMimic, whose four scores ignore the plotted values): ``"data"``, a similarity in
+[0, 1] between the series the two programs plotted (bar heights, line and scatter coordinates, pie
+fractions; see :func:`series_similarity` for one pair of series and :func:`compare_chart_traces`
+for the whole trace). It is F1-shaped like the others: series are matched one-to-one within each
+call kind, so extra and missing series cost alike, and the both-empty / one-empty rules above hold.
 """
 
 from __future__ import annotations
@@ -53,15 +59,42 @@ CHART_INSTRUMENT = "chart"
 METRIC_GROUPS: tuple[str, ...] = ("text", "layout", "type", "color")
 METRIC_KEYS: tuple[str, ...] = tuple(f"{g}_{s}" for g in METRIC_GROUPS for s in ("precision", "recall", "f1"))
 F1_KEYS: tuple[str, ...] = tuple(f"{g}_f1" for g in METRIC_GROUPS)
+DATA_KEY = "data"
+SCORE_KEYS: tuple[str, ...] = (*METRIC_KEYS, DATA_KEY)  # everything compare_chart_traces returns
 
 # Limits of a valid trace (the instrument caps itself at these; anything beyond is hostile).
 MAX_ITEMS = 2000   # strings, layout rows
 MAX_COLORS = 500   # colours, all kinds together (keeps the O(n³) matching well under a second)
 MAX_STRING = 1000
 MAX_KINDS = 200
+MAX_SERIES = 200   # data series
+MAX_VALUES = 1000  # values per coordinate of one series
+# Kinds (after any ``polar.`` prefix) whose values are lengths from a zero baseline, and those
+# whose x coordinates are data too (for the others only y is compared: see series_similarity).
+ZERO_BASED_KINDS = frozenset({"bar", "barh", "pie"})
+XY_KINDS = frozenset({"scatter"})
 _HEX = re.compile(r"#[0-9a-f]{6}")
 _NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,100}")
 _LAYOUT_BOUND = 1_000_000
+
+
+@dataclass(frozen=True)
+class DataSeries:
+    """One plotted series of a ``chart`` trace (validated): NaN marks a missing value.
+
+    Attributes:
+        kind: the plotting call's kind, as in ``ChartTrace.types`` (``bar``, ``polar.plot``, ...).
+        y: the values: bar heights (widths for ``barh``), line / scatter y, pie fractions.
+        x: the other coordinate (bar centres, line / scatter x), or None (pie).
+        axes: the Axes' number in the trace (not used for scoring).
+        truncated: the instrument cut the series short.
+    """
+
+    kind: str
+    y: tuple[float, ...]
+    x: tuple[float, ...] | None = None
+    axes: int = 0
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,7 @@ class ChartTrace:
         types: number of outermost whitelisted plotting calls per kind.
         colors: per call kind, the colours of its artists (``#rrggbb``) or colormap names.
         truncated: the instrument hit its size caps.
+        data: the plotted series, in calling order (empty for a version-1 trace).
     """
 
     text: tuple[str, ...]
@@ -81,6 +115,7 @@ class ChartTrace:
     types: dict[str, int]
     colors: dict[str, tuple[str, ...]]
     truncated: bool = False
+    data: tuple[DataSeries, ...] = ()
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -89,12 +124,45 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _values(entry: dict, name: str) -> tuple[float, ...]:
+    values = entry[name]
+    if not isinstance(values, list) or len(values) > MAX_VALUES:
+        raise ValueError(f"trace field 'data' must hold lists of at most {MAX_VALUES} values")
+    if not all(v is None or type(v) in (int, float) for v in values):
+        raise ValueError("trace field 'data' must hold numbers or null")
+    try:
+        arr = np.array([math.nan if v is None else v for v in values], dtype=float)
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError("trace field 'data' must hold numbers or null") from None
+    arr[~np.isfinite(arr)] = math.nan
+    return tuple(arr.tolist())
+
+
+def _validate_data(data: object) -> tuple[DataSeries, ...]:
+    if not isinstance(data, list) or len(data) > MAX_SERIES:
+        raise ValueError(f"trace field 'data' must be a list of at most {MAX_SERIES} series")
+    out = []
+    for entry in data:
+        if not (isinstance(entry, dict) and isinstance(entry.get("kind"), str) and _NAME.fullmatch(entry["kind"])
+                and "y" in entry):
+            raise ValueError("trace field 'data' must hold dicts with a call name 'kind' and values 'y'")
+        axes = entry.get("axes", 0)
+        if not (_is_int(axes) and 0 <= axes <= _LAYOUT_BOUND):
+            raise ValueError("trace field 'data' must number its axes with small non-negative integers")
+        x = _values(entry, "x") if entry.get("x") is not None else None
+        out.append(DataSeries(entry["kind"], _values(entry, "y"), x, axes, entry.get("truncated") is True))
+    return tuple(out)
+
+
 def validate_chart_trace(trace: object) -> ChartTrace:
     """Check an untrusted ``chart`` trace's shape and return it as a :class:`ChartTrace`.
 
     Raises ``ValueError`` (never anything else) on a trace that is not a dict with ``text`` (list
     of str), ``layout`` (list of 6 ints), ``type`` (dict str → int ≥ 0) and ``color`` (dict
-    str → list of ``#rrggbb`` or colormap names), or one that exceeds the size limits.
+    str → list of ``#rrggbb`` or colormap names), or one that exceeds the size limits. ``data``
+    is optional (version-1 traces have none): a list of at most :data:`MAX_SERIES` dicts with
+    ``kind`` (a call name), ``y`` and optionally ``x`` (lists of at most :data:`MAX_VALUES` numbers
+    or null; non-finite numbers read as missing), ``axes`` (int) and ``truncated`` (bool).
 
     Example:
         >>> t = validate_chart_trace({"text": ["Title"], "layout": [[1, 1, 0, 0, 0, 0]],
@@ -149,7 +217,8 @@ def validate_chart_trace(trace: object) -> ChartTrace:
         if values:
             colors[kind] = tuple(values)
     truncated = trace.get("truncated", False)
-    return ChartTrace(tuple(text), tuple(layout), types, colors, truncated is True)
+    data = _validate_data(trace["data"]) if "data" in trace else ()
+    return ChartTrace(tuple(text), tuple(layout), types, colors, truncated is True, data)
 
 
 # ---- colour difference ---------------------------------------------------------------------------
@@ -245,6 +314,122 @@ def color_similarity_matrix(pred: Sequence[str], ref: Sequence[str]) -> np.ndarr
     return sim[np.ix_(pi.ravel(), ri.ravel())]
 
 
+# ---- data similarity -----------------------------------------------------------------------------
+
+def _base_kind(kind: str) -> str:
+    return kind.rsplit(".", 1)[-1]
+
+
+def _scale(ref: np.ndarray, zero_based: bool) -> float:
+    """The reference's value range (including 0 when ``zero_based``), else max |r|, else 1."""
+    finite = ref[np.isfinite(ref)]
+    if finite.size == 0:
+        return 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if zero_based:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if math.isfinite(span) and span > 0:
+        return span
+    peak = float(np.abs(finite).max())
+    return peak if peak > 0 else 1.0
+
+
+def _channel_matrix(pred: Sequence[Sequence[float]], ref: Sequence[Sequence[float]], zero_based: bool
+                    ) -> np.ndarray:
+    """Channel similarity (see :func:`series_similarity`) of every pred to every ref value list."""
+    n_p, n_r = len(pred), len(ref)
+    out = np.zeros((n_p, n_r))
+    if n_p == 0 or n_r == 0:
+        return out
+    width = max(1, max(len(v) for v in (*pred, *ref)))
+    lp = np.array([len(v) for v in pred])
+    lr = np.array([len(v) for v in ref])
+    P = np.full((n_p, width), np.nan)
+    R = np.full((n_r, width), np.nan)
+    for i, v in enumerate(pred):
+        P[i, :len(v)] = v
+    for j, v in enumerate(ref):
+        R[j, :len(v)] = v
+    scales = np.array([_scale(R[j, :lr[j]], zero_based) for j in range(n_r)])
+    cols = np.arange(width)[None, :]
+    for i in range(n_p):
+        with np.errstate(over="ignore", invalid="ignore"):
+            err = np.minimum(np.abs(P[i][None, :] - R) / scales[:, None], 1.0)
+        pn, rn = np.isnan(P[i])[None, :], np.isnan(R)
+        err = np.where(pn & rn, 0.0, np.where(pn | rn, 1.0, err))  # both missing: agree; one: 1
+        aligned = cols < np.minimum(lp[i], lr)[:, None]
+        longest = np.maximum(lp[i], lr)
+        total = np.where(aligned, 1.0 - err, 0.0).sum(axis=1)
+        out[i] = np.where(longest == 0, 1.0, total / np.maximum(longest, 1))
+    return out
+
+
+def data_similarity_matrix(pred: Sequence[DataSeries], ref: Sequence[DataSeries]) -> np.ndarray:
+    """:func:`series_similarity` of every predicted to every reference series, ``(len(pred), len(ref))``.
+
+    Series of different kinds score 0.
+
+    Example:
+        >>> bars = [DataSeries("bar", (5.0, 2.0, 6.0)), DataSeries("plot", (1.0, 2.0))]
+        >>> data_similarity_matrix([DataSeries("bar", (5.0, 2.0, 8.0))], bars).round(4).tolist()
+        [[0.8889, 0.0]]
+    """
+    out = np.zeros((len(pred), len(ref)))
+    for kind in {s.kind for s in pred} & {s.kind for s in ref}:
+        pi = [i for i, s in enumerate(pred) if s.kind == kind]
+        ri = [j for j, s in enumerate(ref) if s.kind == kind]
+        zero_based = _base_kind(kind) in ZERO_BASED_KINDS
+        sim = _channel_matrix([pred[i].y for i in pi], [ref[j].y for j in ri], zero_based)
+        if _base_kind(kind) in XY_KINDS:
+            sim_x = _channel_matrix([pred[i].x or () for i in pi], [ref[j].x or () for j in ri], zero_based)
+            sim = (sim + sim_x) / 2
+        out[np.ix_(pi, ri)] = sim
+    return out
+
+
+def series_similarity(pred: DataSeries, ref: DataSeries) -> float:
+    """How close one predicted series is to one reference series, in [0, 1].
+
+    Series of different kinds score 0. Otherwise, for a list of predicted values ``p`` (length
+    ``n_p``) and reference values ``r`` (length ``n_r``), aligned by index::
+
+        S   = max(r ∪ {0}) - min(r ∪ {0})   for bar, barh and pie (lengths from a zero baseline),
+              max(r) - min(r)               for the other kinds (plot, scatter, ...),
+              over the finite r; when S is 0 or not finite: max |r|; when that is 0 too: 1
+        e_i = min(1, |p_i - r_i| / S)       (1 when exactly one of p_i, r_i is missing, 0 when both)
+        s   = Σ_{i < min(n_p, n_r)} (1 - e_i) / max(n_p, n_r)      (1 when n_p = n_r = 0)
+
+    so each point is worth 1 / max(n_p, n_r): a point off by the reference's whole range or more,
+    missing, or extra (the length mismatch) counts 0, and ``s = 1`` exactly when the values agree.
+    The y values (bar heights / ``barh`` widths, line and scatter y, pie fractions) are compared;
+    scatter compares x too, and scores the mean of its x and y similarities. Bar positions and line
+    x are not compared (bars sit at category positions; layout and text cover the axes). The scale
+    is the reference's, so inflating the prediction cannot make errors look small; it makes the
+    score asymmetric (not needed: the reference is fixed). Pie values are the wedge fractions, so a
+    pie is compared by its shares, whatever totals the programs passed.
+
+    Example:
+        >>> ref = DataSeries("bar", (5.0, 2.0, 6.0))         # S = 6 - 0
+        >>> round(series_similarity(DataSeries("bar", (5.0, 2.0, 8.0)), ref), 4)  # (1 + 1 + 4/6) / 3
+        0.8889
+        >>> round(series_similarity(DataSeries("bar", (5.0, 2.0)), ref), 4)       # (1 + 1 + 0) / 3
+        0.6667
+        >>> series_similarity(DataSeries("bar", (5.0,)), DataSeries("barh", (5.0,)))
+        0.0
+    """
+    return float(data_similarity_matrix([pred], [ref])[0, 0])
+
+
+def _data_match(pred: Sequence[DataSeries], ref: Sequence[DataSeries]) -> float:
+    sim = data_similarity_matrix(pred, ref)
+    if not sim.size:
+        return 0.0
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    return float(sim[rows, cols].sum())
+
+
 # ---- comparison ----------------------------------------------------------------------------------
 
 def _prf(matched: float, n_pred: int, n_ref: int) -> tuple[float, float, float]:
@@ -274,17 +459,29 @@ def _color_match(pred: Mapping[str, Sequence[str]], ref: Mapping[str, Sequence[s
 
 
 def zero_metrics() -> dict[str, float]:
-    """All twelve metrics at 0.0 (a predicted program that did not run)."""
-    return dict.fromkeys(METRIC_KEYS, 0.0)
+    """All twelve metrics and the data score at 0.0 (a predicted program that did not run)."""
+    return dict.fromkeys(SCORE_KEYS, 0.0)
 
 
 def compare_chart_traces(pred_trace: Mapping[str, Any] | ChartTrace | None,
                          ref_trace: Mapping[str, Any] | ChartTrace | None) -> dict[str, float]:
-    """Text / layout / type / colour precision, recall and F1 of a predicted trace against a reference.
+    """Text / layout / type / colour precision, recall and F1, and the data score, of a predicted trace.
 
     Both arguments are ``chart`` traces (``RenderResult.trace["chart"]``) or :class:`ChartTrace`.
     A missing or malformed predicted trace gives 0.0 everywhere; a missing or malformed reference
     trace raises ``ValueError``. Empty sides: both empty → 1.0, one empty → 0.0 (module docstring).
+    Returns the twelve ``METRIC_KEYS`` and ``"data"`` (:data:`SCORE_KEYS`).
+
+    ``data``: the predicted series are matched one-to-one to the reference series by the Hungarian
+    algorithm, maximising the total :func:`series_similarity` (series of different call kinds
+    score 0, so in effect each kind is matched on its own, like the colours); with ``matched`` the
+    sum of the matched similarities, ``n_pred`` / ``n_ref`` the numbers of series::
+
+        data = 2 · matched / (n_pred + n_ref)         (1 when both have no series, 0 when one has none)
+
+    which is the F1 of P = matched / n_pred and R = matched / n_ref: identical series give 1, and
+    an unmatched series (extra in the prediction or missing from it) counts 0 in both ways alike.
+    Series are matched across Axes (the axes' arrangement is the layout score's business).
 
     Example:
         >>> ref = {"text": ["Sales", "Q3"], "layout": [[1, 1, 0, 0, 0, 0]],
@@ -296,6 +493,10 @@ def compare_chart_traces(pred_trace: Mapping[str, Any] | ChartTrace | None,
         (0.5, 1.0, 0.0, 0.0)
         >>> compare_chart_traces(ref, ref)["color_f1"]
         1.0
+        >>> ref["data"] = [{"kind": "bar", "y": [5, 2, 6]}]
+        >>> pred["data"] = [{"kind": "bar", "y": [5, 2, 8]}, {"kind": "plot", "y": [1, 2]}]
+        >>> round(compare_chart_traces(pred, ref)["data"], 4)   # 2 · (8/9) / (2 + 1)
+        0.5926
     """
     ref = ref_trace if isinstance(ref_trace, ChartTrace) else None
     if ref is None:
@@ -323,13 +524,14 @@ def compare_chart_traces(pred_trace: Mapping[str, Any] | ChartTrace | None,
     for group, (matched, n_pred, n_ref) in groups.items():
         p, r, f = _prf(matched, n_pred, n_ref)
         out[f"{group}_precision"], out[f"{group}_recall"], out[f"{group}_f1"] = p, r, f
+    out[DATA_KEY] = _prf(_data_match(pred.data, ref.data), len(pred.data), len(ref.data))[2]
     return out
 
 
 # ---- from renders and programs -------------------------------------------------------------------
 
 def chart_metrics_from_renders(pred: RenderResult, ref: RenderResult) -> dict[str, Any]:
-    """The twelve metrics from two instrumented renders (the reward uses this on ``Sample.rendered``).
+    """The twelve metrics and ``data`` from two instrumented renders (the reward uses this on ``Sample.rendered``).
 
     A failed predicted render gives zeros plus ``pred_error_kind`` / ``pred_error``; a predicted
     trace that is missing or malformed (the program tampered with the recorder) gives zeros with

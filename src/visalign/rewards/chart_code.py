@@ -1,4 +1,4 @@
-"""``chart_code``: ChartMimic's low-level code metrics (text, layout, type, colour) as a reward.
+"""``chart_code``: ChartMimic's low-level code metrics (text, layout, type, colour), and data, as a reward.
 
 The generated and the reference program are rendered once each through the shared
 :class:`~visalign.rewards.render.RenderService` with the matplotlib ``chart`` instrument, so the same
@@ -11,13 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..metrics.chart_code import CHART_INSTRUMENT, F1_KEYS, METRIC_KEYS, chart_metrics_from_renders
+from ..metrics.chart_code import (
+    CHART_INSTRUMENT,
+    DATA_KEY,
+    F1_KEYS,
+    METRIC_GROUPS,
+    SCORE_KEYS,
+    chart_metrics_from_renders,
+)
 from ..renderers.base import RenderResult
 from .base import Reward, RewardOutput, Sample
 from .code import fill_code
 from .render import RenderService
 
-METRICS: tuple[str, ...] = ("mean_f1", *F1_KEYS)
+METRICS: tuple[str, ...] = ("mean_f1", *F1_KEYS, DATA_KEY)
+WEIGHT_KEYS: tuple[str, ...] = (*F1_KEYS, DATA_KEY)
+# short names accepted in ``weights``: "text" → "text_f1", ..., "color" → "color_f1"
+_WEIGHT_ALIASES = {g: f"{g}_f1" for g in METRIC_GROUPS}
 
 
 class ChartCodeReward(Reward):
@@ -27,8 +37,13 @@ class ChartCodeReward(Reward):
         service: the shared render service (one is created, and closed with the reward, if None);
             the reward asks it for the ``chart`` instrument.
         metric: ``"mean_f1"`` (weighted mean of the four F1, ChartMimic's low-level score on a 0–1
-            scale) or one of ``text_f1``, ``layout_f1``, ``type_f1``, ``color_f1``.
-        weights: for ``mean_f1``, weights of the four F1 keys (missing keys weigh 0; default: equal).
+            scale, and of the data score when weighted) or one of ``text_f1``, ``layout_f1``,
+            ``type_f1``, ``color_f1``, ``data`` (alone).
+        weights: for ``mean_f1``, weights of ``text_f1``, ``layout_f1``, ``type_f1``, ``color_f1``
+            and ``data`` (the plotted values: :func:`~visalign.metrics.chart_code.compare_chart_traces`),
+            also by the short names ``text``, ``layout``, ``type``, ``color``; missing keys weigh 0.
+            Default: the four F1 weigh 1 each, ``data`` 0 (ChartMimic's score). Example:
+            ``{"text": 1, "layout": 1, "type": 1, "color": 1, "data": 4}``.
         timeout: seconds per render, for a service created here.
         workers: sandboxed workers, for a service created here.
 
@@ -39,7 +54,7 @@ class ChartCodeReward(Reward):
     Scores: a float in [0, 1]; 0.0 when the generated code is missing, fails to render or its trace
     is malformed (``details["error_kind"]`` says why); None (not applicable) for a sample without
     ``reference_code``, of another renderer kind, or whose reference fails to render (a dataset bug:
-    ``details["reference_error_kind"]``). ``details`` hold all twelve P/R/F1 numbers. Samples whose
+    ``details["reference_error_kind"]``). ``details`` hold all twelve P/R/F1 numbers and ``data``. Samples whose
     ``kind`` is None are taken as matplotlib. References shared by several samples (a GRPO group)
     are rendered once; renders already in ``Sample.rendered`` / ``reference_rendered`` are reused.
 
@@ -66,14 +81,22 @@ class ChartCodeReward(Reward):
                  workers: int | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if weights is not None:
-            unknown = set(weights) - set(F1_KEYS)
+        if weights is None:
+            weights = dict.fromkeys(F1_KEYS, 1.0)
+        else:
+            unknown = set(weights) - set(WEIGHT_KEYS) - set(_WEIGHT_ALIASES)
             if unknown:
-                raise ValueError(f"weights may only name {F1_KEYS}, got {sorted(unknown)}")
-            if any(float(w) < 0 for w in weights.values()) or sum(float(w) for w in weights.values()) <= 0:
+                raise ValueError(f"weights may only name {WEIGHT_KEYS} (or {tuple(_WEIGHT_ALIASES)}), "
+                                 f"got {sorted(unknown)}")
+            canonical = [_WEIGHT_ALIASES.get(k, k) for k in weights]
+            if len(set(canonical)) != len(canonical):
+                raise ValueError(f"weights name a metric twice (short and long name): {sorted(weights)}")
+            weights = {_WEIGHT_ALIASES.get(k, k): w for k, w in weights.items()}
+            values = [float(w) for w in weights.values()]
+            if any(not w >= 0 for w in values) or not 0 < sum(values) < float("inf"):
                 raise ValueError("weights must be non-negative with a positive sum")
         self.metric = metric
-        self.weights = {k: float((weights or dict.fromkeys(F1_KEYS, 1.0)).get(k, 0.0)) for k in F1_KEYS}
+        self.weights = {k: float(weights.get(k, 0.0)) for k in WEIGHT_KEYS}
         self._own_service = service is None
         self.service = service if service is not None else RenderService(timeout=timeout, workers=workers)
         self.service.require_instrument("matplotlib", CHART_INSTRUMENT)
@@ -93,7 +116,7 @@ class ChartCodeReward(Reward):
         if self.metric != "mean_f1":
             return float(metrics[self.metric])
         total = sum(self.weights.values())
-        return float(sum(w * float(metrics[k]) for k, w in self.weights.items()) / total)
+        return float(sum(w * float(metrics[k]) for k, w in self.weights.items() if w) / total)
 
     def _render(self, samples: list[Sample]) -> None:
         fill_code(samples)  # code from the completion where no code is given
@@ -139,7 +162,7 @@ class ChartCodeReward(Reward):
                 counts["reference_failures"] += 1
                 continue
             score = 0.0 if "pred_error_kind" in metrics else min(max(self._combine(metrics), 0.0), 1.0)
-            detail = {k: float(metrics[k]) for k in METRIC_KEYS}
+            detail = {k: float(metrics[k]) for k in SCORE_KEYS}
             detail["metric"] = self.metric
             if "pred_error_kind" in metrics:
                 detail["error_kind"] = metrics["pred_error_kind"]

@@ -874,10 +874,12 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[s
 
     def moves(k: str) -> bool:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
-        return len(vals) > 0 and max(vals) - min(vals) > 1e-6
+        return len(vals) == 1 or (len(vals) > 1 and max(vals) - min(vals) > 1e-6)
 
     keys = [k for k in dict.fromkeys((*children, *keys)) if moves(k)]
     panels = len(keys) + (1 if evals else 0)
+    if not panels:
+        return None
     cols = min(4, panels)
     nrows = math.ceil(panels / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 2.8 * nrows), squeeze=False)
@@ -885,7 +887,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[s
     for ax, k in zip(flat, keys, strict=False):
         xs = np.array([r["step"] for r in rows if k in r])
         ys = np.array([r[k] for r in rows if k in r], dtype=float)
-        ax.plot(xs, ys, lw=0.8, alpha=0.45, color="tab:blue")
+        ax.plot(xs, ys, lw=0.8, alpha=0.45, color="tab:blue", marker="." if len(ys) < 3 else None)
         w = max(1, len(ys) // 10)
         if w > 1:
             ax.plot(xs[w - 1:], np.convolve(ys, np.ones(w) / w, mode="valid"), lw=1.8, color="tab:blue")

@@ -4,12 +4,17 @@ Runs inside the sandbox, in the forked child, before the untrusted program (stan
 numpy and matplotlib only, never visalign). ``install()`` patches matplotlib classes; ``collect()``
 returns a small JSON-able dict read by ``visalign.metrics.chart_code``:
 
-    {"version": 1,
+    {"version": 2,
      "text":   ["Q3 Sales", "Region", ...],            # strings drawn, tick labels excluded
      "layout": [[nrows, ncols, row0, row1, col0, col1], ...],   # one per Axes
      "type":   {"bar": 1, "plot": 2, "polar.plot": 1},  # outermost whitelisted plotting calls
      "color":  {"bar": ["#4c72b0", ...], "imshow": ["RdBu_r"]},  # colours of the artists they made
+     "data":   [{"kind": "bar", "axes": 0, "y": [5.0, 2.0, 8.0], "x": [0.0, 1.0, 2.0],
+                 "truncated": false}, ...],                 # the plotted values, one entry per series
      "truncated": false}
+
+Version 2 added ``data``; the other keys are as in version 1 (a version-1 trace reads as one without
+data series).
 
 What is recorded, and where:
 
@@ -37,8 +42,21 @@ What is recorded, and where:
   when faces are transparent), as ``#rrggbb`` without alpha, or the colormap name when the artist
   is colour-mapped (an anonymous ``ListedColormap`` from ``colors=[...]`` gives its colours).
 
+- data: the values plotted by each counted call of :data:`DATA_METHODS` on 2D (rectilinear or polar)
+  axes, recorded when the call returns, in calling order. One series per ``bar`` / ``barh`` call
+  (``y``: the bar heights, widths for ``barh``, as passed (``bottom`` / ``left`` not added);
+  ``x``: the bar centres along the other axis), per line of ``plot`` / ``loglog`` / ``semilogx`` /
+  ``semilogy`` / ``step`` (``x``, ``y``: its data after unit conversion: categories and dates become
+  numbers), per ``scatter`` call (``x``, ``y``: its offsets) and per ``pie`` call (``y``: the wedge
+  sizes as fractions of the full circle, so ``pie([1, 2, 3])`` and ``pie([10, 20, 30])`` record the same;
+  no ``x``). ``axes`` numbers the Axes in the order they first received a recorded series.
+  Non-finite values (NaN, inf, masked points) are recorded as ``null``. Calls whose data cannot be
+  read are skipped (counted in ``errors``).
+
 Everything is capped (:data:`MAX_ITEMS` strings and layout rows, :data:`MAX_COLORS` colours,
-:data:`MAX_COLORS_PER_CALL` per call; ``truncated`` says so).
+:data:`MAX_COLORS_PER_CALL` per call, :data:`MAX_SERIES` data series of at most
+:data:`MAX_VALUES` values per coordinate and :data:`MAX_DATA_VALUES` numbers in all; ``truncated``
+says so, and a series cut short carries its own ``truncated``).
 The program shares this process and can tamper with all of it: the caller treats the result as
 untrusted data and validates it.
 """
@@ -54,6 +72,9 @@ MAX_COLORS = 500          # colours in one trace (the parent matches them in O(n
 MAX_TEXT_LEN = 500        # characters kept of one string
 MAX_COLORS_PER_CALL = 100  # distinct colours kept from one plotting call
 MAX_KINDS = 200           # distinct call kinds
+MAX_SERIES = 200          # data series in one trace
+MAX_VALUES = 1000         # values kept per coordinate of one series
+MAX_DATA_VALUES = 100_000  # numbers (x and y together) in all the data series of one trace
 _MAX_ARTISTS_PER_CALL = 20_000
 
 # Whitelisted plotting methods of ``matplotlib.axes.Axes`` (pyplot's wrappers call these).
@@ -78,13 +99,16 @@ PLOT_METHODS_3D: tuple[str, ...] = (
     "contourf", "tricontour", "tricontourf", "quiver", "voxels", "errorbar", "stem", "fill_between",
     "plot3D", "scatter3D", "contour3D", "contourf3D",
 )
+# Methods whose plotted values are recorded under ``data`` (on 2D axes only).
+DATA_METHODS: tuple[str, ...] = ("bar", "barh", "plot", "loglog", "semilogx", "semilogy", "step", "scatter", "pie")
 _ALIASES = {"plot3D": "plot", "scatter3D": "scatter", "contour3D": "contour", "contourf3D": "contourf"}
 _TICK_LABEL_TAG = "_visalign_tick_label"
 _FIGURE_KEY = "_visalign_figure_key"
+_AXES_KEY = "_visalign_axes_key"
 
 
 class ChartInstrument:
-    """Records text, layout, plotting calls and colours of one program (one forked child).
+    """Records text, layout, plotting calls, colours and plotted data of one program (one forked child).
 
     Example (what the handler does in the child):
         >>> hook = ChartInstrument()
@@ -102,6 +126,9 @@ class ChartInstrument:
         self.truncated = False
         self.errors = 0                     # our own failures while recording (never raised)
         self.renders: dict[int, tuple[list[str], list[list[int]]]] = {}  # figure key → last render
+        self.data: list[dict] = []          # plotted series, in calling order
+        self.n_values = 0                   # numbers in ``data``
+        self._next_axes = 0
         self._stack: list[dict[int, list[str]]] = []
         self._next_key = 0
         self.installed = False
@@ -210,6 +237,11 @@ class ChartInstrument:
                 inst._record_call(_kind(ax, base), result)
             except Exception:
                 inst.errors += 1
+            if base in DATA_METHODS:
+                try:
+                    inst._record_data(ax, base, result)
+                except Exception:
+                    inst.errors += 1
             return result
 
         setattr(cls, name, wrapper)
@@ -263,6 +295,38 @@ class ChartInstrument:
             self.colors.setdefault(kind, []).extend(colors)
             self.n_colors += len(colors)
 
+    def _record_data(self, ax, base: str, result) -> None:
+        kind = _kind(ax, base)
+        if kind.startswith("3d."):  # projected 3D data: not recorded
+            return
+        series = _series(base, result)
+        if not series:
+            return
+        key = getattr(ax, _AXES_KEY, None)
+        if not isinstance(key, int) or isinstance(key, bool):
+            key = self._next_axes
+            self._next_axes += 1
+            setattr(ax, _AXES_KEY, key)
+        for channels in series:
+            if len(self.data) >= MAX_SERIES:
+                self.truncated = True
+                return
+            entry: dict = {"kind": kind, "axes": key}
+            cut = False
+            for name in ("x", "y"):
+                values = channels.get(name)
+                if values is None:
+                    continue
+                room = min(MAX_VALUES, MAX_DATA_VALUES - self.n_values)
+                if len(values) > room:
+                    values, cut = values[:max(room, 0)], True
+                entry[name] = _json_floats(values)
+                self.n_values += len(entry[name])
+            entry["truncated"] = cut
+            if cut:
+                self.truncated = True
+            self.data.append(entry)
+
     def collect(self) -> dict:
         """The JSON-able record of everything drawn so far (see the module docstring)."""
         text: list[str] = []
@@ -271,8 +335,9 @@ class ChartInstrument:
             text.extend(lines)
             layout.extend(rows)
         truncated = self.truncated or len(text) > MAX_ITEMS or len(layout) > MAX_ITEMS
-        return {"version": 1, "text": text[:MAX_ITEMS], "layout": layout[:MAX_ITEMS],
+        return {"version": 2, "text": text[:MAX_ITEMS], "layout": layout[:MAX_ITEMS],
                 "type": dict(self.types), "color": {k: list(v) for k, v in self.colors.items()},
+                "data": [dict(d) for d in self.data],
                 "truncated": bool(truncated), "errors": self.errors}
 
 
@@ -410,3 +475,68 @@ def _artist_colors(artist) -> list[str]:
         face = _rows_to_hex(artist.get_facecolor()) if artist.get_fill() else []
         return face or _rows_to_hex(artist.get_edgecolor())
     return []
+
+
+def _floats(values):
+    """A flat float array from plotted values, NaN where masked; raises on non-numbers."""
+    import numpy as np
+
+    arr = np.ma.asarray(values)
+    arr = np.ma.filled(arr.astype(float), np.nan)
+    return arr.reshape(-1)
+
+
+def _json_floats(arr) -> list:
+    """Python floats, ``None`` for NaN and ±inf (JSON has neither)."""
+    return [float(v) if math.isfinite(v) else None for v in arr.tolist()]
+
+
+def _series(base: str, result) -> list[dict]:
+    """The data series a call of :data:`DATA_METHODS` drew: ``[{"x": array, "y": array}, ...]``.
+
+    Arrays may be longer than :data:`MAX_VALUES` (the caller cuts them). Raises on anything odd;
+    the caller counts that as an error and records nothing for the call.
+    """
+    import numpy as np
+    from matplotlib.container import BarContainer
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Wedge
+
+    if base in ("bar", "barh"):
+        if not isinstance(result, BarContainer):
+            return []
+        patches = list(result.patches)[:MAX_VALUES + 1]
+        horizontal = getattr(result, "orientation", None) == "horizontal" or base == "barh"
+        values = getattr(result, "datavalues", None)
+        try:
+            y = _floats(values)[:MAX_VALUES + 1] if values is not None else None
+        except (TypeError, ValueError):
+            y = None
+        if y is None or y.size != min(len(result.patches), MAX_VALUES + 1):  # datavalues missing or not numbers: the patches
+            y = np.array([p.get_width() if horizontal else p.get_height() for p in patches], dtype=float)
+        if horizontal:
+            x = [p.get_y() + p.get_height() / 2 for p in patches]
+        else:
+            x = [p.get_x() + p.get_width() / 2 for p in patches]
+        return [{"x": np.array(x, dtype=float), "y": y}]
+    if base == "scatter":
+        offsets = _floats(result.get_offsets()[:MAX_VALUES + 1])
+        if offsets.size % 2:
+            return []
+        xy = offsets.reshape(-1, 2)
+        return [{"x": xy[:, 0], "y": xy[:, 1]}]
+    if base == "pie":
+        wedges = [a for a in _artists(result) if isinstance(a, Wedge)]
+        fractions = np.array([(w.theta2 - w.theta1) / 360.0 for w in wedges], dtype=float)
+        return [{"y": fractions}] if wedges else []
+    out = []  # plot, loglog, semilogx, semilogy, step: one series per line
+    for line in _artists(result):
+        if isinstance(line, Line2D):
+            xy = _floats(line.get_xydata()[:MAX_VALUES + 1])
+            if xy.size % 2:
+                continue
+            xy = xy.reshape(-1, 2)
+            out.append({"x": xy[:, 0], "y": xy[:, 1]})
+        if len(out) > MAX_SERIES:
+            break
+    return out
