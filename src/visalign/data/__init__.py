@@ -1,5 +1,6 @@
 """Data: loaders for image-to-code rows (JSONL, parquet, HF ``datasets``, Python lists), seeded
-synthetic chart-to-code generators, and small graded eval sets (:mod:`visalign.data.examples`).
+synthetic chart-to-code, table-to-LaTeX and image-to-SVG generators, and small graded eval sets
+(:mod:`visalign.data.examples`).
 
 Example:
     >>> from visalign.data import chart_dataset, load_rows
@@ -19,18 +20,50 @@ from .charts import (
     render_charts,
 )
 from .loaders import DataError, load_rows, to_image, write_jsonl
+from .svgs import (
+    SVG_RENDER_OPTIONS,
+    SVG_SHAPES,
+    random_svg_code,
+    render_svgs,
+    svg_corpus,
+    svg_dataset,
+    svg_whole_words,
+)
+from .tables import (
+    RULE_STYLES,
+    TABLE_RENDER_OPTIONS,
+    random_table_code,
+    render_tables,
+    table_corpus,
+    table_dataset,
+    table_whole_words,
+)
 
 __all__ = [
     "CHART_KINDS",
     "CHART_RENDER_OPTIONS",
     "DEFAULT_CHART_KINDS",
+    "RULE_STYLES",
+    "SVG_RENDER_OPTIONS",
+    "SVG_SHAPES",
+    "TABLE_RENDER_OPTIONS",
     "DataError",
     "chart_corpus",
     "chart_dataset",
     "chart_whole_words",
     "load_rows",
     "random_chart_code",
+    "random_svg_code",
+    "random_table_code",
     "render_charts",
+    "render_svgs",
+    "render_tables",
+    "svg_corpus",
+    "svg_dataset",
+    "svg_whole_words",
+    "table_corpus",
+    "table_dataset",
+    "table_whole_words",
     "to_image",
     "write_jsonl",
 ]
