@@ -105,7 +105,8 @@ def compare_evals(before_dir: str | Path, after_dir: str | Path, out_path: str |
     curves_html = ""
     if curves and Path(curves).exists():
         with Image.open(curves) as im:
-            curves_html = f"<h2>Training</h2><img alt='training curves' src='{_png_data_uri(im, max_side=2000)}'>"
+            curves_html = (f"<h2>Training</h2><img alt='training curves' style='max-width:100%' "
+                           f"src='{_png_data_uri(im, max_side=2000)}'>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<div class='sub'>{len(before)} rows before, {len(after)} after; intervals are 95 % percentile "
