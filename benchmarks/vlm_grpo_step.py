@@ -93,7 +93,8 @@ def run(mode: str, args: argparse.Namespace, rows: list[dict[str, Any]], out: Pa
         trainer.close()
     keep = history[1:] if len(history) > 1 else history  # the first step also starts the render workers
     mean = {k: statistics.mean(h[k] for h in keep) for k in ("tokens/per_leaf", "tokens/per_leaf_if_independent",
-                                                              "reward/mean", "completion/length_mean")}
+                                                              "reward/mean", "completion/length_mean",
+                                                              "completion/distinct_per_group")}
     for s in STAGES:
         mean[s] = statistics.mean(h.get(f"time/{s}", 0.0) for h in keep)
     return mean
@@ -129,10 +130,12 @@ def main() -> int:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     model = "Qwen2.5-VL-7B-shaped (random)" if args.qwen25_vl_7b_shape else Path(args.model).name
     if args.markdown:
-        print("| sampling | tokens/leaf | completion length | reward | generate s | render s | score s | train s | step s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| sampling | tokens/leaf | completion length | distinct / group | reward | generate s | render s | "
+              "score s | train s | step s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for mode, r in results.items():
-            print(f"| {mode} | {r['tokens/per_leaf']:.1f} | {r['completion/length_mean']:.1f} | {r['reward/mean']:.3f} | "
+            print(f"| {mode} | {r['tokens/per_leaf']:.1f} | {r['completion/length_mean']:.1f} | "
+                  f"{r['completion/distinct_per_group']:.2f} | {r['reward/mean']:.3f} | "
                   f"{r['generate']:.2f} | {r['render']:.2f} | {r['score']:.2f} | {r['train']:.2f} | {r['step']:.2f} |")
         print(f"\n{model} on {device}; {args.prompts} prompts x {args.group} leaves, segment {args.segment}: "
               f"tree/independent tokens per leaf = {ratio:.2f} ({1 - ratio:.0%} fewer), step time ratio "

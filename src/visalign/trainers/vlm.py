@@ -587,6 +587,7 @@ class VLMGRPOTrainer:
                              "completion/truncated": sum(rollout.truncated) / max(1, len(rollout.truncated)),
                              "tokens/sampled": tokens, "tokens/per_leaf": tokens / max(1, lengths.numel()),
                              "tokens/per_leaf_if_independent": float(lengths.mean()),
+                             "completion/distinct_per_group": _distinct_share(rollout.completion_ids, G),
                              "dynamic_sampling/dropped_groups": rollout.dropped_groups,
                              "data/cursor": self.cursor}
         m.update({f"reward/{k}": v for k, v in rollout.reward_metrics.items()})
@@ -790,6 +791,13 @@ def _ratio_stats(stats: Counter, logps: torch.Tensor, old: torch.Tensor, mask: t
         d = ref - logps
         stats["kl"] += float(((torch.exp(d) - d - 1) * mask).sum())
     stats["_tokens"] += float(mask.sum())
+
+
+def _distinct_share(completions: Sequence[Sequence[int]], group_size: int) -> float:
+    """Mean share of distinct completions in a group (1 = all different): how much variety a group's
+    advantages can work with, which tree sampling with late splits can lower."""
+    groups = [completions[g:g + group_size] for g in range(0, len(completions), group_size)]
+    return sum(len({tuple(c) for c in grp}) / len(grp) for grp in groups) / max(1, len(groups))
 
 
 def _flat_group(rewards: torch.Tensor) -> bool:
