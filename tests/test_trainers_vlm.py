@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visalign.models.tiny_vlm import build_processor, build_tiny_qwen2vl, build_tokenizer
+from visalign.models.tiny_vlm import build_processor, build_tiny_llava, build_tiny_qwen2vl, build_tokenizer
 from visalign.rewards import Reward, RewardOutput, Sample
 from visalign.trainers.config import load_config
 from visalign.trainers.prompting import encode_prompts, vision_token_ids
@@ -119,6 +119,39 @@ def test_sampling_logprobs_equal_training_logprobs(tiny: dict[str, Any], mode: s
             mask[i, :len(c)] = 1
         with torch.no_grad():
             logps, _ = completion_logps(model, dict(prompt), ids, mask, temperature=0.7)
+        for i, lp in enumerate(g.logprobs):
+            assert logps[i, :len(lp)].tolist() == pytest.approx(lp, abs=2e-5)
+
+
+def test_one_d_position_models_sample_and_score_alike() -> None:
+    """LLaVA-style models (1-D positions, image tokens in the sequence): with left padding, greedy tree
+    sampling equals ``generate`` and the sampler's log-probs equal the training forward's."""
+    model, processor = build_tiny_llava(CORPUS)
+    model.eval()
+    images = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")]
+    texts = ["Write code.", "Write matplotlib code that reproduces this chart."]
+    inputs = encode_prompts(processor, images, texts)
+    assert inputs["attention_mask"].sum(1).tolist()[0] < inputs["input_ids"].shape[1]  # row 0 is left-padded
+    eos = [model.generation_config.eos_token_id]
+    suppress = [*vision_token_ids(model), processor.tokenizer.pad_token_id]
+    ref = model.generate(**inputs, max_new_tokens=10, do_sample=False, suppress_tokens=suppress)
+    ref = ref[:, inputs["input_ids"].shape[1]:]
+    greedy = sample_groups(model, inputs, TreeSampling(3, mode="segment", segment_length=3), max_new_tokens=10,
+                           eos_token_ids=eos, generators=[torch.Generator().manual_seed(i) for i in range(2)],
+                           top_k=1, suppress_tokens=suppress)
+    for p, g in enumerate(greedy):
+        assert all(c == ref[p, :len(c)].tolist() for c in g.completions)
+    groups = sample_groups(model, inputs, TreeSampling(3, mode="segment", segment_length=3), max_new_tokens=8,
+                           eos_token_ids=eos, generators=[torch.Generator().manual_seed(i) for i in range(2)],
+                           temperature=0.8)
+    for p, g in enumerate(groups):
+        prompt = encode_prompts(processor, [images[p]] * 3, [texts[p]] * 3)
+        T = max(len(c) for c in g.completions)
+        ids, mask = torch.zeros(3, T, dtype=torch.long), torch.zeros(3, T, dtype=torch.long)
+        for i, c in enumerate(g.completions):
+            ids[i, :len(c)], mask[i, :len(c)] = torch.tensor(c), 1
+        with torch.no_grad():
+            logps, _ = completion_logps(model, dict(prompt), ids, mask, temperature=0.8)
         for i, lp in enumerate(g.logprobs):
             assert logps[i, :len(lp)].tolist() == pytest.approx(lp, abs=2e-5)
 

@@ -118,3 +118,57 @@ def build_tiny_qwen2vl(processor: Any, *, hidden_size: int = 128, num_layers: in
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     return model
+
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_llava(corpus: Iterable[str], *, vocab_size: int = 320, image_size: int = 32, patch_size: int = 8,
+                     hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> tuple[Any, Any]:
+    """A random ``LlavaForConditionalGeneration`` (CLIP vision tower + Llama) and its processor, built
+    offline: the 1-D-position family of VLMs (LLaVA, and by the same code paths SmolVLM-style models),
+    next to the M-RoPE Qwen-VL family of :func:`build_tiny_qwen2vl`.
+
+    Example:
+        >>> model, processor = build_tiny_llava(["plt.bar([1, 2], [3, 4])"])
+        >>> type(model).__name__, processor.tokenizer.image_token
+        ('LlavaForConditionalGeneration', '<image>')
+    """
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = build_tokenizer(corpus, vocab_size=vocab_size)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.image_token = "<image>"
+    tok.chat_template = LLAVA_CHAT_TEMPLATE
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
+                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       image_size=image_size, patch_size=patch_size),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                                num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=2,
+                                eos_token_id=eos, pad_token_id=tok.pad_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor

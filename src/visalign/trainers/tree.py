@@ -237,7 +237,10 @@ def sample_groups(model: Any, inputs: Mapping[str, torch.Tensor], plan: TreeSamp
         inner.rope_deltas = None
     # transformers >= 5.24 renamed past_key_values to cache in some models
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    prefill = dict(inputs)
+    if not mrope:  # 1-D positions count real tokens only (left padding excluded), as generate() does
+        prefill["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    out = model(**prefill, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     rope_deltas = inner.rope_deltas.clone() if mrope and inner.rope_deltas is not None else None
     logits = out.logits[:, -1]

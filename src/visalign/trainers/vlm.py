@@ -183,7 +183,9 @@ def completion_logps(model: Any, prompt_inputs: dict[str, torch.Tensor], complet
             [prompt_inputs["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
     inner = getattr(getattr(model, "module", model), "model", None)
     if inner is not None and hasattr(inner, "rope_deltas"):
-        inner.rope_deltas = None  # Qwen-VL keeps M-RoPE offsets between calls
+        inner.rope_deltas = None  # Qwen-VL keeps M-RoPE offsets between calls (and derives them from the mask)
+    else:  # 1-D positions count real tokens only, as the sampler does, so left padding changes nothing
+        extra["position_ids"] = (attention.long().cumsum(-1) - 1).clamp(min=0)
     T = completion_ids.shape[1]
     logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=T + 1, use_cache=False, **extra).logits
     logits = logits[:, :-1].float() / max(temperature, 1e-6)
