@@ -1,4 +1,4 @@
-"""Flow-GRPO trainer: tiny random models (SD3 pipeline, class-conditional UNet) end to end on CPU."""
+"""Flow-GRPO trainer: tiny random models (SD3 and SD1.5 pipelines, class-conditional UNet) end to end on CPU."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from visalign.trainers.flow import (
 from visalign.trainers.flow_policies import (
     ClassConditionalFlowPolicy,
     SD3Policy,
+    StableDiffusionPolicy,
     load_flow_policy,
     tiny_sd3_pipeline,
+    tiny_sd15_pipeline,
 )
-from visalign.trainers.sde import sde_step_with_logprob
+from visalign.trainers.sde import cps_step_with_logprob, ddim_step_with_logprob, sde_step_with_logprob
 
 CLASSES = ["a red circle", "a blue square"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +135,49 @@ def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
     assert set(a[0]).isdisjoint(b[0]) and sorted(a[0] + b[0]) == list(range(8))
 
 
+def test_sd15_pipeline_end_to_end_ddim_lora_cfg_kl(tmp_path: Path) -> None:
+    tiny_sd15_pipeline(workdir=tmp_path / "tok").save_pretrained(tmp_path / "sd15")
+    assert isinstance(load_flow_policy(tmp_path / "sd15", resolution=16), StableDiffusionPolicy)
+    trainer = train_flow_from_config({
+        "pretrained": str(tmp_path / "sd15"), "resolution": 16, "rewards": {f"{__name__}:Bright": 1.0},
+        "prompts": ["a red circle", "a blue square"], "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2,
+        "guidance_scale": 3.0, "noise_level": 1.0, "beta": 0.04, "lora_rank": 4, "num_iterations": 1,
+        "eval_every": 1, "eval_images_per_prompt": 1, "eval_num_steps": 2, "log_with": "none",
+        "output_dir": str(tmp_path / "run")})
+    policy = trainer.policy
+    assert isinstance(policy, StableDiffusionPolicy) and policy.lora and trainer.sampler == "ddim"
+    assert any("to_q" in name for name in policy.named_trainable_parameters())
+    (m,) = read_metrics(tmp_path / "run")
+    assert m["nfe/rollout"] == 4 * 2 * 2 and m["nfe/train"] == 4 * 1 * 2 * 2
+    assert m["ratio/first_update_max_abs_dev"] == 0.0
+    for key in ("loss", "kl", "reward/mean", "eval/reward_mean", "eval_start/reward_mean"):
+        assert math.isfinite(m[key]), key
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+
+
+def test_cps_sampler_end_to_end(tmp_path: Path) -> None:
+    c = config(tmp_path, sampler="cps", noise_level=0.5, guidance_scale=3.0, beta=0.04)
+    trainer = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES)
+    assert trainer.sampler == "cps"
+    (m,) = trainer.train()
+    assert m["ratio/first_update_max_abs_dev"] == 0.0
+    assert math.isfinite(m["loss"]) and m["kl"] >= 0
+    rollout = trainer.rollout(CLASSES[:1], [(0, 0)], step_noise_levels(c, 0), 0)  # the steps are CPS steps
+    rec, cond = rollout.steps[1], trainer.policy.encode_prompts(CLASSES[:1])
+    v = trainer.policy.predict(rec.parents, trainer._schedule[1], cond.select(rec.parent_prompt), 3.0)
+    _, cps, _, _ = cps_step_with_logprob(v, rec.parents, trainer._schedule, 1, noise_level=0.5, prev_sample=rec.children)
+    _, sde, _, _ = sde_step_with_logprob(v, rec.parents, trainer._schedule, 1, noise_level=0.5, prev_sample=rec.children)
+    assert torch.equal(cps, rec.log_probs) and not torch.allclose(sde, rec.log_probs)
+
+
+def test_samplers_are_checked_against_the_policy(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ddim"):
+        FlowGRPOTrainer(config(tmp_path, sampler="ddim"), unet_policy(), Bright(), CLASSES)
+    assert StableDiffusionPolicy(tiny_sd15_pipeline(workdir=tmp_path), resolution=16).resolve_sampler("auto") == "ddim"
+    with pytest.raises(ValueError, match="cps"):
+        StableDiffusionPolicy(tiny_sd15_pipeline(workdir=tmp_path), resolution=16).resolve_sampler("cps")
+
+
 # ---------------------------------------------------------------------------------------- ratio
 
 
@@ -142,11 +187,36 @@ def test_reevaluating_a_rollout_gives_ratio_exactly_one(tmp_path: Path) -> None:
     rollout = trainer.rollout(CLASSES, [(0, 0), (1, 0), (2, 1), (3, 1)], levels, 0)
     cond = trainer.policy.encode_prompts(CLASSES)
     for k, rec in enumerate(rollout.steps):
-        v = trainer.policy.velocity(rec.parents, trainer._sigmas[k], cond.select(rec.parent_prompt), 3.0)
-        _, log_prob, _, _ = sde_step_with_logprob(v, rec.parents, trainer._sigmas, k, noise_level=rec.noise_level,
+        v = trainer.policy.velocity(rec.parents, trainer._schedule[k], cond.select(rec.parent_prompt), 3.0)
+        _, log_prob, _, _ = sde_step_with_logprob(v, rec.parents, trainer._schedule, k, noise_level=rec.noise_level,
                                                   prev_sample=rec.children)
         assert torch.equal(torch.exp(log_prob - rec.log_probs), torch.ones(4)), k
         assert log_prob.dtype == torch.float32
+
+
+def test_reevaluating_a_ddim_rollout_gives_ratio_exactly_one(tmp_path: Path) -> None:
+    from diffusers import DDIMScheduler
+
+    policy = StableDiffusionPolicy(tiny_sd15_pipeline(workdir=tmp_path / "tok"), resolution=16)
+    trainer = FlowGRPOTrainer(config(tmp_path, guidance_scale=3.0, noise_level=1.0), policy, Bright(), CLASSES)
+    levels = step_noise_levels(trainer.config, 0)
+    rollout = trainer.rollout(CLASSES, [(0, 0), (1, 0), (2, 1), (3, 1)], levels, 0)
+    cond, schedule = policy.encode_prompts(CLASSES), trainer._schedule
+    reference = DDIMScheduler.from_config(policy.scheduler.config)
+    reference.set_timesteps(4)
+    assert schedule[:-1].tolist() == reference.timesteps.tolist()
+    for k, rec in enumerate(rollout.steps):
+        eps = policy.predict(rec.parents, schedule[k], cond.select(rec.parent_prompt), 3.0)
+        _, log_prob, mean, std = ddim_step_with_logprob(
+            eps, rec.parents, policy.scheduler.alphas_cumprod, int(schedule[k]), int(schedule[k + 1]), eta=1.0,
+            prev_sample=rec.children, final_alpha_cumprod=float(policy.scheduler.final_alpha_cumprod))
+        assert torch.equal(torch.exp(log_prob - rec.log_probs), torch.ones(4)), k
+        # the same transition as diffusers' DDIMScheduler.step with eta 1 and the implied noise
+        noise = torch.where(std > 0, (rec.children - mean) / std.clamp_min(1e-12), torch.zeros_like(mean))
+        expected = reference.step(eps, int(schedule[k]), rec.parents, eta=1.0, variance_noise=noise).prev_sample
+        torch.testing.assert_close(rec.children, expected, rtol=1e-4, atol=1e-4)
+    # SD1.5 ends at alphas_cumprod[0] < 1 (set_alpha_to_one=False): the last step keeps a small std, as in diffusers
+    assert bool(torch.isfinite(rollout.steps[-1].log_probs).all())
 
 
 # ------------------------------------------------------------------------------------------ trees
@@ -188,10 +258,10 @@ def test_split_noise_scale_log_prob_uses_the_applied_noise(tmp_path: Path) -> No
     rec = rollout.steps[1]
     assert rec.noise_level == pytest.approx(1.5) and rollout.steps[0].noise_level == 0.5
     cond = trainer.policy.encode_prompts(CLASSES[:1])
-    v = trainer.policy.velocity(rec.parents, trainer._sigmas[1], cond.select(rec.parent_prompt))
+    v = trainer.policy.velocity(rec.parents, trainer._schedule[1], cond.select(rec.parent_prompt))
     x, vv = rec.parents[rec.parent_index], v[rec.parent_index]
-    _, applied, _, std = sde_step_with_logprob(vv, x, trainer._sigmas, 1, noise_level=1.5, prev_sample=rec.children)
-    _, unscaled, _, std1 = sde_step_with_logprob(vv, x, trainer._sigmas, 1, noise_level=0.5, prev_sample=rec.children)
+    _, applied, _, std = sde_step_with_logprob(vv, x, trainer._schedule, 1, noise_level=1.5, prev_sample=rec.children)
+    _, unscaled, _, std1 = sde_step_with_logprob(vv, x, trainer._schedule, 1, noise_level=0.5, prev_sample=rec.children)
     assert torch.equal(applied, rec.log_probs)
     assert not torch.allclose(unscaled, rec.log_probs)
     assert torch.allclose(std, 3 * std1)
@@ -214,8 +284,8 @@ def test_mixgrpo_window_trains_only_window_steps_and_uses_ode_outside(tmp_path: 
             assert rec.noise_level > 0 and bool((rec.log_probs != 0).all())
             continue
         assert rec.noise_level == 0.0 and bool((rec.log_probs == 0).all())
-        v = trainer.policy.velocity(rec.parents, trainer._sigmas[k], cond.select(rec.parent_prompt))
-        dt = trainer._sigmas[k + 1] - trainer._sigmas[k]
+        v = trainer.policy.velocity(rec.parents, trainer._schedule[k], cond.select(rec.parent_prompt))
+        dt = trainer._schedule[k + 1] - trainer._schedule[k]
         torch.testing.assert_close(rec.children, rec.parents + dt * v)  # the Euler (ODE) step
 
 

@@ -3,8 +3,10 @@
 
 One iteration, top to bottom (:meth:`FlowGRPOTrainer.train_iteration`):
 
-1. pick ``prompts_per_iteration`` prompts; **roll out**: from pure noise, ``num_steps`` SDE steps
-   (:func:`~visalign.trainers.sde.sde_step_with_logprob`), storing every transition's parent latents,
+1. pick ``prompts_per_iteration`` prompts; **roll out**: from pure noise, ``num_steps`` stochastic steps
+   (the policy's ``step_with_logprob`` with the configured ``sampler``: Flow-GRPO's SDE
+   (:func:`~visalign.trainers.sde.sde_step_with_logprob`) or CPS for flow-matching policies, DDIM for
+   epsilon-prediction ones), storing every transition's parent latents,
    child latents, float32 log-prob and the noise level actually used. ``rollout="independent"``:
    ``group_size`` trajectories per prompt (Flow-GRPO). ``rollout="tree"``: one root per prompt that
    splits into ``branch_factor`` children at every step of ``split_steps`` (BranchGRPO; leaves
@@ -14,8 +16,9 @@ One iteration, top to bottom (:meth:`FlowGRPOTrainer.train_iteration`):
    the tree (:func:`tree_advantages`), gathered over processes first, clipped to ``+-adv_clip``;
 4. **train** (``num_inner_updates`` optimizer steps, each on its share of the trajectories): for every
    chosen transition (:func:`trained_steps`, :func:`width_pruning_masks`) recompute the log-prob of the
-   stored child under the current policy, PPO-clip loss (:func:`ppo_clip_loss`) + ``beta`` x KL to the
-   reference policy (adapter disabled; :func:`~visalign.trainers.sde.kl_to_reference`);
+   stored child under the current policy with the same step function, PPO-clip loss (:func:`ppo_clip_loss`)
+   + ``beta`` x KL to the reference policy's step mean (adapter disabled;
+   :func:`~visalign.trainers.sde.kl_to_reference`);
 5. log one JSON line to ``output_dir/metrics.jsonl`` (and to accelerate trackers), checkpoint, eval.
 
 NFE (forward passes of the denoiser, x2 with CFG) are counted for rollout and training; a tree's
@@ -67,7 +70,7 @@ from ..rewards.base import Reward, Sample
 from .config import config_to_dict, load_config, option, save_config
 from .flow_policies import Conditioning, FlowPolicy, image_grid, load_flow_policy
 from .grpo import group_advantages
-from .sde import depthwise_advantages, kl_to_reference, sde_step_with_logprob
+from .sde import depthwise_advantages, kl_to_reference
 
 __all__ = [
     "FlowGRPOConfig",
@@ -97,9 +100,10 @@ class FlowGRPOConfig:
     """Options of :class:`FlowGRPOTrainer` (``describe_config(FlowGRPOConfig)`` prints the table)."""
 
     # model and data
-    pretrained: str | None = option(None, "local directory: a StableDiffusion3Pipeline, or a class-conditional "
-                                    "UNet2DModel with classes.json (train_flow_from_config only)")
-    resolution: int = option(512, "image size in pixels (SD3 policies)", source="Flow-GRPO (SD3.5-M)")
+    pretrained: str | None = option(None, "local directory: a StableDiffusion3Pipeline, a StableDiffusionPipeline "
+                                    "(SD1.5, DDIM), or a class-conditional UNet2DModel with classes.json "
+                                    "(train_flow_from_config only)")
+    resolution: int = option(512, "image size in pixels (pipeline policies)", source="Flow-GRPO (SD3.5-M)")
     max_sequence_length: int = option(256, "T5 tokens per prompt (SD3 policies)", source="diffusers SD3")
     prompts: list[str] = option([], "training prompts (or prompts_file)")
     prompts_file: str | None = option(None, "text file, one training prompt per line")
@@ -114,7 +118,15 @@ class FlowGRPOConfig:
     num_steps: int = option(10, "sampling steps in rollouts", source="Flow-GRPO")
     guidance_scale: float = option(4.5, "classifier-free guidance in rollouts and training (1 = off)",
                                    source="Flow-GRPO (SD3.5-M)")
-    noise_level: float = option(0.7, "SDE noise level a of every step (0 = ODE)", source="Flow-GRPO (SD3.5-M)")
+    sampler: Literal["auto", "sde", "cps", "ddim"] = option(
+        "auto", "stochastic step of rollouts and training. Flow-matching policies: sde (Flow-GRPO's SDE) or cps "
+        "(coefficients-preserving, Flow-GRPO's log-prob form); epsilon-prediction policies (SD1.5): ddim (DDPO). "
+        "auto: the policy's first, i.e. sde for flow matching, ddim for epsilon prediction",
+        source="Flow-GRPO / DDPO")
+    noise_level: float = option(0.7, "noise level a of every step, 0 = deterministic (ODE / DDIM eta 0). sde: "
+                                "sigma_t = a * sqrt(s / (1 - s)), a >= 0 (SD3.5: 0.7, FLUX: 0.9); cps: std = "
+                                "s' * sin(a * pi / 2), a in [0, 1]; ddim: eta >= 0 (DDPO: 1.0, the DDPM variance)",
+                                source="Flow-GRPO (SD3.5-M)")
     noise_levels: list[float] | None = option(None, "one noise level per step, overriding noise_level "
                                               "(depth-dependent noise)", source="Dynamic-TreeRPO")
     # GRPO
@@ -478,7 +490,8 @@ class FlowGRPOTrainer:
         self.history: list[dict[str, Any]] = []
         self.trained_transitions: list[dict[int, list[int]]] = []  # per update of the last iteration
         self._cfg = config.guidance_scale != 1.0
-        self._sigmas = policy.sigmas(config.num_steps)
+        self.sampler = policy.resolve_sampler(config.sampler)  # "auto" resolved: sde / cps / ddim
+        self._schedule = policy.schedule(config.num_steps)
         if config.resume_from:
             self.load_checkpoint(config.resume_from)
 
@@ -567,7 +580,7 @@ class FlowGRPOTrainer:
     def rollout(self, prompts: Sequence[str], roots: Sequence[tuple[int, int]], noise_levels: Sequence[float],
                 iteration: int, *, split_steps: Sequence[int] | None = None, stream: int = 0,
                 num_steps: int | None = None) -> Rollout:
-        """Sample trajectories from ``roots`` with the SDE (``noise_levels`` per step), splitting into
+        """Sample trajectories from ``roots`` with the sampler (``noise_levels`` per step), splitting into
         ``branch_factor`` children at ``split_steps`` (default: the config's for tree rollouts).
 
         Noise of node ``i`` (within its root) at depth ``d`` is drawn from a generator seeded with
@@ -577,33 +590,33 @@ class FlowGRPOTrainer:
         if split_steps is None:
             split_steps = c.split_steps if c.rollout == "tree" else []
         num_steps = num_steps or c.num_steps
-        sigmas = self._sigmas if num_steps == c.num_steps else policy.sigmas(num_steps)
+        schedule = self._schedule if num_steps == c.num_steps else policy.schedule(num_steps)
         device, shape = policy.device, policy.latent_shape
         cond = policy.encode_prompts(prompts, guidance=self._cfg)
         x = torch.stack([_noise(shape, c.seed, stream, iteration, r, 0, 0) for r, _ in roots]).to(device)
         node_prompt = torch.tensor([p for _, p in roots], dtype=torch.long)
         per_root, steps, nfe = 1, [], 0
         for k in range(num_steps):
-            v = self._velocity_chunks(x, sigmas[k], cond, node_prompt)
+            v = self._predict_chunks(x, schedule[k], cond, node_prompt)
             nfe += x.shape[0] * (2 if self._cfg else 1)
             b = c.branch_factor if k in split_steps else 1
             parent_index = torch.arange(x.shape[0]).repeat_interleave(b)
             noise = torch.stack([_noise(shape, c.seed, stream, iteration, roots[j // (per_root * b)][0], k + 1,
                                         j % (per_root * b)) for j in range(x.shape[0] * b)]).to(device)
             pidx = parent_index.to(device)
-            child, log_prob, _, _ = sde_step_with_logprob(v[pidx], x[pidx], sigmas, k, noise_level=noise_levels[k],
-                                                          noise=noise)
+            child, log_prob, _, _ = policy.step_with_logprob(v[pidx], x[pidx], schedule, k, sampler=self.sampler,
+                                                             noise_level=noise_levels[k], noise=noise)
             steps.append(StepRecord(k, float(noise_levels[k]), x, node_prompt, parent_index, child, log_prob))
             x, node_prompt, per_root = child, node_prompt[parent_index], per_root * b
         return Rollout(list(prompts), list(roots), steps, x, per_root, nfe, cond)
 
-    def _velocity_chunks(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
-                         prompt_index: torch.Tensor) -> torch.Tensor:
+    def _predict_chunks(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                        prompt_index: torch.Tensor) -> torch.Tensor:
         out = []
         for i in range(0, x.shape[0], self.config.batch_size):
             sl = slice(i, i + self.config.batch_size)
             with self.accelerator.autocast():
-                out.append(self.policy.velocity(x[sl], sigma, cond.select(prompt_index[sl]), self.config.guidance_scale))
+                out.append(self.policy.predict(x[sl], t, cond.select(prompt_index[sl]), self.config.guidance_scale))
         return torch.cat(out)
 
     # ----------------------------------------------------------------------------- rewards
@@ -694,23 +707,24 @@ class FlowGRPOTrainer:
                     pos = torch.searchsorted(chunk, record.parent_index[in_chunk]).to(policy.device)
                     x, sub = record.parents[chunk.to(record.parents.device)], cond.select(record.parent_prompt[chunk])
                     with acc.autocast():
-                        v = policy.velocity(x, self._sigmas[k], sub, c.guidance_scale)
+                        v = policy.predict(x, self._schedule[k], sub, c.guidance_scale)
                     nfe_train += chunk.numel() * (2 if self._cfg else 1)
                     nfe_backward += chunk.numel()
                     dev = policy.device
-                    _, log_prob, mean, std = sde_step_with_logprob(
-                        v[pos], x[pos], self._sigmas, k, noise_level=noise_levels[k],
-                        prev_sample=record.children[in_chunk.to(record.children.device)])
+                    children = record.children[in_chunk.to(record.children.device)]
+                    _, log_prob, mean, std = policy.step_with_logprob(
+                        v[pos], x[pos], self._schedule, k, sampler=self.sampler, noise_level=noise_levels[k],
+                        prev_sample=children)
                     loss, ratio = ppo_clip_loss(log_prob, record.log_probs[in_chunk.to(dev)],
                                                 advantages[k][in_chunk].to(dev), c.clip_range)
                     kl = torch.zeros_like(loss)
                     if c.beta > 0:
                         with torch.no_grad(), policy.reference(), acc.autocast():
-                            v_ref = policy.velocity(x, self._sigmas[k], sub, c.guidance_scale)
+                            v_ref = policy.predict(x, self._schedule[k], sub, c.guidance_scale)
                         nfe_train += chunk.numel() * (2 if self._cfg else 1)
-                        ref_mean = sde_step_with_logprob(v_ref[pos], x[pos], self._sigmas, k,
-                                                         noise_level=noise_levels[k],
-                                                         prev_sample=record.children[in_chunk.to(dev)])[2]
+                        ref_mean = policy.step_with_logprob(v_ref[pos], x[pos], self._schedule, k,
+                                                            sampler=self.sampler, noise_level=noise_levels[k],
+                                                            prev_sample=children)[2]
                         kl = kl_to_reference(mean, ref_mean, std)
                     acc.backward((loss + c.beta * kl).sum() / max(count, 1))
                     ratios.append(ratio.detach())
@@ -915,8 +929,11 @@ def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: 
     if not config.pretrained:
         raise ValueError("train_flow_from_config needs `pretrained` (a local model directory)")
     kwargs: dict[str, Any] = {}
-    if (Path(config.pretrained) / "model_index.json").exists():
-        kwargs = {"resolution": config.resolution, "max_sequence_length": config.max_sequence_length}
+    index = Path(config.pretrained) / "model_index.json"
+    if index.exists():
+        kwargs = {"resolution": config.resolution}
+        if json.loads(index.read_text()).get("_class_name", "").startswith("StableDiffusion3"):
+            kwargs["max_sequence_length"] = config.max_sequence_length
     policy = load_flow_policy(config.pretrained, **kwargs)
     reward = build_reward(config.rewards, config.reward_aggregation)
     prompts = _read_prompts(config.prompts, config.prompts_file)

@@ -1,16 +1,23 @@
-"""Flow-matching policies for the Flow-GRPO trainer: one interface, one class per model family.
+"""Denoising policies for the Flow-GRPO trainer: one interface, one class per model family.
 
 The trainer (:mod:`visalign.trainers.flow`) never touches a pipeline: it asks a :class:`FlowPolicy` for
 
 - ``encode_prompts(prompts) -> Conditioning`` (the conditional and, for CFG, the unconditional input),
-- ``velocity(latents, sigma, cond, guidance_scale) -> velocity`` (CFG inside, see below),
-- ``sigmas(num_steps)`` (the sampling schedule, from 1 down to 0),
+- ``schedule(num_steps)``: the ``num_steps + 1`` points of the sampling schedule (sigmas from 1 down
+  to 0 for flow matching, DDIM timesteps for epsilon prediction),
+- ``predict(latents, t, cond, guidance_scale)``: the model output at schedule point ``t`` (CFG inside,
+  see below): the velocity for flow matching (``velocity`` is the same method), epsilon for DDIM,
+- ``step_with_logprob(model_output, sample, schedule, k, noise_level=..., sampler=...)``: the stochastic
+  transition from ``schedule[k]`` to ``schedule[k + 1]`` with its log-prob; ``sampler`` is one of the
+  policy's ``samplers``: ``"sde"`` (Flow-GRPO, the default) or ``"cps"`` (coefficients-preserving) for
+  flow matching, ``"ddim"`` (DDPO) for epsilon prediction. Rollout, training and the KL reference mean
+  all go through this one method (:mod:`visalign.trainers.sde` holds the math),
 - ``decode(latents) -> list[PIL.Image]``, ``latent_shape``,
 - ``trainable_parameters()``, ``add_lora(...)`` / ``set_full_finetune()``, and ``reference()``, a
   context in which ``velocity`` is the frozen reference policy (LoRA adapter disabled, or a frozen
   copy for a full fine-tune).
 
-Rectified-flow convention, shared by every policy here and by ``scripts/make_tiny_flow_model.py``:
+Rectified-flow convention, shared by the flow policies here and by ``scripts/make_tiny_flow_model.py``:
 ``x_t = (1 - sigma) * x0 + sigma * noise``; the model predicts the velocity ``v = noise - x0``; its
 timestep input is ``sigma * 1000`` (``num_train_timesteps``); sampling runs from sigma 1 to 0 and the
 Euler step is ``x <- x + (sigma' - sigma) * v``.
@@ -26,9 +33,11 @@ Implementations:
   VAE, the same code path as ``from_pretrained`` on a real checkpoint).
 - :class:`ClassConditionalFlowPolicy`: a class-conditional diffusers ``UNet2DModel`` in pixel space
   (images in ``[-1, 1]``); prompts map to class ids through a caption list (``classes.json``).
+- :class:`StableDiffusionPolicy`: a diffusers ``StableDiffusionPipeline`` (SD1.x/2.x base, epsilon
+  prediction), sampled with DDIM; the UNet sees the integer DDIM timesteps.
 
-:func:`load_flow_policy` picks the class from a directory; :func:`tiny_sd3_pipeline` builds a random
-SD3 pipeline of any size from configs, offline (tests, benchmarks).
+:func:`load_flow_policy` picks the class from a directory; :func:`tiny_sd3_pipeline` and
+:func:`tiny_sd15_pipeline` build random pipelines from configs, offline (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -40,22 +49,27 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .sde import cps_step_with_logprob, ddim_step_with_logprob, sde_step_with_logprob
 
 __all__ = [
     "ClassConditionalFlowPolicy",
     "Conditioning",
     "FlowPolicy",
     "SD3Policy",
+    "StableDiffusionPolicy",
     "load_flow_policy",
     "tiny_sd3_pipeline",
+    "tiny_sd15_pipeline",
 ]
 
 NUM_TRAIN_TIMESTEPS = 1000
+_FLOW_STEPS = {"sde": sde_step_with_logprob, "cps": cps_step_with_logprob}
 
 
 @dataclass
@@ -84,12 +98,17 @@ class Conditioning:
 
 
 class FlowPolicy(ABC):
-    """A rectified-flow text-to-image model seen by the trainer (module docstring).
+    """A text-to-image denoising policy seen by the trainer (module docstring); rectified flow by default.
 
     Subclasses set ``self.model`` (the denoiser that is trained), implement :meth:`_forward`,
     :meth:`encode_prompts`, :meth:`decode`, :meth:`sigmas` and :attr:`latent_shape`, and may override
-    :attr:`default_lora_targets`.
+    :attr:`default_lora_targets`. A policy with another parameterisation (:class:`StableDiffusionPolicy`)
+    overrides :meth:`schedule`, :meth:`_timestep`, :meth:`step_with_logprob` and :attr:`samplers` instead
+    of implementing :meth:`sigmas`.
     """
+
+    samplers: ClassVar[tuple[str, ...]] = ("sde", "cps")
+    """Transitions :meth:`step_with_logprob` implements; the first is the default (``sampler="auto"``)."""
 
     model: torch.nn.Module
     lora: bool = False
@@ -110,9 +129,12 @@ class FlowPolicy(ABC):
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Final latents -> RGB images."""
 
-    @abstractmethod
     def sigmas(self, num_steps: int) -> torch.Tensor:
-        """The ``num_steps + 1`` sigmas of the sampling schedule, 1 down to 0 (float32, CPU)."""
+        """The ``num_steps + 1`` sigmas of the sampling schedule, 1 down to 0 (float32, CPU).
+
+        Flow policies implement it (:meth:`schedule` returns it); other policies override :meth:`schedule`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no flow-matching sigmas; use schedule()")
 
     @property
     @abstractmethod
@@ -134,17 +156,61 @@ class FlowPolicy(ABC):
         """dtype of the model's frozen weights (inputs are cast to it)."""
         return next(p for p in self.model.parameters() if not p.requires_grad or not self.lora).dtype
 
-    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor | float, cond: Conditioning,
-                 guidance_scale: float = 1.0) -> torch.Tensor:
-        """The (guided) velocity at ``latents`` and noise level ``sigma``, in float32.
+    def schedule(self, num_steps: int) -> torch.Tensor:
+        """The ``num_steps + 1`` points of the sampling schedule: step ``k`` goes from ``schedule[k]`` to
+        ``schedule[k + 1]``; :meth:`predict` takes ``schedule[k]``. Flow policies: :meth:`sigmas`."""
+        return self.sigmas(num_steps)
 
-        ``sigma``: a float or a ``(B,)`` tensor; the model sees ``timestep = sigma * 1000``. With
-        ``guidance_scale > 1`` the unconditional branch runs as its own forward pass under
-        ``torch.no_grad()``: ``v = v_u + g * (v_c - v_u)``.
+    def _timestep(self, t: torch.Tensor | float, batch: int) -> torch.Tensor:
+        """The model's ``(batch,)`` timestep input at schedule point ``t``: ``sigma * 1000`` for flow policies."""
+        sigma = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(batch)
+        return (sigma * NUM_TRAIN_TIMESTEPS).to(self.device)
+
+    def resolve_sampler(self, sampler: str) -> str:
+        """``sampler`` checked against :attr:`samplers`; ``"auto"`` is the policy's default (the first).
+
+        Example:
+            >>> from diffusers import UNet2DModel
+            >>> unet = UNet2DModel(sample_size=8, block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+            ...                    down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), num_class_embeds=1)
+            >>> policy = ClassConditionalFlowPolicy(unet, ["a red circle"])
+            >>> policy.resolve_sampler("auto"), policy.resolve_sampler("cps")
+            ('sde', 'cps')
+        """
+        if sampler == "auto":
+            return self.samplers[0]
+        if sampler not in self.samplers:
+            raise ValueError(f"{type(self).__name__} supports the samplers {list(self.samplers)} (or 'auto'), "
+                             f"got {sampler!r}")
+        return sampler
+
+    def step_with_logprob(self, model_output: torch.Tensor, sample: torch.Tensor, schedule: torch.Tensor,
+                          step_index: int | torch.Tensor, *, noise_level: float, sampler: str = "auto",
+                          prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One stochastic step from ``schedule[k]`` to ``schedule[k + 1]`` with its log-prob:
+        ``(prev_sample, log_prob, mean, std)`` as in :mod:`visalign.trainers.sde`.
+
+        Flow policies: ``sampler="sde"`` is :func:`~visalign.trainers.sde.sde_step_with_logprob`
+        (``noise_level`` = Flow-GRPO's ``a >= 0``), ``"cps"`` is
+        :func:`~visalign.trainers.sde.cps_step_with_logprob` (``std = sigma' * sin(a * pi / 2)``,
+        ``a`` in ``[0, 1]``; Flow-GRPO's log-prob form). ``noise_level`` 0 is the Euler (ODE) step.
+        """
+        sampler = self.resolve_sampler(sampler)
+        return _FLOW_STEPS[sampler](model_output, sample, schedule, step_index, noise_level=noise_level,
+                                    prev_sample=prev_sample, noise=noise, generator=generator)
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor | float, cond: Conditioning,
+                guidance_scale: float = 1.0) -> torch.Tensor:
+        """The (guided) model output at ``latents`` and schedule point ``t``, in float32: the velocity for
+        flow policies (``t`` is sigma; the model sees ``timestep = sigma * 1000``), epsilon for DDIM ones.
+
+        ``t``: a scalar or a ``(B,)`` tensor. With ``guidance_scale > 1`` the unconditional branch runs as
+        its own forward pass under ``torch.no_grad()``: ``v = v_u + g * (v_c - v_u)``.
         """
         b = latents.shape[0]
-        sigma_t = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).expand(b)
-        timestep = (sigma_t * NUM_TRAIN_TIMESTEPS).to(self.device)
+        timestep = self._timestep(t, b)
         model = self._active_model()
         x = latents.to(self.device, self.dtype)
         v = self._forward(model, x, timestep, cond.cond).float()
@@ -156,6 +222,8 @@ class FlowPolicy(ABC):
             v_u = self._forward(model, x, timestep, cond.uncond).float()
         return v_u + guidance_scale * (v - v_u)
 
+    velocity = predict  # the flow policies' name for their prediction
+
     def _active_model(self) -> torch.nn.Module:
         if self._in_reference and self._reference_model is not None:
             return self._reference_model
@@ -163,7 +231,7 @@ class FlowPolicy(ABC):
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """Within this context :meth:`velocity` is the reference policy: the LoRA adapter disabled,
+        """Within this context :meth:`predict` is the reference policy: the LoRA adapter disabled,
         or (full fine-tune) the frozen copy made by :meth:`set_full_finetune` with ``keep_reference``."""
         if self.lora:
             with self.model.disable_adapter():  # peft.PeftModel
@@ -394,21 +462,141 @@ class ClassConditionalFlowPolicy(FlowPolicy):
         return (self.model.config.in_channels, *size)
 
 
+# ------------------------------------------------------------------------------ Stable Diffusion (DDIM)
+
+
+class StableDiffusionPolicy(FlowPolicy):
+    """A diffusers ``StableDiffusionPipeline`` (SD1.x, SD2.x-base: epsilon prediction) sampled with DDIM:
+    the UNet is trained (DDPO's setting, with Flow-GRPO's loss).
+
+    Prompts go through the pipeline's own ``encode_prompt`` (CLIP), negative prompt ``""`` for CFG. The
+    pipeline's scheduler config is turned into a ``DDIMScheduler`` (SD1.5 ships PNDM). The schedule is
+    its ``set_timesteps(num_steps)`` timesteps plus the last one minus ``1000 // num_steps`` (negative:
+    the final ``alpha = final_alpha_cumprod``), exactly the ``prev_timestep`` of ``DDIMScheduler.step``;
+    :meth:`predict` gives the UNet those integer timesteps and returns epsilon, and the one sampler,
+    ``"ddim"``, is :func:`~visalign.trainers.sde.ddim_step_with_logprob` with ``eta = noise_level``
+    (DDPO: 1.0; 0 is deterministic DDIM, used for eval). ``decode`` un-scales the latents and runs the VAE.
+    LoRA targets the UNet's attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``).
+
+    Example (a random tiny pipeline, no weights needed):
+        >>> policy = StableDiffusionPolicy(tiny_sd15_pipeline(), resolution=16)
+        >>> schedule = policy.schedule(4)
+        >>> schedule.tolist(), policy.samplers, policy.latent_shape
+        ([751, 501, 251, 1, -249], ('ddim',), (4, 8, 8))
+        >>> cond = policy.encode_prompts(["a red circle"])
+        >>> eps = policy.predict(torch.randn(1, 4, 8, 8), schedule[0], cond, guidance_scale=7.5)
+        >>> prev, log_prob, mean, std = policy.step_with_logprob(eps, torch.randn(1, 4, 8, 8), schedule, 0,
+        ...                                                      noise_level=1.0)
+        >>> tuple(prev.shape), tuple(log_prob.shape)
+        ((1, 4, 8, 8), (1,))
+    """
+
+    samplers: ClassVar[tuple[str, ...]] = ("ddim",)
+
+    def __init__(self, pipeline: Any, resolution: int = 512, negative_prompt: str = "") -> None:
+        from diffusers import DDIMScheduler
+
+        self.pipeline = pipeline
+        pipeline.set_progress_bar_config(disable=True)
+        prediction = pipeline.scheduler.config.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ValueError(f"StableDiffusionPolicy needs an epsilon-prediction model, the scheduler says "
+                             f"{prediction!r}")
+        self.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+        self.model = pipeline.unet
+        self.model.eval()
+        for module in (pipeline.vae, pipeline.text_encoder):
+            module.requires_grad_(False).eval()
+        self.resolution = resolution
+        self.negative_prompt = negative_prompt
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, torch_dtype: torch.dtype | None = None,
+                        **kwargs: Any) -> StableDiffusionPolicy:
+        """Load ``StableDiffusionPipeline.from_pretrained(path)`` (a local directory), without the safety checker."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype, safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False)
+        return cls(pipe, **kwargs)
+
+    def _forward(self, model: torch.nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
+                 inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(latents, timestep, encoder_hidden_states=inputs["prompt_embeds"], return_dict=False)[0]
+
+    def _timestep(self, t: torch.Tensor | float, batch: int) -> torch.Tensor:
+        return torch.as_tensor(t).long().reshape(-1).expand(batch).to(self.device)
+
+    def schedule(self, num_steps: int) -> torch.Tensor:
+        """DDIM timesteps for ``num_steps`` steps and the final ``prev_timestep`` (int64, CPU, ``num_steps + 1``)."""
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(num_steps, device="cpu")
+        timesteps = scheduler.timesteps.detach().long().cpu()
+        ratio = scheduler.config.num_train_timesteps // num_steps
+        return torch.cat([timesteps, timesteps[-1:] - ratio])
+
+    def step_with_logprob(self, model_output: torch.Tensor, sample: torch.Tensor, schedule: torch.Tensor,
+                          step_index: int | torch.Tensor, *, noise_level: float, sampler: str = "auto",
+                          prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DDIM from timestep ``schedule[k]`` to ``schedule[k + 1]`` with ``eta = noise_level``
+        (:func:`~visalign.trainers.sde.ddim_step_with_logprob`, the scheduler's ``alphas_cumprod``)."""
+        self.resolve_sampler(sampler)
+        if isinstance(step_index, torch.Tensor):
+            t, t_prev = schedule[step_index], schedule[step_index + 1]
+        else:
+            if not 0 <= step_index < schedule.numel() - 1:
+                raise ValueError(f"step_index must be in [0, {schedule.numel() - 1}), got {step_index}")
+            t, t_prev = int(schedule[step_index]), int(schedule[step_index + 1])
+        return ddim_step_with_logprob(model_output, sample, self.scheduler.alphas_cumprod, t, t_prev,
+                                      eta=noise_level, prev_sample=prev_sample, noise=noise, generator=generator,
+                                      final_alpha_cumprod=float(self.scheduler.final_alpha_cumprod))
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str], *, guidance: bool = True) -> Conditioning:
+        prompts = list(prompts)
+        embeds, neg = self.pipeline.encode_prompt(
+            prompts, self.device, 1, guidance, negative_prompt=[self.negative_prompt] * len(prompts) if guidance
+            else None)
+        dtype = self.dtype
+        uncond = {"prompt_embeds": neg.to(dtype)} if guidance else None
+        return Conditioning({"prompt_embeds": embeds.to(dtype)}, uncond, prompts)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        vae = self.pipeline.vae
+        image = vae.decode(latents.to(self.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return self.pipeline.image_processor.postprocess(image.float(), output_type="pil")
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        size = self.resolution // self.pipeline.vae_scale_factor
+        return (self.pipeline.unet.config.in_channels, size, size)
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return super()._modules() + [self.pipeline.vae, self.pipeline.text_encoder]
+
+
 # --------------------------------------------------------------------------------------------- loading
 
 
 def load_flow_policy(path: str | Path, *, torch_dtype: torch.dtype | None = None, **kwargs: Any) -> FlowPolicy:
-    """A policy from a local directory: an SD3 pipeline (``model_index.json`` naming
-    ``StableDiffusion3Pipeline``) or a class-conditional UNet (``config.json`` + ``classes.json``,
-    directly or under ``unet/``). ``kwargs`` go to the policy (``resolution``, ``max_sequence_length``
-    for SD3; ``null_class`` for the UNet)."""
+    """A policy from a local directory: a pipeline (``model_index.json`` naming ``StableDiffusion3Pipeline``
+    -> :class:`SD3Policy`, ``StableDiffusionPipeline`` -> :class:`StableDiffusionPolicy`) or a
+    class-conditional UNet (``config.json`` + ``classes.json``, directly or under ``unet/``). ``kwargs`` go
+    to the policy (``resolution`` for pipelines, ``max_sequence_length`` for SD3; ``null_class`` for the
+    UNet)."""
     path = Path(path)
     index = path / "model_index.json"
     if index.exists():
         name = json.loads(index.read_text()).get("_class_name", "")
-        if "StableDiffusion3" in name:
+        if name.startswith("StableDiffusion3"):
             return SD3Policy.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
-        raise ValueError(f"{path}: pipeline {name!r} is not supported yet (StableDiffusion3Pipeline is)")
+        if name == "StableDiffusionPipeline":
+            return StableDiffusionPolicy.from_pretrained(path, torch_dtype=torch_dtype, **kwargs)
+        raise ValueError(f"{path}: pipeline {name!r} is not supported (StableDiffusion3Pipeline and "
+                         "StableDiffusionPipeline are)")
     for candidate in (path, path / "unet"):
         if (candidate / "config.json").exists() and ((candidate / "classes.json").exists()
                                                      or (path / "classes.json").exists()):
@@ -420,8 +608,8 @@ def load_flow_policy(path: str | Path, *, torch_dtype: torch.dtype | None = None
                 unet = UNet2DModel.from_pretrained(str(candidate), torch_dtype=torch_dtype)
                 policy = ClassConditionalFlowPolicy(unet, json.loads((path / "classes.json").read_text()), **kwargs)
             return policy
-    raise ValueError(f"{path}: neither a StableDiffusion3Pipeline directory (model_index.json) nor a "
-                     "class-conditional UNet directory (config.json + classes.json)")
+    raise ValueError(f"{path}: neither a pipeline directory (model_index.json) nor a class-conditional UNet "
+                     "directory (config.json + classes.json)")
 
 
 # ----------------------------------------------------------------------------- random tiny pipelines
@@ -511,6 +699,52 @@ def tiny_sd3_pipeline(transformer: dict[str, Any] | None = None, *, text_dim: in
     pipe = StableDiffusion3Pipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
                                     text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1],
                                     tokenizer_2=tokenizer, text_encoder_3=t5, tokenizer_3=_word_tokenizer(256))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd15_pipeline(*, text_dim: int = 16, block_out_channels: Sequence[int] = (8, 16),
+                       vae_channels: Sequence[int] = (4, 8), clip_max_length: int = 16,
+                       workdir: str | Path | None = None, seed: int = 0) -> Any:
+    """A ``StableDiffusionPipeline`` with random weights built from configs, offline: an SD1.5-shaped
+    ``UNet2DConditionModel`` (one plain and one cross-attention block per side, epsilon prediction),
+    ``AutoencoderKL``, ``CLIPTextModel`` with the small-vocabulary CLIP tokenizer of
+    :func:`tiny_sd3_pipeline` (written to ``workdir``), and SD1.5's ``DDIMScheduler`` settings (scaled
+    linear betas 0.00085..0.012, ``set_alpha_to_one=False``, ``steps_offset=1``); no safety checker.
+
+    Example:
+        >>> pipe = tiny_sd15_pipeline()
+        >>> type(pipe).__name__, type(pipe.scheduler).__name__, pipe.vae_scale_factor
+        ('StableDiffusionPipeline', 'DDIMScheduler', 2)
+    """
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    directory = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="tiny-sd15-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _clip_tokenizer(directory, clip_max_length)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=text_dim, intermediate_size=2 * text_dim,
+        num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer.get_vocab()),
+        max_position_embeddings=clip_max_length))
+    n = len(block_out_channels)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=tuple(block_out_channels), layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",), cross_attention_dim=text_dim,
+        attention_head_dim=2, norm_num_groups=4)
+    m = len(vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=tuple(vae_channels), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * m, up_block_types=("UpDecoderBlock2D",) * m,
+                        latent_channels=4, norm_num_groups=1, scaling_factor=0.18215)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
