@@ -216,8 +216,8 @@ def build_reward(specs: Sequence[Any], service: RenderService, aggregation: str 
     Example:
         >>> with RenderService(workers=1) as service:
         ...     reward = build_reward(["format", {"name": "execution", "weight": 0.5}], service)
-        ...     sorted(reward.weights.items())
-        [('execution', 0.5), ('format', 1.0)]
+        ...     list(zip(reward.names, reward.weights))
+        [('format', 1.0), ('execution', 0.5)]
     """
     from ..evaluate import build_rewards
 
