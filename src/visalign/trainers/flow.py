@@ -183,6 +183,9 @@ class FlowGRPOConfig:
     cpu: bool = option(False, "force the CPU even when a GPU is available")
     # run
     num_iterations: int = option(100, "GRPO iterations")
+    max_minutes: float | None = option(None, "stop after this many minutes of training (checked between "
+                                       "iterations, alike on every process; a wall-clock budget)")
+    num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
     seed: int = option(0, "seed of prompts, noise and LoRA init")
     output_dir: str = option("runs/flow_grpo", "metrics.jsonl, checkpoints, eval grids, final weights")
     save_every: int = option(0, "checkpoint every k iterations (0: only the final weights)")
@@ -469,6 +472,8 @@ class FlowGRPOTrainer:
             log_with = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
         elif log_with in ("none", ""):
             log_with = None
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
                                        log_with=log_with, project_dir=str(self.output_dir))
         torch.manual_seed(config.seed)  # LoRA init
@@ -520,7 +525,13 @@ class FlowGRPOTrainer:
         if c.eval_every > 0 and self.iteration == 0:
             start = {k.replace("eval/", "eval_start/").replace("time/eval", "time/eval_start"): v
                      for k, v in self.evaluate().items()}
+        started = time.monotonic()
         while self.iteration < c.num_iterations:
+            if c.max_minutes is not None:
+                spent = torch.tensor([time.monotonic() - started], device=acc.device)
+                if float(acc.gather(spent).max()) >= 60 * c.max_minutes:  # the same decision on every process
+                    logger.info("max_minutes %.1f reached after %d iterations", c.max_minutes, self.iteration)
+                    break
             metrics = {**self.train_iteration(), **start}
             start = {}
             if c.save_every > 0 and self.iteration % c.save_every == 0:
