@@ -295,9 +295,9 @@ class VLMGRPOTrainer:
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
         self.service = RenderService(timeout=c.render_timeout, workers=c.render_workers, options=c.render_options)
         self.reward = reward if reward is not None else build_reward(c.rewards, self.service, c.reward_aggregation)
-        if reward is not None and hasattr(reward, "bind"):
-            with contextlib.suppress(Exception):
-                reward.bind(self.service)
+        bind = getattr(reward, "bind", None)
+        if reward is not None and callable(bind):  # a rendering reward renders through the trainer's service
+            bind(self.service)
         self.train_rows = self._checked(train_rows if train_rows is not None else self._load(c.train_data, c.max_train_rows),
                                         "train")
         if not self.train_rows:
