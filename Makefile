@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.visalign-installed
 
-.PHONY: setup system demo test lint bench clean
+.PHONY: setup system demo demo-flow test lint bench clean
 
 setup: system $(STAMP)
 
@@ -30,6 +30,11 @@ demo: setup
 	$(VENV)/bin/visalign train grpo configs/chart_grpo_demo.yaml
 	@echo "demo: open out/demo/index.html (renders), out/demo-eval/report.html (eval report) and"
 	@echo "      out/demo-grpo/comparison.html (the tiny chart-to-code policy before / after GRPO)"
+
+# the second demo (~4-9 minutes on 2 cores): Flow-GRPO on the shipped tiny text-to-image model
+demo-flow: setup
+	$(PY) scripts/flow_grpo_demo.py --out out/demo-flow --minutes 0 --eval-per-caption 64 --threads 1
+	@echo "demo-flow: open out/demo-flow/before_after.png and out/demo-flow/summary.json"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -5,18 +5,23 @@ held-out captions, in a few minutes on one CPU thread (issue 5).
    :data:`visalign.data.shapes.CAPTIONS` with :func:`~visalign.data.shapes.split_prompts` into 12
    training and 6 held-out captions;
 2. **before**: sample every held-out caption with fixed noise seeds (deterministic ODE sampling: the
-   trainer's own eval sampler, Euler steps with noise level 0) and score each image with the reward
-   and with :func:`~visalign.rewards.shapes.classify_shape_colour`;
+   trainer's own eval sampler, Euler steps with noise level 0) and score each image with the
+   ``shape_colour`` reward at its DEFAULT options (the headline metric, even when the config trains on a
+   narrower coverage window; the training reward's score is kept beside it) and read it back with
+   :func:`~visalign.rewards.shapes.analyse_image` (shape, colour, size, background, position);
 3. **train**: GRPO iterations on the training captions only (``FlowGRPOTrainer.train_iteration``),
    until the config's ``num_iterations`` or the ``--minutes`` budget, whichever comes first;
 4. **after**: the same seeds again, with the trainer's EMA weights (what its eval uses) when EMA is on;
-5. write ``summary.json`` (means with bootstrap 95 % intervals, the paired difference, accuracy, time),
+5. write ``summary.json`` (means with bootstrap 95 % intervals, the paired difference, accuracy, time,
+   and ``drift``: mean coverage, centroid spread and background colour before/after, the things a
+   reward hack changes and the reward does not see),
    ``before_after.png`` (the fixed-seed grid), ``curves.png`` (training reward per iteration),
    ``metrics.jsonl`` (the trainer's per-iteration metrics) and ``final/`` / ``final_ema/`` (weights).
 
 Usage::
 
-    .venv/bin/python scripts/flow_grpo_demo.py --out out/demo-flow            # ~5-6 minutes on 1 thread
+    .venv/bin/python scripts/flow_grpo_demo.py --out out/demo-flow --minutes 0 --eval-per-caption 64
+                                                              # 30 iterations, ~5-6 minutes on 1 thread
     .venv/bin/python scripts/flow_grpo_demo.py --out out/demo-flow --minutes 2 --eval-per-caption 8
 
 The held-out captions are never trained on: a rise there is generalisation through shared weights
@@ -46,7 +51,7 @@ from visalign.data.shapes import parse_caption, split_prompts
 from visalign.report.compare import paired_difference
 from visalign.report.eval_report import bootstrap_ci
 from visalign.rewards.base import Sample
-from visalign.rewards.shapes import classify_shape_colour
+from visalign.rewards.shapes import ShapeColourReward, analyse_image
 from visalign.trainers.config import load_config, save_config
 from visalign.trainers.flow import FlowGRPOConfig, FlowGRPOTrainer, build_reward
 from visalign.trainers.flow_policies import load_flow_policy
@@ -106,17 +111,42 @@ def evaluate(trainer: FlowGRPOTrainer, prompts: Sequence[str], per_prompt: int, 
                                   num_steps=steps)
     images = trainer.policy.decode(rollout.leaves)
     samples = [Sample(prompt=prompts[p], image=im, group=p) for (_, p), im in zip(roots, images, strict=True)]
-    scores = trainer.reward(samples).scores
+    # the headline metric is always the issue's reward with its default options; the training reward
+    # (the config's, which may narrow e.g. the coverage window) is kept beside it
+    scores = ShapeColourReward()(samples).scores
+    train_scores = trainer.reward(samples).scores
     records = []
-    for (r, p), image, score in zip(roots, images, scores, strict=True):
-        shape, colour = classify_shape_colour(image)
+    for (r, p), image, score, train_score in zip(roots, images, scores, train_scores, strict=True):
+        seen = analyse_image(image)  # what classify_shape_colour reads, plus size / background / position
+        shape, colour = seen["predicted_shape"], seen["predicted_colour"]
+        centre = _centroid(image, seen["background"])
         want_shape, want_colour = parse_caption(prompts[p])
         value = float(score) if score is not None and math.isfinite(float(score)) else None
         seed = r - p * per_prompt
+        train_value = float(train_score) if train_score is not None else None
         records.append({"id": f"{prompts[p]}#{seed}", "prompt": prompts[p], "seed": seed,
-                        "reward": value, "shape": shape, "colour": colour,
-                        "correct": shape == want_shape and colour == want_colour, "image": image})
+                        "reward": value, "train_reward": train_value, "shape": shape, "colour": colour,
+                        "correct": shape == want_shape and colour == want_colour, "image": image,
+                        "coverage": seen["coverage"], "background": seen["background"], "centroid": centre})
     return records
+
+
+def _centroid(image: Image.Image, background: Sequence[float]) -> list[float] | None:
+    """Mean ``(x, y)`` pixel of the foreground (RGB distance > 60 from the background), or None."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    ys, xs = np.nonzero(np.sqrt(((rgb - np.asarray(background)) ** 2).sum(-1)) > 60)
+    return [float(xs.mean()), float(ys.mean())] if xs.size else None
+
+
+def drift(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the reward does not look at but a hack would change: the foreground's size (mean coverage;
+    the training data's median is 0.18, 90th percentile 0.36), the spread of its position (std of the
+    centroid in pixels) and the background colour (mean of the border medians, RGB 0-255)."""
+    cov = np.array([r["coverage"] for r in records])
+    cents = np.array([r["centroid"] for r in records if r["centroid"] is not None]).reshape(-1, 2)
+    return {"coverage_mean": float(cov.mean()), "coverage_p90": float(np.percentile(cov, 90)),
+            "centroid_std_px": cents.std(0).round(2).tolist() if len(cents) else None,
+            "background_rgb": np.array([r["background"] for r in records]).mean(0).round(1).tolist()}
 
 
 def _stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -125,13 +155,15 @@ def _stats(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     acc, acc_low, acc_high = bootstrap_ci([float(r["correct"]) for r in records])
     return {"reward_mean": mean, "reward_ci95": [low, high],
             "accuracy": acc, "accuracy_ci95": [acc_low, acc_high],
-            "n": len(records)}
+            "n": len(records), "drift": drift(records)}
 
 
 def compare(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Before / after statistics, the paired differences (reward and accuracy) and per-caption means."""
     diff, low, high, n = paired_difference({r["id"]: r["reward"] for r in before},
                                            {r["id"]: r["reward"] for r in after})
+    tr_diff, tr_low, tr_high, _ = paired_difference({r["id"]: r["train_reward"] for r in before},
+                                                    {r["id"]: r["train_reward"] for r in after})
     acc_diff, acc_low, acc_high, _ = paired_difference({r["id"]: float(r["correct"]) for r in before},
                                                        {r["id"]: float(r["correct"]) for r in after})
     per_caption: dict[str, dict[str, float]] = {}
@@ -145,6 +177,7 @@ def compare(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -
     return {"before": _stats(before), "after": _stats(after),
             "reward_difference": {"mean": diff, "ci95": [low, high], "n_pairs": n},
             "accuracy_difference": {"mean": acc_diff, "ci95": [acc_low, acc_high], "n_pairs": n},
+            "train_reward_difference": {"mean": tr_diff, "ci95": [tr_low, tr_high], "n_pairs": n},
             "per_caption": per_caption}
 
 
@@ -302,8 +335,14 @@ def run_demo(out: str | Path, config: str | Path | dict[str, Any] = DEFAULT_CONF
     a = summary["accuracy_difference"]
     say(f"held-out reward {summary['before']['reward_mean']:.3f} -> {summary['after']['reward_mean']:.3f}: "
         f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (paired, 95 %, n={d['n_pairs']})")
+    t = summary["train_reward_difference"]
+    say(f"training reward (config's options) on held-out: {t['mean']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]")
     say(f"held-out accuracy {summary['before']['accuracy']:.3f} -> {summary['after']['accuracy']:.3f}: "
         f"{a['mean']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}]")
+    for name in ("before", "after"):
+        dr = summary[name]["drift"]
+        say(f"{name}: coverage mean {dr['coverage_mean']:.3f} (p90 {dr['coverage_p90']:.2f}), centroid std "
+            f"{dr['centroid_std_px']} px, background RGB {dr['background_rgb']}")
     say(f"{training['iterations']} GRPO iterations in {training['minutes']:.1f} min "
         f"({training['seconds_per_iteration']:.1f} s each); {summary['minutes_total']:.1f} min in all")
     say(f"wrote {out}/summary.json, before_after.png, curves.png, metrics.jsonl")
