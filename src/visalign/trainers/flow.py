@@ -527,18 +527,21 @@ class FlowGRPOTrainer:
                      for k, v in self.evaluate().items()}
         started = time.monotonic()
         while self.iteration < c.num_iterations:
-            if c.max_minutes is not None:
-                spent = torch.tensor([time.monotonic() - started], device=acc.device)
-                if float(acc.gather(spent).max()) >= 60 * c.max_minutes:  # the same decision on every process
-                    logger.info("max_minutes %.1f reached after %d iterations", c.max_minutes, self.iteration)
-                    break
             metrics = {**self.train_iteration(), **start}
             start = {}
+            out_of_time = False
+            if c.max_minutes is not None:
+                spent = torch.tensor([time.monotonic() - started], device=acc.device)
+                out_of_time = float(acc.gather(spent).max()) >= 60 * c.max_minutes  # alike on every process
+            last = out_of_time or self.iteration == c.num_iterations
             if c.save_every > 0 and self.iteration % c.save_every == 0:
                 self.save_checkpoint()
-            if c.eval_every > 0 and (self.iteration % c.eval_every == 0 or self.iteration == c.num_iterations):
+            if c.eval_every > 0 and (self.iteration % c.eval_every == 0 or last):
                 metrics.update(self.evaluate())
             self._log(metrics)
+            if out_of_time:
+                logger.info("max_minutes %.1f reached after %d iterations", c.max_minutes, self.iteration)
+                break
         self.save_final()
         for tracker in acc.trackers:  # not end_training(): it destroys the process group of the caller's script
             tracker.finish()
