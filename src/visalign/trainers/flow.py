@@ -495,6 +495,7 @@ class FlowGRPOTrainer:
         self.history: list[dict[str, Any]] = []
         self.trained_transitions: list[dict[int, list[int]]] = []  # per update of the last iteration
         self._cfg = config.guidance_scale != 1.0
+        self._forwards = policy.forwards_per_prediction(config.guidance_scale)  # NFE per prediction
         self.sampler = policy.resolve_sampler(config.sampler)  # "auto" resolved: sde / cps / ddim
         self._schedule = policy.schedule(config.num_steps)
         if config.resume_from:
@@ -612,7 +613,7 @@ class FlowGRPOTrainer:
         per_root, steps, nfe = 1, [], 0
         for k in range(num_steps):
             v = self._predict_chunks(x, schedule[k], cond, node_prompt)
-            nfe += x.shape[0] * (2 if self._cfg else 1)
+            nfe += x.shape[0] * self._forwards
             b = c.branch_factor if k in split_steps else 1
             parent_index = torch.arange(x.shape[0]).repeat_interleave(b)
             noise = torch.stack([_noise(shape, c.seed, stream, iteration, roots[j // (per_root * b)][0], k + 1,
@@ -722,7 +723,7 @@ class FlowGRPOTrainer:
                     x, sub = record.parents[chunk.to(record.parents.device)], cond.select(record.parent_prompt[chunk])
                     with acc.autocast():
                         v = policy.predict(x, self._schedule[k], sub, c.guidance_scale)
-                    nfe_train += chunk.numel() * (2 if self._cfg else 1)
+                    nfe_train += chunk.numel() * self._forwards
                     nfe_backward += chunk.numel()
                     dev = policy.device
                     children = record.children[in_chunk.to(record.children.device)]
@@ -735,7 +736,7 @@ class FlowGRPOTrainer:
                     if c.beta > 0:
                         with torch.no_grad(), policy.reference(), acc.autocast():
                             v_ref = policy.predict(x, self._schedule[k], sub, c.guidance_scale)
-                        nfe_train += chunk.numel() * (2 if self._cfg else 1)
+                        nfe_train += chunk.numel() * self._forwards
                         ref_mean = policy.step_with_logprob(v_ref[pos], x[pos], self._schedule, k,
                                                             sampler=self.sampler, noise_level=noise_levels[k],
                                                             prev_sample=children)[2]
