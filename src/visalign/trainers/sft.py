@@ -333,6 +333,7 @@ class SFTTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run the optimizer steps; returns ``dict(steps, loss, eval_loss, seconds, output_dir)``."""
+        import torch
         from tqdm.auto import tqdm
 
         cfg, acc = self.config, self.accelerator
@@ -363,7 +364,10 @@ class SFTTrainer:
             self.step += 1
             bar.update(1)
             elapsed = time.perf_counter() - start
-            out_of_time = cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes
+            out_of_time = False
+            if cfg.max_minutes is not None:  # decided on the slowest clock, alike on every process
+                spent = acc.gather(torch.tensor([elapsed], device=acc.device))
+                out_of_time = float(spent.max()) >= 60 * cfg.max_minutes
             done = self.step >= self.total_steps or out_of_time
             if self.step % max(1, cfg.log_every) == 0 or done:
                 last_loss = sum(window) / len(window)
