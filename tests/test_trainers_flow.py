@@ -1,4 +1,4 @@
-"""Flow-GRPO trainer: tiny random models (SD3, FLUX and SD1.5 pipelines, class-conditional UNet) end to end on CPU."""
+"""Flow-GRPO trainer: tiny random models (SD3, FLUX, Sana and SD1.5 pipelines, class-conditional UNet) end to end on CPU."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from visalign.trainers.flow import (
 from visalign.trainers.flow_policies import (
     ClassConditionalFlowPolicy,
     FluxPolicy,
+    SanaPolicy,
     SD3Policy,
     StableDiffusionPolicy,
     load_flow_policy,
     tiny_flux_pipeline,
+    tiny_sana_pipeline,
     tiny_sd3_pipeline,
     tiny_sd15_pipeline,
 )
@@ -176,6 +178,77 @@ def test_flux_policy_guidance_schedule_and_loading(tmp_path: Path) -> None:
     assert schnell.predict(x, 1.0, cond).shape == x.shape
     with pytest.raises(ValueError, match="guidance_scale must be 1"):
         schnell.predict(x, 1.0, cond, 3.5)
+
+
+def test_sana_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
+    tiny_sana_pipeline().save_pretrained(tmp_path / "sana")
+    trainer = train_flow_from_config({
+        "pretrained": str(tmp_path / "sana"), "resolution": 16, "rewards": {f"{__name__}:Bright": 1.0},
+        "prompts": ["a red circle", "a blue square"], "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2,
+        "guidance_scale": 4.5, "beta": 0.04, "lora_rank": 4, "num_iterations": 1, "eval_every": 1,
+        "eval_images_per_prompt": 1, "eval_num_steps": 2, "log_with": "none", "output_dir": str(tmp_path / "run")})
+    policy = trainer.policy
+    assert isinstance(policy, SanaPolicy) and policy.lora and trainer.sampler == "sde"
+    names = list(policy.named_trainable_parameters())
+    for target in (".attn1.to_q.", ".attn1.to_out.0.", ".attn2.to_k.", ".attn2.to_v."):
+        assert any(target in n for n in names), target
+    (m,) = read_metrics(tmp_path / "run")
+    assert m["nfe/rollout"] == 4 * 2 * 2  # 4 images x 2 steps x 2 (CFG)
+    assert m["nfe/train"] == 4 * 1 * 2 * 2  # 4 images x 1 trained step x 2 (CFG) x 2 (policy + reference)
+    assert m["ratio/first_update_max_abs_dev"] == 0.0
+    for key in ("loss", "kl", "ratio/mean", "reward/mean", "eval/reward_mean"):
+        assert key in m and math.isfinite(m[key]), key
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+
+
+def test_sana_policy_cfg_schedule_and_loading(tmp_path: Path) -> None:
+    tiny_sana_pipeline().save_pretrained(tmp_path / "sana")
+    policy = load_flow_policy(tmp_path / "sana", resolution=16)
+    assert isinstance(policy, SanaPolicy) and policy.latent_shape == (4, 8, 8) and policy.samplers == ("sde", "cps")
+    assert policy.max_sequence_length == 16 and policy.complex_human_instruction  # the pipeline's default
+    # the pipeline's FlowMatchEuler schedule (shift 3), then 0
+    expected = policy.pipeline.scheduler
+    expected.set_timesteps(4)
+    assert torch.equal(policy.sigmas(4), expected.sigmas.float())
+    # CFG: negative-prompt embeddings and attention masks, two forwards (the unconditional one without grad)
+    cond = policy.encode_prompts(["a red circle"], guidance=True)
+    assert cond.uncond is not None and set(cond.uncond) == {"prompt_embeds", "encoder_attention_mask"}
+    assert cond.cond["encoder_attention_mask"].shape == (1, 16) and policy.forwards_per_prediction(4.5) == 2
+    calls: list[int] = []
+    policy.model.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(1, *policy.latent_shape)
+    with torch.no_grad():
+        v1, v45 = policy.predict(x, 0.6, cond, 1.0), policy.predict(x, 0.6, cond, 4.5)
+    assert len(calls) == 3 and not torch.equal(v1, v45)
+    # two Euler steps through the policy reproduce SanaPipeline's own sampler (it batches uncond + cond);
+    # the pipeline takes only sizes divisible by 32
+    pipe = policy.pipeline
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    big = SanaPolicy(pipe, resolution=32)
+    latents = pipe.prepare_latents(1, 4, 32, 32, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    for scale in (1.0, 4.5):
+        ref = pipe("a red circle", height=32, width=32, num_inference_steps=2, guidance_scale=scale,
+                   output_type="latent", max_sequence_length=16, latents=latents, use_resolution_binning=False).images
+        z, sigmas = latents.clone(), big.sigmas(2)
+        with torch.no_grad():
+            for k in range(2):
+                z = z + (sigmas[k + 1] - sigmas[k]) * big.velocity(z, sigmas[k], cond, scale)
+        assert torch.allclose(z, ref, atol=1e-5, rtol=1e-5), (scale, (z - ref).abs().max())
+        if scale == 1.0:
+            assert torch.equal(z, ref)
+    assert big.decode(z)[0].size == (32, 32) and policy.decode(x)[0].size == (16, 16)
+    # without the complex human instruction the prompt embeddings change
+    plain = SanaPolicy(pipe, resolution=16, complex_human_instruction=[])
+    assert not torch.equal(plain.encode_prompts(["a red circle"], guidance=False).cond["prompt_embeds"],
+                           cond.cond["prompt_embeds"])
+    with pytest.raises(ValueError, match="divisible"):
+        SanaPolicy(pipe, resolution=15)
+    # the Sana checkpoints' flow-sigma DPM-Solver: its own shifted sigmas, ending at 0
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.scheduler = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    shifted = [3 * s / (1 + 2 * s) for s in (0.75, 0.5, 0.25)]
+    assert torch.allclose(big.sigmas(4)[1:], torch.tensor([*shifted, 0.0]), atol=1e-3) and big.sigmas(4)[0] > 0.999
 
 
 def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
