@@ -26,6 +26,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..trainers.prompting import DEFAULT_INSTRUCTIONS
+from ._synthetic import render_codes, rendered_rows, unique_codes
 
 __all__ = [
     "CHART_KINDS",
@@ -128,20 +129,9 @@ def _unique_codes(n: int, seed: int, kinds: Sequence[str], exclude: Collection[s
     for kind in kinds:
         if kind not in CHART_KINDS:
             raise ValueError(f"unknown chart kind {kind!r}; choose from {CHART_KINDS}")
-    rng = random.Random(seed)
-    seen = set(exclude)
-    out: list[tuple[str, str]] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 50 * n + 1000:
-            raise RuntimeError(f"could not draw {n} distinct charts of kinds {tuple(kinds)}")
-        kind = kinds[len(out) % len(kinds)]  # balanced kinds
-        code = random_chart_code(rng, kind, **options)
-        if code not in seen:
-            seen.add(code)
-            out.append((kind, code))
-    return out
+    codes = unique_codes(n, seed, exclude, lambda rng, i: random_chart_code(rng, kinds[i % len(kinds)], **options),
+                         f"charts of kinds {tuple(kinds)}")
+    return [(kinds[i % len(kinds)], code) for i, code in enumerate(codes)]  # balanced kinds
 
 
 def chart_corpus(n: int, seed: int = 0, kinds: Sequence[str] = CHART_KINDS, *, title_prob: float = 0.3,
@@ -178,11 +168,7 @@ def render_charts(codes: Sequence[str], *, workers: int = 2, timeout: float = 20
                   render_options: dict[str, Any] | None = None) -> list[Any]:
     """Render ``codes`` in the sandboxed matplotlib renderer with :data:`CHART_RENDER_OPTIONS`;
     returns the ``RenderResult`` of each program."""
-    from ..renderers import get_renderer
-
-    opts = {**CHART_RENDER_OPTIONS, **(render_options or {})}
-    with get_renderer("matplotlib", workers=workers, timeout=timeout, **opts) as renderer:
-        return renderer.render_batch(list(codes))
+    return render_codes("matplotlib", codes, CHART_RENDER_OPTIONS, render_options, workers, timeout)
 
 
 def _row(code: str, image: Any, chart_type: str, prompt: str) -> dict[str, Any]:
@@ -213,19 +199,6 @@ def chart_dataset(n: int, seed: int = 0, kinds: Sequence[str] = DEFAULT_CHART_KI
     drawn = _unique_codes(n, seed, kinds, exclude, opts)
     if not render:
         return [_row(code, None, kind, prompt) for kind, code in drawn]
-    rows: list[dict[str, Any]] = []
-    seen = set(exclude) | {code for _, code in drawn}
-    round_seed = seed
-    while True:
-        results = render_charts([code for _, code in drawn], workers=workers, timeout=timeout)
-        rows += [_row(code, res.image.convert("RGB"), kind, prompt) for (kind, code), res in zip(drawn, results, strict=True) if res.ok and res.image is not None]
-        missing = n - len(rows)
-        if missing == 0 or round_seed - seed > 5:
-            break
-        round_seed += 1  # redraw the failures with a fresh stream, still distinct from everything seen
-        drawn = _unique_codes(missing, seed * 1000 + round_seed, kinds, seen, opts)
-        seen |= {code for _, code in drawn}
-    if len(rows) < n:
-        raise RuntimeError(f"only {len(rows)} of {n} charts rendered; is the matplotlib renderer working? "
-                           "(try `visalign doctor`)")
-    return rows
+    return rendered_rows(n, seed, exclude, drawn, lambda k, sd, seen: _unique_codes(k, sd, kinds, seen, opts),
+                         lambda d: d[1], lambda codes: render_charts(codes, workers=workers, timeout=timeout),
+                         lambda d, image: _row(d[1], image, d[0], prompt), "charts", "matplotlib")

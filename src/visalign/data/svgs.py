@@ -34,6 +34,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..trainers.prompting import DEFAULT_INSTRUCTIONS
+from ._synthetic import render_codes, rendered_rows, unique_codes
 from .charts import COLOURS
 
 __all__ = [
@@ -146,19 +147,8 @@ def svg_shapes(code: str) -> list[str]:
 
 
 def _unique_codes(n: int, seed: int, exclude: Collection[str], options: dict[str, Any]) -> list[str]:
-    rng = random.Random(seed)
-    seen = set(exclude)
-    out: list[str] = []
-    tries = 0
-    while len(out) < n:
-        tries += 1
-        if tries > 50 * n + 1000:
-            raise RuntimeError(f"could not draw {n} distinct SVG documents with {options}")
-        code = random_svg_code(rng, **options)
-        if code not in seen:
-            seen.add(code)
-            out.append(code)
-    return out
+    return unique_codes(n, seed, exclude, lambda rng, _: random_svg_code(rng, **options),
+                        f"SVG documents with {options}")
 
 
 def svg_corpus(n: int, seed: int = 0, *, n_shapes: int | None = None,
@@ -191,11 +181,7 @@ def render_svgs(codes: Sequence[str], *, workers: int = 2, timeout: float = 10.0
                 render_options: dict[str, Any] | None = None) -> list[Any]:
     """Render ``codes`` in the sandboxed ``svg`` renderer with :data:`SVG_RENDER_OPTIONS`; returns the
     ``RenderResult`` of each document."""
-    from ..renderers import get_renderer
-
-    opts = {**SVG_RENDER_OPTIONS, **(render_options or {})}
-    with get_renderer("svg", workers=workers, timeout=timeout, **opts) as renderer:
-        return renderer.render_batch(list(codes))
+    return render_codes("svg", codes, SVG_RENDER_OPTIONS, render_options, workers, timeout)
 
 
 def _row(code: str, image: Any, prompt: str) -> dict[str, Any]:
@@ -224,20 +210,6 @@ def svg_dataset(n: int, seed: int = 0, *, render: bool = True, workers: int = 2,
     drawn = _unique_codes(n, seed, exclude, opts)
     if not render:
         return [_row(code, None, prompt) for code in drawn]
-    out: list[dict[str, Any]] = []
-    seen = set(exclude) | set(drawn)
-    round_seed = seed
-    while True:
-        results = render_svgs(drawn, workers=workers, timeout=timeout)
-        out += [_row(code, res.image.convert("RGB"), prompt) for code, res in zip(drawn, results, strict=True)
-                if res.ok and res.image is not None]
-        missing = n - len(out)
-        if missing == 0 or round_seed - seed > 5:
-            break
-        round_seed += 1  # redraw the failures with a fresh stream, still distinct from everything seen
-        drawn = _unique_codes(missing, seed * 1000 + round_seed, seen, opts)
-        seen |= set(drawn)
-    if len(out) < n:
-        raise RuntimeError(f"only {len(out)} of {n} SVG documents rendered; is the svg renderer working? "
-                           "(try `visalign doctor`)")
-    return out
+    return rendered_rows(n, seed, exclude, drawn, lambda k, sd, seen: _unique_codes(k, sd, seen, opts),
+                         lambda code: code, lambda codes: render_svgs(codes, workers=workers, timeout=timeout),
+                         lambda code, image: _row(code, image, prompt), "SVG documents", "svg")
