@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from visalign.models.tiny_vlm import CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
 from visalign.renderers.base import RenderResult
 from visalign.rewards import RenderService, Sample
 from visalign.rewards.judge import (
@@ -679,21 +680,6 @@ class TestCallableBackend:
 # A tiny local VLM with random weights, built offline
 # ---------------------------------------------------------------------------------------------------
 
-QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-
-# Qwen2-VL's chat template, reduced to what the judge sends (system + user turns of text and images)
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A Qwen2-VL with random weights (2 layers, hidden 32, patch 8, merge 2) and a processor built
@@ -705,7 +691,7 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=QWEN_SPECIAL, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=QWEN_SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["Reference image: Generated image:", "List every visual difference of the image.",
                              "Rate how well the image matches the prompt.", "system user assistant"], trainer)
@@ -714,7 +700,7 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Any:
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                               "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"})
     tokenizer.chat_template = CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     pixels = {"min_pixels": 16 * 16, "max_pixels": 48 * 48, "patch_size": 8, "merge_size": 2, "temporal_patch_size": 2}
     processor = transformers.Qwen2VLProcessor(
         image_processor=transformers.Qwen2VLImageProcessor(**pixels),
