@@ -310,6 +310,18 @@ class FlowPolicy(ABC):
 # --------------------------------------------------------------------------------------------- SD3
 
 
+def _vae_decode(pipeline: Any, latents: torch.Tensor, device: torch.device) -> list[Image.Image]:
+    """Latents -> PIL images through the pipeline's VAE: undo its scaling (and shift, where it has one:
+    SD3, FLUX) and post-process as the pipeline does."""
+    vae = pipeline.vae
+    x = latents.to(device, vae.dtype) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        x = x + shift
+    image = vae.decode(x, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(image.float(), output_type="pil")
+
+
 class SD3Policy(FlowPolicy):
     """A diffusers ``StableDiffusion3Pipeline`` as a policy: the transformer is trained.
 
@@ -364,10 +376,7 @@ class SD3Policy(FlowPolicy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipeline.vae
-        x = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(x, return_dict=False)[0]
-        return self.pipeline.image_processor.postprocess(image.float(), output_type="pil")
+        return _vae_decode(self.pipeline, latents, self.device)
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
         scheduler = copy.deepcopy(self.pipeline.scheduler)
@@ -492,10 +501,7 @@ class FluxPolicy(FlowPolicy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipeline.vae
-        x = latents.to(self.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(x, return_dict=False)[0]
-        return self.pipeline.image_processor.postprocess(image.float(), output_type="pil")
+        return _vae_decode(self.pipeline, latents, self.device)
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -612,10 +618,7 @@ class SanaPolicy(FlowPolicy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipeline.vae
-        x = latents.to(self.device, vae.dtype) / vae.config.scaling_factor
-        image = vae.decode(x, return_dict=False)[0]
-        return self.pipeline.image_processor.postprocess(image.float(), output_type="pil")
+        return _vae_decode(self.pipeline, latents, self.device)
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -832,9 +835,7 @@ class StableDiffusionPolicy(FlowPolicy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipeline.vae
-        image = vae.decode(latents.to(self.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        return self.pipeline.image_processor.postprocess(image.float(), output_type="pil")
+        return _vae_decode(self.pipeline, latents, self.device)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
