@@ -81,12 +81,13 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     return value
 
 
-def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> T:
+def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = None, *, section: str | None = None,
+                **overrides: Any) -> T:
     """Build ``cls`` from a YAML file path, a mapping, or nothing, then apply ``overrides``.
 
-    A YAML file may hold the options at the top level or under a key named after the trainer
-    (``grpo:``, ``sft:``, ``flow:``) next to other sections; pass the mapping of that section then.
-    Unknown keys raise ``ValueError`` listing the valid ones.
+    With ``section`` (``"grpo"``, ``"sft"``, ``"flow"``), a file or mapping holding that key reads its
+    options from under it; without the key the options are at the top level. Unknown keys raise
+    ``ValueError`` listing the valid ones.
     """
     if source is None:
         data: dict[str, Any] = {}
@@ -97,6 +98,8 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ValueError(f"{source}: a config file holds a mapping of options, got {type(loaded).__name__}")
         data = dict(loaded or {})
+    if section is not None and isinstance(data.get(section), Mapping):
+        data = dict(data[section])
     data.update(overrides)
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")

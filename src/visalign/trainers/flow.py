@@ -933,14 +933,7 @@ def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: 
     """Build policy (``pretrained``), reward(s) and prompts from a YAML file or mapping, train, and return
     the trainer (``trainer.history`` holds the per-iteration metrics). A YAML file may hold the options
     under a ``flow:`` key."""
-    import yaml
-
-    data: Any = source
-    if not isinstance(source, Mapping):
-        data = yaml.safe_load(Path(source).read_text()) or {}
-    if isinstance(data, Mapping) and isinstance(data.get("flow"), Mapping):
-        data = data["flow"]
-    config = load_config(FlowGRPOConfig, data, **overrides)
+    config = load_config(FlowGRPOConfig, source, section="flow", **overrides)
     if not config.pretrained:
         raise ValueError("train_flow_from_config needs `pretrained` (a local model directory)")
     kwargs: dict[str, Any] = {}

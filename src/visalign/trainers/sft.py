@@ -421,12 +421,5 @@ class SFTTrainer:
 def train_sft_from_config(source: str | Path | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
     """``visalign train sft CONFIG``: load an :class:`SFTConfig` (a YAML file with the options at the
     top level or under ``sft:``, or a mapping), train, and return :meth:`SFTTrainer.train`'s summary."""
-    data: Any = source
-    if not isinstance(source, Mapping):
-        import yaml
-
-        data = yaml.safe_load(Path(source).read_text()) or {}
-    if isinstance(data, Mapping) and isinstance(data.get("sft"), Mapping):
-        data = data["sft"]
-    config = load_config(SFTConfig, data, **overrides)
+    config = load_config(SFTConfig, source, section="sft", **overrides)
     return SFTTrainer(config).train()

@@ -921,15 +921,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[s
 def train_grpo_from_config(source: str | Path | dict[str, Any], **overrides: Any) -> VLMGRPOTrainer:
     """Build a :class:`VLMGRPOTrainer` from a YAML file or mapping (a ``grpo:`` section or top-level
     options), train it, and return it."""
-    if isinstance(source, (str, Path)):
-        import yaml
-
-        data = yaml.safe_load(Path(source).read_text()) or {}
-    else:
-        data = dict(source)
-    if "grpo" in data and isinstance(data["grpo"], dict):
-        data = data["grpo"]
-    config = load_config(VLMGRPOConfig, data, **overrides)
+    config = load_config(VLMGRPOConfig, source, section="grpo", **overrides)
     trainer = VLMGRPOTrainer(config)
     try:
         trainer.train()
