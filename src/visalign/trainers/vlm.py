@@ -210,6 +210,26 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
+def reward_specs(specs: Sequence[Any]) -> tuple[list[str], dict[str, float], dict[str, dict[str, Any]]]:
+    """Names, weights and options of the configured rewards (names or ``{name, weight, options}``).
+
+    Example:
+        >>> reward_specs(["format", {"name": "chart_code", "weight": 2, "options": {"metric": "data"}}])
+        (['format', 'chart_code'], {'format': 1.0, 'chart_code': 2.0}, {'chart_code': {'metric': 'data'}})
+    """
+    names, weights, options = [], {}, {}
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        unknown = set(spec) - {"name", "weight", "options"}
+        if unknown or "name" not in spec:
+            raise ValueError(f"a reward is a name or a mapping with name, weight, options; got {spec}")
+        names.append(spec["name"])
+        weights[spec["name"]] = float(spec.get("weight", 1.0))
+        if spec.get("options"):
+            options[spec["name"]] = dict(spec["options"])
+    return names, weights, options
+
+
 def build_reward(specs: Sequence[Any], service: RenderService, aggregation: str = "sum") -> CompositeReward:
     """A composite of ``specs`` (names or ``{name, weight, options}`` mappings) sharing ``service``.
 
@@ -221,16 +241,7 @@ def build_reward(specs: Sequence[Any], service: RenderService, aggregation: str 
     """
     from ..evaluate import build_rewards
 
-    names, weights, options = [], {}, {}
-    for spec in specs:
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        unknown = set(spec) - {"name", "weight", "options"}
-        if unknown or "name" not in spec:
-            raise ValueError(f"a reward is a name or a mapping with name, weight, options; got {spec}")
-        names.append(spec["name"])
-        weights[spec["name"]] = float(spec.get("weight", 1.0))
-        if spec.get("options"):
-            options[spec["name"]] = dict(spec["options"])
+    names, weights, options = reward_specs(specs)
     if not names:
         raise ValueError("no rewards configured")
     built = build_rewards(names, service, options)
@@ -714,12 +725,7 @@ class VLMGRPOTrainer:
                     if row.get("code"):
                         rec["reference_code"] = row["code"]
                     f.write(json.dumps(rec) + "\n")
-            names, options = [], {}
-            for spec in c.rewards:
-                spec = {"name": spec} if isinstance(spec, str) else spec
-                names.append(spec["name"])
-                if spec.get("options"):
-                    options[spec["name"]] = spec["options"]
+            names, _, options = reward_specs(c.rewards)
             if "execution" not in names:
                 names.insert(0, "execution")
             summary = run_eval(d / "generations.jsonl", KIND_TO_TASK.get(c.kind, "chart"), names, d / "report",
