@@ -36,7 +36,7 @@ from .sandbox import (
     make_preexec,
     make_workdir,
     python_ro_paths,
-    sandbox_uid,
+    allocate_uid,
     wrap_argv,
 )
 
@@ -236,7 +236,7 @@ class ZygotePool:
         """Each slot runs as a uid of its own (when we drop privileges at all)."""
         if self.info.uid is None:
             return self.info
-        return dataclasses.replace(self.info, uid=sandbox_uid(slot))
+        return dataclasses.replace(self.info, uid=allocate_uid())
 
     @property
     def uids(self) -> list[int]:

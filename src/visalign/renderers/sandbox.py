@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,19 +72,40 @@ class SandboxInfo:
         return {"level": self.level, "uid": self.uid, "bwrap": self.bwrap, "note": self.note}
 
 
-UIDS_PER_PROCESS = 16
+UIDS_PER_PROCESS = 64
+_uid_lock = threading.Lock()
+_uid_next = 1  # slot 0 is the probe's
 
 
 def sandbox_uid(slot: int = 0) -> int | None:
-    """The unprivileged uid for this process's sandboxes when running as root, else None.
+    """The unprivileged uid of sandbox slot ``slot`` of this process when running as root, else None.
 
-    Different visalign processes, and different worker slots of one process (``slot``), get
-    different uids, so their process limits do not add up and a worker can kill everything its uid
-    runs without touching its siblings.
+    Different visalign processes get disjoint ranges of :data:`UIDS_PER_PROCESS` uids.
     """
     if os.geteuid() != 0:
         return None
-    return SANDBOX_UID_BASE + (os.getpid() % 1500) * UIDS_PER_PROCESS + slot % UIDS_PER_PROCESS
+    return SANDBOX_UID_BASE + (os.getpid() % 1000) * UIDS_PER_PROCESS + slot % UIDS_PER_PROCESS
+
+
+def allocate_uid() -> int | None:
+    """A uid no other renderer instance or worker of this process uses (None when not root).
+
+    Every sandboxed worker (each zygote slot, each LaTeX worker, each Chromium) takes its own, so
+    their ``RLIMIT_NPROC`` counts never add up and one can kill everything its uid runs without
+    touching a sibling. Uids are handed out round-robin over this process's range.
+
+    Example:
+        >>> a, b = allocate_uid(), allocate_uid()
+        >>> a is None or a != b
+        True
+    """
+    global _uid_next
+    if os.geteuid() != 0:
+        return None
+    with _uid_lock:
+        slot = _uid_next
+        _uid_next = _uid_next + 1 if _uid_next + 1 < UIDS_PER_PROCESS else 1
+    return sandbox_uid(slot)
 
 
 def python_ro_paths() -> list[str]:
