@@ -6,6 +6,7 @@ data, no loop here.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Literal
 
 import torch
@@ -14,30 +15,36 @@ Scale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
 
-def _nan_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Unbiased (N - 1) standard deviation ignoring NaN; 0 where fewer than two values."""
+def _nan_std(x: torch.Tensor, dim: int | None = None, ddof: int = 1) -> torch.Tensor:
+    """Standard deviation with ``N - ddof`` in the denominator, ignoring NaN (default: unbiased, ddof 1);
+    0 where fewer than ``ddof + 1`` values (and for a single value)."""
     valid = ~torch.isnan(x)
     n = valid.sum() if dim is None else valid.sum(dim)
     mean = torch.nanmean(x) if dim is None else torch.nanmean(x, dim=dim, keepdim=True)
     sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
     total = sq.sum() if dim is None else sq.sum(dim)
-    var = total / (n - 1).clamp(min=1)
-    return torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
+    var = total / (n - ddof).clamp(min=1)
+    return torch.where(n > max(ddof, 1), var.sqrt(), torch.zeros_like(var))
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: Scale = "group", eps: float = 1e-4
-                     ) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: Scale = "group", eps: float = 1e-4,
+                     ddof: int = 1) -> torch.Tensor:
     """GRPO advantages: reward minus its prompt group's mean, over a standard deviation.
 
     ``rewards`` holds ``B = n_groups * group_size`` rewards, the ``group_size`` completions of each
-    prompt contiguous (TRL's layout). ``scale``: ``"group"`` divides by the unbiased std of the group,
-    ``"batch"`` by the unbiased std of the whole batch (the mean is still per group), ``"none"`` does
-    not divide (Dr. GRPO). ``eps`` is added to the std (TRL: 1e-4). NaN rewards (not applicable) are
-    left out of the means and stds and get advantage 0.
+    prompt contiguous (TRL's layout). ``scale``: ``"group"`` divides by the std of the group,
+    ``"batch"`` by the std of the whole batch (the mean is still per group; Flow-GRPO's
+    ``global_std``), ``"none"`` does not divide (Dr. GRPO). ``eps`` is added to the std (TRL and
+    Flow-GRPO: 1e-4; DanceGRPO / BranchGRPO / MixGRPO: 1e-8). ``ddof``: 1 is the unbiased std
+    (``torch.std``: TRL, DanceGRPO, MixGRPO), 0 the population std (``np.std``: Flow-GRPO's
+    ``stat_tracking.py``); with ddof 1 advantages are ``sqrt((n - 1) / n)`` times those with ddof 0.
+    NaN rewards (not applicable) are left out of the means and stds and get advantage 0.
 
     Example:
         >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2)
         tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
+        >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2, ddof=0)
+        tensor([ 0.9998, -0.9998,  0.0000,  0.0000])
     """
     if rewards.ndim != 1:
         raise ValueError(f"rewards must be 1-D (one per completion), got shape {tuple(rewards.shape)}")
@@ -45,16 +52,59 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: Scale = "gro
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     r = rewards.double().view(-1, group_size)
     has_any = (~torch.isnan(r)).any(dim=1, keepdim=True)
     mean = torch.where(has_any, torch.nanmean(r, dim=1, keepdim=True), torch.zeros_like(r[:, :1]))
     adv = r - mean
     if scale == "group":
-        adv = adv / (_nan_std(r, dim=1).unsqueeze(1) + eps)
+        adv = adv / (_nan_std(r, dim=1, ddof=ddof).unsqueeze(1) + eps)
     elif scale == "batch":
-        adv = adv / (_nan_std(r.flatten()) + eps)
+        adv = adv / (_nan_std(r.flatten(), ddof=ddof) + eps)
     adv = torch.nan_to_num(adv, nan=0.0)
     return adv.view(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+def keyed_group_advantages(rewards: torch.Tensor, keys: Sequence[Hashable] | None, scale: Scale = "group",
+                           eps: float = 1e-4, ddof: int = 1) -> torch.Tensor:
+    """Advantages grouped by key (e.g. the prompt *string*), wherever the members sit in the batch.
+
+    Flow-GRPO's ``PerPromptStatTracker.update``: samples with equal keys form one group (two slots that
+    drew the same prompt merge), ``(r - mean_of_group) / (std + eps)`` with the group's std, or with
+    ``scale="batch"`` the std of all rewards (``global_std``). ``keys=None`` is Flow-GRPO's
+    ``per_prompt_stat_tracking=False`` path: the batch mean and the batch std for everyone.
+    ``ddof``/``eps``/NaN handling as in :func:`group_advantages`.
+
+    Example:
+        >>> keyed_group_advantages(torch.tensor([1.0, 3.0, 0.0, 5.0]), ["a", "b", "a", "b"], ddof=0, eps=0.0)
+        tensor([ 1., -1., -1.,  1.])
+    """
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D (one per sample), got shape {tuple(rewards.shape)}")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    if keys is None:
+        keys = [0] * rewards.numel()
+    if len(keys) != rewards.numel():
+        raise ValueError(f"{len(keys)} keys for {rewards.numel()} rewards")
+    r = rewards.double()
+    index: dict[Hashable, int] = {}
+    ids = torch.tensor([index.setdefault(k, len(index)) for k in keys], dtype=torch.long)
+    adv = torch.zeros_like(r)
+    batch_std = _nan_std(r, ddof=ddof)
+    for g in range(len(index)):
+        members = ids == g
+        rg = r[members]
+        mean = torch.nanmean(rg) if bool((~torch.isnan(rg)).any()) else torch.zeros((), dtype=r.dtype)
+        a = rg - mean
+        if scale == "group":
+            a = a / (_nan_std(rg, ddof=ddof) + eps)
+        elif scale == "batch":
+            a = a / (batch_std + eps)
+        adv[members] = a
+    adv = torch.nan_to_num(adv, nan=0.0)
+    return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
 def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,

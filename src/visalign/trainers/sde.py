@@ -22,7 +22,20 @@ Conventions shared by the step functions:
   deterministic and ``log_prob`` is defined as **0** (no NaN, no inf, zero gradient); such steps carry
   no policy gradient and must not be trained (Flow-GRPO never trains them).
 - Give at most one of ``prev_sample`` (recomputing the log-prob of a stored transition, used as is)
-  and ``noise`` (a fixed standard-normal draw); with neither, noise is drawn with ``generator``.
+  and ``noise`` (a fixed standard-normal draw); with neither, noise is drawn with ``generator``, always in
+  float32 (as Flow-GRPO, DanceGRPO and BranchGRPO draw it), then cast to the compute dtype.
+- ``noise_scale`` (flow SDE step) multiplies only the noise draw, not the std of the log-prob:
+  BranchGRPO's ``tree_split_noise_scale`` (``prev = mean + std * (scale * noise)``, log-prob under
+  ``N(mean, std^2)``).
+
+Degenerate steps, per reference (documented, not reproduced: visalign never trains them):
+
+- noise level 0: Flow-GRPO's log-prob is NaN (``log 0``), DanceGRPO/BranchGRPO clamp the std at 1e-8;
+  visalign returns 0. No preset trains such a step (:func:`~visalign.trainers.flow.trained_steps`
+  skips noise-level-0 steps).
+- CPS last step (``s' = 0``, ``std = 0``) with a stored sample: Flow-GRPO's log-prob is
+  ``-mean((x' - mean)^2)`` (finite, with a gradient); visalign returns 0. Flow-GRPO's
+  ``timestep_fraction = 0.99`` never trains the last step, and neither do the presets that use CPS.
 
 Example:
     >>> import torch
@@ -47,6 +60,7 @@ __all__ = [
     "ddim_step_with_logprob",
     "depthwise_advantages",
     "kl_to_reference",
+    "sde_sigma_t",
     "sde_step_with_logprob",
 ]
 
@@ -112,7 +126,9 @@ def _draw(
         return prev_sample.to(mean.dtype)
     if noise is None:
         device = generator.device if generator is not None else mean.device
-        noise = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
+        # float32 like the reference repositories, whatever the compute dtype: one generator state gives
+        # the same sample in float32 and float64 runs
+        noise = torch.randn(mean.shape, generator=generator, device=device, dtype=torch.float32).to(mean.device)
     else:
         _check_sample(mean, noise, "noise")
     return mean + std * noise.to(mean.dtype)
@@ -159,6 +175,8 @@ def sde_step_with_logprob(
     prev_sample: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    sigma_mode: Literal["flow_grpo", "constant"] = "flow_grpo",
+    noise_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Flow-GRPO SDE step from ``sigmas[i]`` to ``sigmas[i + 1]``, with its log-probability.
 
@@ -167,6 +185,12 @@ def sde_step_with_logprob(
     ``mean = x + dt * (v + sigma_t**2 / (2 s) * (x + (1 - s) v))``; ``std = sigma_t * sqrt(-dt)``;
     ``prev_sample = mean + std * noise``. ``a = 0`` gives the Euler (ODE) step ``x + dt * v`` with
     ``std = 0`` and ``log_prob = 0`` (see the module docstring for the shared conventions).
+
+    ``sigma_mode="constant"`` makes ``sigma_t = a`` at every step: DanceGRPO's and BranchGRPO's ``eta``
+    (their ``flux_step`` with ``sde_solver=True`` is this step with a constant ``sigma_t``).
+    The returned ``std`` is the *step* std ``sigma_t * sqrt(-dt)``; Flow-GRPO returns ``sigma_t``
+    (:func:`sde_sigma_t`) as ``std_dev_t`` — divide by ``sqrt(-dt)`` to get it, or give ``dt`` to
+    :func:`kl_to_reference`.
 
     Args:
         velocity: the model's velocity prediction ``v``, same shape as ``sample``.
@@ -177,6 +201,9 @@ def sde_step_with_logprob(
         prev_sample: a stored ``x'`` whose log-prob to recompute (used as is).
         noise: a fixed standard-normal draw (shape of ``sample``).
         generator: used to draw the noise when neither ``prev_sample`` nor ``noise`` is given.
+        sigma_mode: ``"flow_grpo"`` (``a * sqrt(s / (1 - s))``) or ``"constant"`` (``sigma_t = a``).
+        noise_scale: multiplies the noise draw only (BranchGRPO's split noise scale); the log-prob
+            stays under ``N(mean, std^2)``. Ignored with ``prev_sample``.
 
     Returns:
         ``(prev_sample, log_prob, mean, std)``; ``log_prob`` has shape ``(B,)``, ``std`` ``(B, 1, ...)``.
@@ -194,14 +221,53 @@ def sde_step_with_logprob(
     _check_sample(sample, velocity, "velocity")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    if noise_scale < 0:
+        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
     x, v, sig, s, s_next = _flow_step_inputs(velocity, sample, sigmas, step_index)
     dt = s_next - s
-    s_tilde = torch.where(s == 1, sig[1], s)
-    sigma_t = noise_level * torch.sqrt(s / (1 - s_tilde))
+    sigma_t = _sigma_t(sig, s, noise_level, sigma_mode)
     mean = x + dt * (v + sigma_t**2 / (2 * s) * (x + (1 - s) * v))
     std = sigma_t * torch.sqrt(-dt)
+    if noise is not None and noise_scale != 1.0:
+        _check_sample(mean, noise, "noise")
+        noise = noise * noise_scale
+    elif noise is None and prev_sample is None and noise_scale != 1.0:
+        device = generator.device if generator is not None else mean.device
+        noise = torch.randn(mean.shape, generator=generator, device=device, dtype=torch.float32).to(mean.device)
+        noise = noise * noise_scale
     prev = _draw(mean, std, prev_sample, noise, generator)
     return prev, _gaussian_log_prob(prev, mean, std), mean, std
+
+
+def _sigma_t(sig: torch.Tensor, s: torch.Tensor, noise_level: float, sigma_mode: str) -> torch.Tensor:
+    if sigma_mode == "flow_grpo":
+        s_tilde = torch.where(s == 1, sig[1], s)
+        return noise_level * torch.sqrt(s / (1 - s_tilde))
+    if sigma_mode == "constant":
+        return torch.full_like(s, float(noise_level))
+    raise ValueError(f"sigma_mode must be 'flow_grpo' or 'constant', got {sigma_mode!r}")
+
+
+def sde_sigma_t(sigmas: torch.Tensor, step_index: int | torch.Tensor, noise_level: float,
+                sigma_mode: Literal["flow_grpo", "constant"] = "flow_grpo") -> torch.Tensor:
+    """The SDE's diffusion coefficient ``sigma_t`` at ``sigmas[i]`` (Flow-GRPO's ``std_dev_t``), float32.
+
+    Not the step's std: :func:`sde_step_with_logprob` returns ``std = sigma_t * sqrt(-dt)``, the std of
+    the Gaussian step; Flow-GRPO's ``sde_step_with_logprob`` returns ``sigma_t`` itself under the name
+    ``std_dev_t`` (and DanceGRPO's ``flux_step`` calls the step std ``std_dev_t``). ``sigma_mode``:
+    ``"flow_grpo"``: ``noise_level * sqrt(s / (1 - s~))`` (``s~ = sigmas[1]`` where ``s == 1``);
+    ``"constant"``: ``noise_level`` (DanceGRPO's / BranchGRPO's eta). Shape: scalar for an int index,
+    ``(B,)`` for a tensor index.
+
+    Example:
+        >>> import torch
+        >>> sigmas = torch.tensor([1.0, 0.75, 0.5, 0.0])
+        >>> round(float(sde_sigma_t(sigmas, 2, 0.7)), 4), float(sde_sigma_t(sigmas, 2, 0.3, "constant"))
+        (0.7, 0.30000001192092896)
+    """
+    sig = sigmas.to(_compute_dtype(sigmas))
+    s = _index(sig, step_index, "step_index", high=sig.numel() - 1)
+    return _sigma_t(sig, s, noise_level, sigma_mode)
 
 
 def cps_step_with_logprob(
@@ -332,7 +398,8 @@ def ddim_step_with_logprob(
 # ------------------------------------------------------------------------------------------------ KL
 
 
-def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
+def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor | float, *,
+                    dt: torch.Tensor | float | None = None) -> torch.Tensor:
     """Per-sample KL(N(mean, std^2) || N(ref_mean, std^2)), averaged over non-batch dimensions.
 
     ``mean over non-batch dims of (mean - ref_mean)**2 / (2 std**2)``, in float32 (or wider), shape
@@ -340,10 +407,18 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tenso
     std the step functions return (policy and reference share it: it does not depend on the model).
     Elements with ``std == 0`` contribute 0, matching the step functions' ``log_prob`` convention.
 
+    ``dt`` (the step's ``-dt = sigmas[i] - sigmas[i + 1]``, positive; a float or broadcastable tensor):
+    ``std`` is divided by ``sqrt(dt)`` first, which turns the step std into ``sigma_t`` and gives
+    Flow-GRPO's KL term (``scripts/train_sd3.py``: ``(mu - mu_ref)^2 / (2 * std_dev_t^2)``, mean over
+    non-batch dims) — ``1 / dt`` times the exact KL of the step. Without ``dt``: the exact step KL.
+    A paper's ``beta`` means the paper's penalty only with ``dt`` (``kl_form: flow_grpo``).
+
     Example:
         >>> import torch
         >>> kl_to_reference(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([[1.0], [0.5]])).tolist()
         [0.5, 2.0]
+        >>> kl_to_reference(torch.ones(1, 3), torch.zeros(1, 3), 0.5, dt=0.25).tolist()  # sigma_t = 1
+        [0.5]
     """
     if mean.shape != ref_mean.shape:
         raise ValueError(
@@ -356,6 +431,11 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tenso
     std_t = torch.as_tensor(std, device=mean.device)
     dtype = _compute_dtype(mean, ref_mean, std_t)
     std_t = std_t.to(dtype)
+    if dt is not None:
+        dt_t = torch.as_tensor(dt, device=mean.device).to(dtype)
+        if bool((dt_t <= 0).any()):
+            raise ValueError("dt must be the positive step length sigmas[i] - sigmas[i + 1]")
+        std_t = std_t / torch.sqrt(dt_t)
     positive = std_t > 0
     safe_std = torch.where(positive, std_t, torch.ones_like(std_t))
     elem = (mean.to(dtype) - ref_mean.to(dtype)) ** 2 / (2 * safe_std**2)
@@ -371,6 +451,7 @@ def depthwise_advantages(
     split_steps: Sequence[int] | set[int] | frozenset[int],
     branch_factor: int = 2,
     weights: torch.Tensor | Sequence[float] | None = None,
+    eps: float | None = None,
 ) -> list[torch.Tensor]:
     """BranchGRPO's per-depth advantages for one tree of trajectories per prompt.
 
@@ -381,6 +462,8 @@ def depthwise_advantages(
     (``weights``: per-leaf positive weights for a weighted mean instead), and at each depth the nodes'
     rewards are standardised within the tree: ``(r - mean) / std`` with the unbiased std, 0 where
     ``std < 1e-6`` or the depth has a single node. The leaf depth is thus flat GRPO on the leaves.
+    ``eps``: None divides by ``max(std, 1e-6)`` (visalign); a float divides by ``std + eps``
+    (BranchGRPO's ``compute_hierarchical_advantages_by_depth``: ``eps = 1e-8``).
 
     Args:
         leaf_rewards: shape ``(..., L)``, one tree per leading index (e.g. ``(prompts, L)``), with
@@ -446,6 +529,6 @@ def depthwise_advantages(
             continue
         centred = node_rewards - node_rewards.mean(-1, keepdim=True)
         std = node_rewards.std(-1, keepdim=True)
-        adv = centred / std.clamp_min(1e-6)
+        adv = centred / (std.clamp_min(1e-6) if eps is None else std + eps)
         out.append(torch.where(std < 1e-6, torch.zeros_like(adv), adv))
     return out
