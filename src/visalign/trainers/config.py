@@ -109,7 +109,8 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; valid: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints.get(k, Any), v, k) for k, v in data.items()}
-    return cls(**kwargs)
+    factory = getattr(cls, "from_options", None)  # configs with presets need to know which keys were given
+    return factory(kwargs) if callable(factory) else cls(**kwargs)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -194,17 +194,25 @@ class FlowPolicy(ABC):
     def step_with_logprob(self, model_output: torch.Tensor, sample: torch.Tensor, schedule: torch.Tensor,
                           step_index: int | torch.Tensor, *, noise_level: float, sampler: str = "auto",
                           prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None,
+                          generator: torch.Generator | None = None, sigma_mode: str = "flow_grpo",
+                          noise_scale: float = 1.0,
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One stochastic step from ``schedule[k]`` to ``schedule[k + 1]`` with its log-prob:
         ``(prev_sample, log_prob, mean, std)`` as in :mod:`visalign.trainers.sde`.
 
         Flow policies: ``sampler="sde"`` is :func:`~visalign.trainers.sde.sde_step_with_logprob`
-        (``noise_level`` = Flow-GRPO's ``a >= 0``), ``"cps"`` is
+        (``noise_level`` = Flow-GRPO's ``a >= 0``, or with ``sigma_mode="constant"`` DanceGRPO's eta;
+        ``noise_scale`` scales only the noise draw, BranchGRPO's split noise), ``"cps"`` is
         :func:`~visalign.trainers.sde.cps_step_with_logprob` (``std = sigma' * sin(a * pi / 2)``,
         ``a`` in ``[0, 1]``; Flow-GRPO's log-prob form). ``noise_level`` 0 is the Euler (ODE) step.
         """
         sampler = self.resolve_sampler(sampler)
+        if sampler == "sde":
+            return sde_step_with_logprob(model_output, sample, schedule, step_index, noise_level=noise_level,
+                                         prev_sample=prev_sample, noise=noise, generator=generator,
+                                         sigma_mode=sigma_mode, noise_scale=noise_scale)  # type: ignore[arg-type]
+        if sigma_mode != "flow_grpo" or noise_scale != 1.0:
+            raise ValueError(f"sigma_mode / noise_scale apply to the sde sampler, not {sampler!r}")
         return _FLOW_STEPS[sampler](model_output, sample, schedule, step_index, noise_level=noise_level,
                                     prev_sample=prev_sample, noise=noise, generator=generator)
 
@@ -808,11 +816,14 @@ class StableDiffusionPolicy(FlowPolicy):
     def step_with_logprob(self, model_output: torch.Tensor, sample: torch.Tensor, schedule: torch.Tensor,
                           step_index: int | torch.Tensor, *, noise_level: float, sampler: str = "auto",
                           prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None,
+                          generator: torch.Generator | None = None, sigma_mode: str = "flow_grpo",
+                          noise_scale: float = 1.0,
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """DDIM from timestep ``schedule[k]`` to ``schedule[k + 1]`` with ``eta = noise_level``
         (:func:`~visalign.trainers.sde.ddim_step_with_logprob`, the scheduler's ``alphas_cumprod``)."""
         self.resolve_sampler(sampler)
+        if sigma_mode != "flow_grpo" or noise_scale != 1.0:
+            raise ValueError("sigma_mode / noise_scale apply to the flow sde sampler, not DDIM")
         if isinstance(step_index, torch.Tensor):
             t, t_prev = schedule[step_index], schedule[step_index + 1]
         else:
