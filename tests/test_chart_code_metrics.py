@@ -282,7 +282,7 @@ def test_validator_and_hostile_programs(renderer):
         tamper + "hook.collect = lambda self: {'text': ['T'] * 500000, 'layout': [], 'type': {}, 'color': {}}\n",
         tamper + "def boom(self):\n    raise RuntimeError('no trace for you')\nhook.collect = boom\n",
         tamper + "hook.collect = lambda self: {'text': [object()], 'layout': [[1] * 6], 'type': {}, 'color': {}}\n",
-        ref + "import builtins, json\njson.dump = lambda *a, **k: None\n",
+        ref + "import sys\nsys.modules['zygote']._state['result_fd'] = 1\n",
     ]
     results = chart_code_metrics_batch([(h, ref) for h in hostile], renderer=renderer)
     for m in results:  # a clean result each time: zeros, never a crash or a leak of the reference's numbers
@@ -290,8 +290,11 @@ def test_validator_and_hostile_programs(renderer):
     assert [m.get("pred_error_kind") for m in results] == [
         "invalid_trace", "invalid_trace", "invalid_trace",
         None,       # object() went through json's default=str: well-formed data that matches nothing
-        "runtime",  # the child could not write its result either
+        "runtime",  # the child wrote its result where nobody reads it
     ]
+    # breaking json changes nothing: the worker bound its own serializer before the program ran
+    sabotage = ref + "import json\njson.dumps = json.dump = lambda *a, **k: None\n"
+    assert chart_code_metrics_batch([(sabotage, ref)], renderer=renderer)[0]["text_f1"] == 1.0
     assert renderer.render(ref).ok  # and the next program is fine
 
 

@@ -33,8 +33,8 @@ def _sandbox_processes(renderer) -> int:
 
 
 def _nothing_outlived(renderer, before: int) -> bool:
-    """True when the sandbox uid runs no more processes than before the job (its zygotes; a killed
-    zygote is replaced on the next job)."""
+    """True when the sandbox uid runs no more processes than before the job (its zygotes and their
+    waiting children; a killed zygote is replaced on the next job)."""
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         if _sandbox_processes(renderer) <= before:
@@ -44,7 +44,8 @@ def _nothing_outlived(renderer, before: int) -> bool:
 
 
 def _assert_fails(renderer, code: str, kinds: set[str]):
-    before = max(_sandbox_processes(renderer), renderer.pool.workers)
+    # each worker is a zygote and the child it pre-forked for the next job
+    before = max(_sandbox_processes(renderer), 2 * renderer.pool.workers)
     t0 = time.perf_counter()
     res = renderer.render(code)
     wall = time.perf_counter() - t0

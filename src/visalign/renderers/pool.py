@@ -17,8 +17,10 @@ import os
 import queue
 import select
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -30,19 +32,25 @@ from .base import DEFAULT_MAX_PIXELS, RenderResult, finish_image, load_png
 from .sandbox import (
     SandboxInfo,
     SandboxLimits,
+    allocate_uid,
     clean_env,
     detect_sandbox,
     kill_group,
     make_preexec,
     make_workdir,
     python_ro_paths,
-    allocate_uid,
     wrap_argv,
 )
 
 HANDLER_DIR = str(Path(__file__).with_name("_sandboxed"))
 START_TIMEOUT = 120.0   # a cold zygote imports matplotlib: allow a slow first start
 REPLY_MARGIN = 10.0     # the zygote enforces the job timeout; this only catches a hung zygote
+MAX_SOURCE_BYTES = 16 << 20   # largest program accepted
+MAX_REPLY_BYTES = 96 << 20    # = the zygote's MAX_RESULT
+SANDBOX_MARKERS = ("Read-only file system", "Permission denied", "Network is unreachable",
+                   "Connection refused", "Operation not permitted", "Temporary failure in name resolution",
+                   "Name or service not known", "Resource temporarily unavailable",
+                   "Directory nonexistent", "can't fork")
 
 
 # bwrap --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits, so every
@@ -60,38 +68,37 @@ class _Zygote:
         self.handler, self.info, self.limits, self.timeout = handler, info, limits, timeout
         self.extra_env, self.ro_paths, self.seed_dirs = extra_env, ro_paths, seed_dirs
         self.proc: subprocess.Popen | None = None
-        self.root = ""
-        self.inner_root = ""
+        self.root = ""      # the worker's writable directory (the jobs' tmpfs is mounted over it)
+        self.logdir = ""    # the zygote's stderr, in a directory no job can reach
         self.versions: dict[str, str] = {}
+        self.isolation = "unknown"
         self._buf = b""
-        self._next_id = 0
+        self._jobs = 0
 
     def start(self) -> None:
         self.root = make_workdir("visalign-zygote-", self.info.uid)
-        for rel, src in self.seed_dirs.items():  # e.g. a prebuilt font cache the worker may update
-            dest = os.path.join(self.root, rel)
-            shutil.copytree(src, dest)
-            if self.info.uid is not None:
-                for d, _, files in os.walk(dest):
-                    os.chown(d, self.info.uid, self.info.uid)
-                    for f in files:
-                        os.chown(os.path.join(d, f), self.info.uid, self.info.uid)
+        self.logdir = tempfile.mkdtemp(prefix="visalign-zygote-log-")
         # The zygote may kill every process it can signal after each job (kill(-1)) only when those
         # are its jobs' alone: in its own PID namespace, or as a uid of its own.
         own_pidns = self.info.level == "bubblewrap" or (
             self.info.level == "namespaces+rlimits" and os.geteuid() == 0)
         kill_all = own_pidns or self.info.uid is not None
-        argv = [sys.executable, "-I", os.path.join(HANDLER_DIR, "zygote.py"),
-                self.handler, "{workdir}", "1" if kill_all else "0"]
-        full, inner = wrap_argv(argv, self.root, self.info, self.ro_paths + [HANDLER_DIR])
-        self.inner_root = inner
+        # bubblewrap binds the install read-only and drops the uid before Python starts; the fallback
+        # levels start Python as root and drop after the imports, so a 0700 home still works.
+        early_drop = self.info.level == "bubblewrap"
+        cfg = {"timeout": self.timeout, "kill_all": kill_all,
+               "quota": {"disk_mb": self.limits.disk_mb, "inodes": self.limits.max_inodes},
+               "drop_uid": None if early_drop else self.info.uid,
+               "seed": dict(self.seed_dirs)}
+        argv = [sys.executable, "-I", os.path.join(HANDLER_DIR, "zygote.py"), self.handler, "{workdir}",
+                json.dumps(cfg)]
+        ro = self.ro_paths + [HANDLER_DIR] + list(self.seed_dirs.values())
+        full, inner = wrap_argv(argv, self.root, self.info, ro, drop=early_drop)
         full = [a.replace("{workdir}", inner) for a in full]
         env = clean_env(inner, {k: v.replace("{workdir}", inner) for k, v in self.extra_env.items()})
         # The zygote's own CPU limit must outlast many jobs: the per-job limit is set in each child.
-        limits = SandboxLimits(memory_mb=self.limits.memory_mb, cpu_seconds=10**7,
-                               max_processes=self.limits.max_processes, max_file_mb=self.limits.max_file_mb,
-                               max_open_files=self.limits.max_open_files)
-        log_path = os.path.join(self.root, "zygote.log")
+        limits = dataclasses.replace(self.limits, cpu_seconds=10**7)
+        log_path = os.path.join(self.logdir, "zygote.log")
         with open(log_path, "wb") as log:
             self.proc = _SPAWNER.submit(
                 subprocess.Popen, full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.root,
@@ -106,22 +113,26 @@ class _Zygote:
             raise WorkerDied(f"{self.handler} worker failed to start ({self.info.level}): {err}")
         self.versions = {str(k): str(v) for k, v in (hello.get("versions") or {}).items()}
 
-    def _read_line(self, timeout: float) -> dict[str, Any]:
+    def _fill(self, need: int, deadline: float) -> None:
+        """Read from the zygote until ``need`` bytes are buffered (or a newline when need < 0)."""
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
+        while (b"\n" not in self._buf) if need < 0 else (len(self._buf) < need):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WorkerDied(f"worker gave no answer within {timeout:.0f} s")
+                raise WorkerDied(f"worker gave no answer within {self.timeout + REPLY_MARGIN:.0f} s")
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
-                chunk = os.read(fd, 1 << 16)
+                chunk = os.read(fd, 1 << 20)
                 if not chunk:
-                    raise WorkerDied("worker exited")
+                    log = _tail(os.path.join(self.logdir, "zygote.log"), 300) if self.logdir else ""
+                    raise WorkerDied("worker exited" + (f" ({log})" if log else ""))
                 self._buf += chunk
-                if len(self._buf) > 1 << 22:
+                if need < 0 and len(self._buf) > 1 << 16:
                     raise WorkerDied("worker sent an oversized reply")
+
+    def _read_line(self, timeout: float) -> dict[str, Any]:
+        self._fill(-1, time.monotonic() + timeout)
         line, self._buf = self._buf.split(b"\n", 1)
         try:
             msg = json.loads(line)
@@ -131,32 +142,39 @@ class _Zygote:
             raise WorkerDied("worker sent a non-object reply")
         return msg
 
+    def _read_bytes(self, n: int, timeout: float) -> bytes:
+        self._fill(n, time.monotonic() + timeout)
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def run(self, source: str, options: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def run(self, source: str, options: dict[str, Any]) -> tuple[dict[str, Any], bytes, bytes]:
+        """Run one job; returns the zygote's reply, the job's raw result and its output tail."""
         if not self.alive():
             self.stop()
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
-        self._next_id += 1
-        jid = self._next_id
-        job = {"id": jid, "source": source, "timeout": timeout, "options": options}
+        payload = json.dumps({"source": source, "options": options}).encode()
+        if len(payload) > MAX_SOURCE_BYTES:
+            raise ValueError(f"source of {len(payload)} bytes is over the {MAX_SOURCE_BYTES} byte limit")
         try:
-            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.write(b"%d\n" % len(payload) + payload)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise WorkerDied("worker exited") from exc
-        reply = self._read_line(timeout + REPLY_MARGIN)
-        if reply.get("id") != jid:
+        self._jobs += 1
+        reply = self._read_line(self.timeout + REPLY_MARGIN)
+        if reply.get("n") != self._jobs:
             raise WorkerDied("worker answered out of order")
-        return reply
-
-    def job_path(self, rel: str) -> str:
-        return os.path.join(self.root, rel)
-
-    def clean_job(self, jid_rel: str) -> None:
-        shutil.rmtree(os.path.join(self.root, jid_rel.split("/")[0]), ignore_errors=True)
+        sizes = [reply.get("result"), reply.get("output")]
+        if not all(isinstance(n, int) and 0 <= n <= MAX_REPLY_BYTES for n in sizes):
+            raise WorkerDied("worker sent a malformed reply")
+        result = self._read_bytes(sizes[0], REPLY_MARGIN)
+        output = self._read_bytes(sizes[1], REPLY_MARGIN)
+        self.isolation = str(reply.get("isolation"))
+        return reply, result, output
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -168,9 +186,11 @@ class _Zygote:
                 self.proc.stdout.close()
             self.proc = None
         self._buf = b""
-        if self.root:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = ""
+        self._jobs = 0
+        for d in (self.root, self.logdir):
+            if d:  # rmtree never follows a link a job planted (fd-based on Linux)
+                shutil.rmtree(d, ignore_errors=True)
+        self.root = self.logdir = ""
 
 
 _LIVE_POOLS: weakref.WeakSet[ZygotePool] = weakref.WeakSet()
@@ -249,8 +269,10 @@ class ZygotePool:
 
     def _one(self, z: _Zygote, source: str, options: dict[str, Any]) -> RenderResult:
         t0 = time.perf_counter()
+        if not isinstance(source, str):
+            return RenderResult.failure("syntax", f"expected source text, got {type(source).__name__}")
         try:
-            reply = z.run(source, options, self.timeout)
+            reply, result, output = z.run(source, options)
         except WorkerDied as exc:
             seconds = time.perf_counter() - t0
             z.stop()
@@ -259,36 +281,48 @@ class ZygotePool:
             # A hung zygote means the job outlived its deadline; a dead one means the program killed it.
             kind = "timeout" if "no answer" in str(exc) else "runtime"
             return RenderResult.failure(kind, f"render worker lost: {exc}", seconds)
+        except ValueError as exc:
+            return RenderResult.failure("memory", str(exc), time.perf_counter() - t0)
         except Exception as exc:  # e.g. the zygote could not be restarted
             z.stop()
             return RenderResult.failure("internal", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
-        rel_dir = f"job-{reply.get('id')}"
         try:
-            return self._result_from(z, reply, time.perf_counter() - t0)
-        finally:
-            z.clean_job(rel_dir)
+            return self._result_from(reply, result, output, time.perf_counter() - t0)
+        except Exception as exc:  # whatever the job wrote fails this sample only
+            return RenderResult.failure("internal", f"unreadable result: {type(exc).__name__}: {exc}",
+                                        time.perf_counter() - t0)
 
-    def _result_from(self, z: _Zygote, reply: dict[str, Any], seconds: float) -> RenderResult:
-        seconds = float(reply.get("seconds") or seconds)
-        trace = None
-        if isinstance(reply.get("trace"), str):
-            trace = _read_json(z.job_path(reply["trace"]))
-        kind = reply.get("error_kind")
+    def _result_from(self, reply: dict[str, Any], raw: bytes, output: bytes, seconds: float) -> RenderResult:
+        """Turn the zygote's reply and the job's untrusted bytes into a result (all checks here)."""
+        seconds = float(reply["seconds"]) if isinstance(reply.get("seconds"), (int, float)) else seconds
+        tail = output.decode(errors="replace").strip()
+        if reply.get("timed_out"):
+            return RenderResult.failure("timeout", f"no result within {self.timeout:g} s", seconds)
+        size = reply.get("result_size")
+        if isinstance(size, int) and size > MAX_REPLY_BYTES:
+            return RenderResult.failure("memory", f"the result was {size} bytes, over the limit", seconds)
+        result = parse_result(raw)
+        if result is None:
+            status = reply.get("status")
+            kind, msg = status_to_error(status if isinstance(status, int) else 0, self.timeout)
+            return RenderResult.failure(kind, msg + (f": {tail[-600:]}" if tail else ""), seconds)
+        header, blobs = result
+        trace = _parse_trace(blobs.get("trace"))
+        kind = header.get("error_kind")
         if kind is not None:
-            kind = kind if kind in ("timeout", "memory", "syntax", "runtime", "no_output", "blank",
-                                    "sandbox", "internal") else "internal"
-            res = RenderResult.failure(kind, str(reply.get("error") or kind), seconds)
+            kind = kind if kind in _JOB_KINDS else "internal"
+            error = str(header.get("error") or kind)[:2000]
+            if kind in ("runtime", "no_output") and any(m in tail[-4000:] for m in SANDBOX_MARKERS):
+                kind = "sandbox"  # e.g. os.system() hitting the read-only system
+                error = f"{error} (the program tried a forbidden action: {tail[-300:]})"
+            res = RenderResult.failure(kind, error, seconds)
             res.trace = trace
             return res
-        png = reply.get("png")
-        if not isinstance(png, str):
-            return RenderResult.failure("internal", "worker returned no image", seconds)
+        png = blobs.get("png")
+        if not png:
+            return RenderResult.failure("internal", "the worker reported success without an image", seconds)
         try:
-            path = z.job_path(png)
-            if os.path.getsize(path) > 256 << 20:
-                raise ValueError("PNG larger than 256 MiB")
-            with open(path, "rb") as f:
-                image = load_png(f.read(), self.max_pixels, self.background)
+            image = load_png(png, self.max_pixels, self.background)
         except (OSError, ValueError, SyntaxError) as exc:
             return RenderResult.failure("internal", f"unreadable image from worker: {exc}", seconds)
         except Exception as exc:  # PIL raises DecompressionBombError and friends
@@ -314,6 +348,8 @@ class ZygotePool:
                 z = self._free.get()
                 try:
                     results[i] = self._one(z, sources[i], options)
+                except Exception as exc:  # never lose the rest of the batch
+                    results[i] = RenderResult.failure("internal", f"{type(exc).__name__}: {exc}")
                 finally:
                     self._free.put(z)
                 if progress is not None:
@@ -346,12 +382,81 @@ def _tail(path: str, n: int = 800) -> str:
         return ""
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    try:
-        if os.path.getsize(path) > 32 << 20:
-            return {"error": "trace larger than 32 MiB"}
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+_JOB_KINDS = ("timeout", "memory", "syntax", "runtime", "no_output", "blank", "sandbox", "internal")
+MAX_HEADER_BYTES = 64 << 10
+MAX_TRACE_DEPTH = 32
+
+
+def parse_result(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """Split a job's result (a JSON header line, then raw blobs) into the header and its blobs.
+
+    Everything in it was written by the untrusted program's process: any malformed, oversized or
+    inconsistent result is None (the sample fails; nothing is raised).
+
+    Example:
+        >>> parse_result(b'{"error_kind": null, "blobs": [["png", 3]]}\\nabc')
+        ({'error_kind': None, 'blobs': [['png', 3]]}, {'png': b'abc'})
+        >>> parse_result(b"[" * 100000) is None
+        True
+    """
+    end = raw.find(b"\n", 0, MAX_HEADER_BYTES)
+    if end < 0:
         return None
+    try:
+        header = json.loads(raw[:end])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict) or not isinstance(header.get("blobs", []), list):
+        return None
+    blobs: dict[str, bytes] = {}
+    offset = end + 1
+    for item in header.get("blobs", []):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int) and 0 <= item[1] <= len(raw) - offset):
+            return None
+        blobs[item[0]] = raw[offset:offset + item[1]]
+        offset += item[1]
+    return header, blobs
+
+
+def _depth(obj: Any, limit: int) -> bool:
+    """True when ``obj`` nests no deeper than ``limit`` (iterative: no recursion on hostile data)."""
+    stack = [(obj, 0)]
+    while stack:
+        cur, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(cur, dict):
+            stack.extend((v, d + 1) for v in cur.values())
+        elif isinstance(cur, list):
+            stack.extend((v, d + 1) for v in cur)
+    return True
+
+
+def _parse_trace(data: bytes | None) -> dict[str, Any] | None:
+    """The instrumentation trace, if it is a JSON object of bounded size and depth; else a marker."""
+    if not data:
+        return None
+    if len(data) > 32 << 20:
+        return {"error": "trace larger than 32 MiB"}
+    try:
+        trace = json.loads(data)
+    except (ValueError, RecursionError):
+        return {"error": "malformed trace"}
+    if not isinstance(trace, dict) or not _depth(trace, MAX_TRACE_DEPTH):
+        return {"error": "malformed trace"}
+    return trace
+
+
+def status_to_error(status: int, timeout: float) -> tuple[str, str]:
+    """Error kind and message for a job process that ended (wait status) without a result."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGXCPU:
+            return "timeout", f"CPU time limit ({timeout:g} s) exceeded"
+        if sig == signal.SIGXFSZ:
+            return "memory", "file size limit exceeded"
+        return "runtime", f"the program was killed by {name}"
+    code = os.WEXITSTATUS(status)
+    return "runtime", f"the program exited with status {code} before it finished"

@@ -50,6 +50,9 @@ class SandboxLimits:
         max_processes: process/thread limit for the sandbox uid (``RLIMIT_NPROC``).
         max_file_mb: largest file a process may write (``RLIMIT_FSIZE``), in MiB.
         max_open_files: ``RLIMIT_NOFILE``.
+        disk_mb: size of the tmpfs each pooled job writes into (its directory, ``/tmp``, ``/var/tmp``
+            and ``/dev/shm`` together), where per-job namespaces are available.
+        max_inodes: files and directories that tmpfs holds.
     """
 
     memory_mb: int = 2048
@@ -57,6 +60,8 @@ class SandboxLimits:
     max_processes: int = 64
     max_file_mb: int = 64
     max_open_files: int = 256
+    disk_mb: int = 256
+    max_inodes: int = 4096
 
 
 @dataclass(frozen=True)
@@ -191,12 +196,13 @@ def _drop_argv(uid: int | None) -> list[str]:
 
 
 def wrap_argv(argv: Sequence[str], workdir: str, info: SandboxInfo, ro_paths: Sequence[str] = (),
-              inner_workdir: str = "/sandbox") -> tuple[list[str], str]:
+              inner_workdir: str = "/sandbox", drop: bool = True) -> tuple[list[str], str]:
     """Wrap ``argv`` for the sandbox level in ``info``.
 
-    Returns the full argv and the path of the work directory as the child sees it.
+    ``drop=False`` leaves the switch to ``info.uid`` to the command itself (the zygote drops after
+    its imports). Returns the full argv and the path of the work directory as the child sees it.
     """
-    drop = _drop_argv(info.uid)
+    drop_argv = _drop_argv(info.uid) if drop else []
     if info.level == "bubblewrap":
         cmd = [info.bwrap or "bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
@@ -218,13 +224,13 @@ def wrap_argv(argv: Sequence[str], workdir: str, info: SandboxInfo, ro_paths: Se
         for p in binds:
             cmd += ["--ro-bind", p, p]
         cmd += ["--bind", workdir, inner_workdir, "--chdir", inner_workdir, "--"]
-        return cmd + drop + list(argv), inner_workdir
+        return cmd + drop_argv + list(argv), inner_workdir
     if info.level == "namespaces+rlimits":
         ns = ["unshare", "--net"]
         ns += ["--pid", "--fork", "--kill-child", "--mount-proc"] if os.geteuid() == 0 else [
             "--user", "--map-current-user"]
-        return ns + ["--"] + drop + list(argv), workdir
-    return drop + list(argv), workdir
+        return ns + ["--"] + drop_argv + list(argv), workdir
+    return drop_argv + list(argv), workdir
 
 
 def _outermost(paths) -> list[str]:
@@ -287,7 +293,7 @@ class SandboxRun:
 def run_sandboxed(argv: Sequence[str], workdir: str, timeout: float, *,
                   limits: SandboxLimits | None = None, ro_paths: Sequence[str] = (),
                   env: dict[str, str] | None = None, stdin: bytes | None = None,
-                  info: SandboxInfo | None = None, max_output: int = 1 << 20) -> SandboxRun:
+                  info: SandboxInfo | None = None, max_output: int = 1 << 20, drop: bool = True) -> SandboxRun:
     """Run ``argv`` once in the sandbox with ``workdir`` as its only writable directory.
 
     ``argv`` paths inside the work dir must use the returned inner path; use ``{workdir}`` in an
@@ -300,7 +306,7 @@ def run_sandboxed(argv: Sequence[str], workdir: str, timeout: float, *,
     """
     info = info or detect_sandbox()
     limits = limits or SandboxLimits()
-    full, inner = wrap_argv(argv, workdir, info, ro_paths)
+    full, inner = wrap_argv(argv, workdir, info, ro_paths, drop=drop)
     full = [a.replace("{workdir}", inner) for a in full]
     t0 = time.perf_counter()
     proc = subprocess.Popen(full, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -319,11 +325,18 @@ def run_sandboxed(argv: Sequence[str], workdir: str, timeout: float, *,
     return SandboxRun(proc.returncode, timed_out, out[:max_output], err[:max_output], time.perf_counter() - t0)
 
 
+_PROBE = ("import os, sys\nu = int(sys.argv[1])\nif u >= 0:\n    os.setgroups([]); os.setresgid(u, u, u); "
+          "os.setresuid(u, u, u)\nprint(os.getcwd(), os.getuid())")
+
+
 def _probe(info: SandboxInfo) -> tuple[bool, str]:
+    """Can Python start at this level, and (below bubblewrap) switch to the sandbox uid itself?"""
     d = make_workdir("visalign-probe-", info.uid)
+    early = info.level == "bubblewrap"
+    uid = -1 if early or info.uid is None else info.uid
     try:
-        run = run_sandboxed([sys.executable, "-I", "-c", "import os; print(os.getcwd())"],
-                            d, timeout=20, ro_paths=python_ro_paths(), info=info)
+        run = run_sandboxed([sys.executable, "-I", "-c", _PROBE, str(uid)], d, timeout=20,
+                            ro_paths=python_ro_paths(), info=info, drop=early)
         ok = run.returncode == 0 and not run.timed_out
         return ok, run.stderr.decode(errors="replace").strip()[-300:]
     except OSError as exc:
@@ -365,7 +378,6 @@ def _detect() -> SandboxInfo:
         if ok:
             return info
         notes.append(f"unshare failed: {why}")
-    # Dropping to another uid only works if that uid can reach the interpreter.
     info = SandboxInfo("rlimits only", uid, None, "; ".join(notes + ["no network isolation"]))
     ok, why = _probe(info)
     if not ok and uid is not None:

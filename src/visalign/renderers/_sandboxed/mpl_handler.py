@@ -7,7 +7,8 @@ matplotlib, so a job pays only for its own drawing. Figures are captured whether
 
 Instrumentation: ``options["instrument"]`` names hooks from :data:`INSTRUMENTS`. Each hook is an
 object with ``install()`` (called before the program runs) and ``collect() -> dict`` (called after);
-their JSON-able results are written to ``trace.json`` and reach the caller as ``RenderResult.trace``.
+their JSON-able results travel with the result (as bytes the parent parses) and reach the caller as
+``RenderResult.trace``.
 Hooks are collected last, after the final capture of the figures, so that hooks recording at draw
 time see every render. ``chart`` (``mpl_instrument.py``) feeds the chart-code metrics.
 """
@@ -45,7 +46,7 @@ def preload() -> dict:
         except Exception:
             pass
     _warm_up(plt, np)
-    _state.update(classify_exception=classify_exception, write_result=write_result)
+    _state.update(classify_exception=classify_exception, write_result=write_result, dumps=json.dumps)
     return {"matplotlib": matplotlib.__version__, "numpy": np.__version__}
 
 
@@ -115,8 +116,8 @@ def _stack(pngs: list[bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _write_trace(names: list[str], hooks: list, jobdir: str) -> str | None:
-    """Collect every hook into ``trace.json``; returns its name, or None without hooks."""
+def _trace(names: list[str], hooks: list) -> bytes | None:
+    """Every hook's records as JSON bytes; None without hooks."""
     if not hooks:
         return None
     trace = {}
@@ -126,11 +127,9 @@ def _write_trace(names: list[str], hooks: list, jobdir: str) -> str | None:
         except Exception as exc:
             trace[name] = {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        with open(os.path.join(jobdir, "trace.json"), "w") as f:
-            json.dump(trace, f, default=str)
-    except Exception:  # e.g. the program broke json or open: no trace, the caller copes
+        return _state["dumps"](trace, default=str).encode()
+    except Exception:  # e.g. the program broke json: no trace, the caller copes
         return None
-    return "trace.json"
 
 
 def run(source: str, opts: dict, jobdir: str) -> None:
@@ -165,12 +164,12 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         hook.install()
 
     def finish(**result) -> None:  # traces last: a hook recording at draw time sees the final renders
-        write_result(jobdir, trace=_write_trace(names, hooks, jobdir), **result)
+        write_result(trace=_trace(names, hooks), **result)
 
     try:
         code = compile(source, "<generated>", "exec")
     except (SyntaxError, ValueError) as exc:
-        write_result(jobdir, error_kind="syntax", error=f"{type(exc).__name__}: {exc}")
+        write_result(error_kind="syntax", error=f"{type(exc).__name__}: {exc}")
         return
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     failure = None
@@ -207,6 +206,4 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         png = _stack([snapshots[n] for n in order])
     else:
         png = snapshots[order[-1]]
-    with open(os.path.join(jobdir, "out.png"), "wb") as f:
-        f.write(png)
-    finish(error_kind=None, error=None, png="out.png", figures=len(order))
+    finish(error_kind=None, error=None, png=png, figures=len(order))

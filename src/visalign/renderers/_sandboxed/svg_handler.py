@@ -7,7 +7,6 @@ before anything is allocated.
 
 from __future__ import annotations
 
-import os
 import re
 
 _state: dict = {}
@@ -44,7 +43,7 @@ def declared_size(source: str) -> tuple[float, float] | None:
 def run(source: str, opts: dict, jobdir: str) -> None:
     write_result = _state["write_result"]
     if not source.strip():
-        write_result(jobdir, error_kind="no_output", error="empty SVG source")
+        write_result(error_kind="no_output", error="empty SVG source")
         return
     width, height = opts.get("width"), opts.get("height")
     max_pixels = int(opts.get("max_pixels") or 40_000_000)
@@ -58,7 +57,7 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         elif width and height:
             w, h = width, height
         if w * h > max_pixels:
-            write_result(jobdir, error_kind="memory", error=f"SVG of {w:.0f}x{h:.0f} px exceeds max_pixels={max_pixels}")
+            write_result(error_kind="memory", error=f"SVG of {w:.0f}x{h:.0f} px exceeds max_pixels={max_pixels}")
             return
     kwargs = {"svg_string": source}
     if width:
@@ -70,18 +69,16 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     try:
         png = _state["resvg"].svg_to_bytes(**kwargs)
     except MemoryError as exc:
-        write_result(jobdir, error_kind="memory", error=f"MemoryError: {exc}")
+        write_result(error_kind="memory", error=f"MemoryError: {exc}")
         return
     except ValueError as exc:
         kind = "syntax" if "render" not in str(exc).lower() else "runtime"
-        write_result(jobdir, error_kind=kind, error=f"invalid SVG: {exc}")
+        write_result(error_kind=kind, error=f"invalid SVG: {exc}")
         return
     except BaseException as exc:
-        write_result(jobdir, error_kind="runtime", error=f"{type(exc).__name__}: {exc}")
+        write_result(error_kind="runtime", error=f"{type(exc).__name__}: {exc}")
         return
     if not png:
-        write_result(jobdir, error_kind="no_output", error="resvg produced no image")
+        write_result(error_kind="no_output", error="resvg produced no image")
         return
-    with open(os.path.join(jobdir, "out.png"), "wb") as f:
-        f.write(png)
-    write_result(jobdir, error_kind=None, error=None, png="out.png")
+    write_result(error_kind=None, error=None, png=png)

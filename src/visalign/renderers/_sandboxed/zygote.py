@@ -1,27 +1,38 @@
 """Fork server ("zygote") that runs inside the sandbox. Standalone: imports nothing from visalign.
 
 Started once per worker slot with a handler module (``mpl_handler`` or ``svg_handler``) that preloads
-its heavy imports. Then, per job read from stdin as one JSON line, it forks a child that runs the job
-in a fresh directory with its own process group and CPU limit; the zygote enforces the wall-clock
-timeout, kills everything the job left behind, and answers one JSON line on stdout:
+its heavy imports. The zygote never holds any job's content, so no job can find an earlier one in
+the memory it inherits (the reference program, another sample's code or image):
 
-    {"id": 3, "error_kind": null | "timeout" | ..., "error": str | null, "png": "job-3/out.png" | null,
-     "trace": "job-3/trace.json" | null, "seconds": 0.12}
+1. *Fork first.* Before a job arrives the zygote forks a child that isolates itself (see
+   :func:`isolate`), then reads its one job straight from the zygote's stdin, closes stdin and tells
+   the zygote it started. The zygote itself never reads stdin.
+2. The child runs the job and writes its result (a small JSON header, then raw blobs such as the PNG
+   and the trace) into a memfd the zygote made for it; stdout and stderr go to another memfd.
+3. The zygote enforces the wall-clock timeout, kills everything the job left, and answers the
+   parent with one JSON line ``{"n", "status", "timed_out", "seconds", "result", "output",
+   "isolation"}`` followed by ``result`` bytes of the result memfd and ``output`` bytes of the
+   output's tail, copied by the kernel (``sendfile``): the zygote never reads them either. The
+   parent parses and validates everything the job wrote; nothing is a path.
 
-The child's result file is written by code that shares its address space with the untrusted program,
-so the zygote reads it as plain JSON data and the parent validates the PNG again.
+Job frames on stdin: ``b"<length>\\n"`` then ``length`` bytes of JSON ``{"source", "options"}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import gc
 import importlib
 import json
 import os
+import platform
 import resource
 import select
+import shutil
 import signal
+import struct
 import sys
 import time
 
@@ -31,6 +42,35 @@ SANDBOX_MARKERS = ("Read-only file system", "Permission denied", "Network is unr
                    "Connection refused", "Operation not permitted", "Temporary failure in name resolution",
                    "Name or service not known", "Resource temporarily unavailable",
                    "Directory nonexistent", "can't fork")
+MAX_RESULT = 96 << 20      # bytes of result the zygote forwards (the file-size limit is lower)
+OUTPUT_TAIL = 4000         # bytes of the program's stdout/stderr forwarded
+MAX_FRAME = 64 << 20       # largest job frame a child accepts
+EXIT_NO_JOB = 3            # the child found stdin closed: the pool is shutting down
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_state: dict = {"result_fd": -1, "job_pid": -1}
+_dumps = json.dumps  # bound before any program runs: a program that breaks json breaks only itself
+
+
+# ---- what the job child calls ---------------------------------------------------------------------
+
+def write_result(**result: object) -> None:
+    """Record the job's outcome: ``bytes`` values travel as raw blobs, the rest as a JSON header.
+
+    Called in the job's process, which the untrusted program shares: the parent treats all of it as
+    untrusted data. Processes the program forked share this code; only the job's own process answers.
+    """
+    if os.getpid() != _state["job_pid"]:
+        os._exit(0)
+    fd = _state["result_fd"]
+    blobs = {k: v for k, v in result.items() if isinstance(v, (bytes, bytearray))}
+    header = {k: v for k, v in result.items() if k not in blobs}
+    header["blobs"] = [[k, len(v)] for k, v in blobs.items()]
+    data = _dumps(header, default=str).encode() + b"\n" + b"".join(bytes(v) for v in blobs.values())
+    os.ftruncate(fd, 0)
+    view, off = memoryview(data), 0
+    while off < len(data):
+        off += os.pwrite(fd, view[off:], off)
 
 
 def classify_exception(exc: BaseException, workdir: str) -> str:
@@ -57,35 +97,227 @@ def classify_exception(exc: BaseException, workdir: str) -> str:
     return "runtime"
 
 
-def write_result(jobdir: str, **result: object) -> None:
-    """Called in the child: record the outcome for the zygote.
+# ---- per-job isolation ------------------------------------------------------------------------------
 
-    Processes the program forked share this code; only the job's own process may answer.
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 1 << 18
+# Syscalls no job needs that reach state outliving it: SysV IPC, POSIX message queues, kernel keys.
+_DENIED = {
+    "x86_64": (0xC000003E, {"shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240, "add_key": 248,
+                            "request_key": 249, "keyctl": 250}),
+    "aarch64": (0xC00000B7, {"shmget": 194, "semget": 190, "msgget": 186, "mq_open": 180, "add_key": 217,
+                             "request_key": 218, "keyctl": 219}),
+}
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def deny_syscalls() -> bool:
+    """Install a seccomp filter that fails the :data:`_DENIED` syscalls with EPERM (x32 calls too).
+
+    Returns False on an architecture without a table (nothing installed).
     """
-    if str(os.getpid()) != os.environ.get("VISALIGN_JOB_PID"):
-        os._exit(0)
-    tmp = os.path.join(jobdir, ".result.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, os.path.join(jobdir, "result.json"))
+    machine = platform.machine()
+    if machine not in _DENIED:
+        return False
+    arch, calls = _DENIED[machine]
+
+    def ins(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM
+    nrs = sorted(calls.values())
+    prog = [ins(ld_w_abs, 0, 0, 4), ins(jeq_k, 1, 0, arch), ins(ret_k, 0, 0, allow), ins(ld_w_abs, 0, 0, 0)]
+    if machine == "x86_64":  # the x32 ABI reaches the same calls with bit 30 set
+        prog.append(ins(jge_k, len(nrs) + 1, 0, 0x40000000))
+    for i, nr in enumerate(nrs):
+        prog.append(ins(jeq_k, len(nrs) - i, 0, nr))
+    prog += [ins(ret_k, 0, 0, allow), ins(ret_k, 0, 0, deny)]
+    buf = ctypes.create_string_buffer(b"".join(prog))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+    _check(_libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "PR_SET_SECCOMP")
+    return True
 
 
-def _wait(pid: int, timeout: float) -> tuple[int | None, bool]:
-    """Wait for ``pid`` up to ``timeout`` s; returns (wait status or None, timed_out)."""
-    deadline = time.monotonic() + timeout
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _drop_capabilities() -> None:
+    """Empty every capability set (the job keeps none of the user namespace's)."""
+    for cap in range(64):
+        if _libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:  # PR_CAPBSET_DROP
+            break
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = ctypes.create_string_buffer(24)     # two zeroed __user_cap_data_struct
+    _check(_libc.capset(ctypes.c_char_p(header), data), "capset")
+
+
+def isolate(root: str, quota: dict) -> str:
+    """Give this (child) process a file system and IPC namespace of its own; returns how.
+
+    ``"namespace"``: a new user, mount and IPC namespace; a fresh tmpfs (size and inode quota) is
+    mounted over the worker's directory and also serves ``/tmp``, ``/var/tmp`` and ``/dev/shm``, so
+    nothing an earlier job wrote is visible and everything this job writes disappears with it. The
+    mounts are locked (the job keeps no capability, and a nested namespace cannot unmount them).
+    ``"shared"``: namespaces are unavailable here; the zygote wipes the writable places after each job.
+    Both deny the SysV IPC, message-queue and keyring syscalls (:func:`deny_syscalls`).
+    """
+    uid, gid = os.getuid(), os.getgid()
+    how = "shared"
+    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC) == 0:
+        _libc.prctl(4, 1, 0, 0, 0)  # dumpable for a moment: /proc/self is ours again, maps writable
+        try:
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"{uid} {uid} 1")
+            _write("/proc/self/gid_map", f"{gid} {gid} 1")
+        finally:
+            _libc.prctl(4, 0, 0, 0, 0)
+        _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        opts = f"size={int(quota['disk_mb'])}m,nr_inodes={int(quota['inodes'])},mode=0700".encode()
+        _check(_libc.mount(b"visalign-job", root.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), "mount tmpfs")
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+        for shared in ("/tmp", "/var/tmp", "/dev/shm"):
+            if os.path.isdir(shared) and not os.path.islink(shared):
+                name = "." + shared.strip("/").replace("/", "-")
+                os.mkdir(name, 0o700, dir_fd=root_fd)
+                src = f"/proc/self/fd/{root_fd}/{name}".encode()
+                _check(_libc.mount(src, shared.encode(), None, MS_BIND, None), f"bind {shared}")
+        if not (os.path.isdir(root) and os.path.samestat(os.stat(root), os.fstat(root_fd))):
+            os.makedirs(root, 0o700)  # the worker's directory was under a place just replaced
+            _check(_libc.mount(f"/proc/self/fd/{root_fd}".encode(), root.encode(), None, MS_BIND, None),
+                   "bind the job tmpfs")
+        os.close(root_fd)
+        _drop_capabilities()
+        how = "namespace"
+    deny_syscalls()
+    return how
+
+
+def wipe_shared(root: str) -> None:
+    """After a job in ``shared`` isolation: delete what our uid wrote in the writable places."""
+    uid = os.getuid()
+    for place in (root, "/tmp", "/var/tmp", "/dev/shm"):
+        try:
+            names = os.listdir(place)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(place, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid != uid:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                for d, dirs, _ in os.walk(path):  # a job may leave unreadable directories behind
+                    for sub in dirs:
+                        with contextlib.suppress(OSError):
+                            os.chmod(os.path.join(d, sub), 0o700, follow_symlinks=False)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+# ---- the job child --------------------------------------------------------------------------------
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_job() -> dict:
+    """Read one frame from stdin without reading past it (the next job's bytes stay in the pipe)."""
+    head = b""
+    while not head.endswith(b"\n"):
+        c = os.read(0, 1)
+        if not c:
+            raise EOFError
+        head += c
+        if len(head) > 24:
+            raise ValueError("bad job frame")
+    n = int(head)
+    if not 0 < n <= MAX_FRAME:
+        raise ValueError("bad job frame length")
+    return json.loads(_read_exact(0, n))
+
+
+def child_main(handler, root: str, cfg: dict, result_fd: int, output_fd: int, started_w: int) -> None:
+    """The pre-forked job process: isolate, take one job, run it."""
+    os.setsid()
+    try:
+        isolation = isolate(root, cfg["quota"])
+    except Exception as exc:  # the job must not run half-isolated
+        os.write(started_w, b"!" + f"{type(exc).__name__}: {exc}".encode()[:500])
+        os._exit(1)
+    try:
+        job = _read_job()
+    except EOFError:
+        os._exit(EXIT_NO_JOB)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the next job's frame must be out of this program's reach
+    os.write(started_w, isolation[:1].encode())
+    jobdir = os.path.join(root, "job")
+    if isolation == "shared":
+        jobdir = os.path.join(root, f"job-{os.urandom(8).hex()}")
+    os.mkdir(jobdir, 0o700)
+    os.chdir(jobdir)
+    os.environ.update(HOME=jobdir, TMPDIR=jobdir)
+    _state.update(result_fd=result_fd, job_pid=os.getpid())
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
+    os.closerange(3, result_fd)
+    os.closerange(result_fd + 1, 1 << 16)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    limit = int(sum(os.times()[:2])) + int(cfg["timeout"] + 1.999)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    options = job.get("options") or {}
+    source = job.get("source")
+    del job
+    handler.run(source, options, jobdir)
+
+
+# ---- the zygote -------------------------------------------------------------------------------------
+
+def _wait(pid: int, timeout: float | None) -> tuple[int | None, bool]:
+    """Wait for ``pid`` up to ``timeout`` s (None: forever); returns (wait status or None, timed_out)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         fd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         fd = None
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return None, True
             if fd is not None:
                 select.select([fd], [], [], left)
             else:
-                time.sleep(min(0.005, left))
+                time.sleep(0.005 if left is None else min(0.005, left))
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 return status, False
@@ -97,30 +329,26 @@ def _wait(pid: int, timeout: float) -> tuple[int | None, bool]:
 def _reap_all(kill_all: bool, pgid: int) -> None:
     """Kill whatever the job left running: every process we may signal when they are all ours (a
     PID namespace or a uid of our own), else the job's process group."""
-    for _ in range(50):
+    for _ in range(200):
         try:
             if kill_all:
                 os.kill(-1, signal.SIGKILL)  # every process we may signal, except us and init
-            else:
-                if pgid > 0:
-                    os.killpg(pgid, signal.SIGKILL)
+            elif pgid > 0:
+                os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         try:
-            while True:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    break
+            while os.waitpid(-1, os.WNOHANG)[0] != 0:
+                pass
         except ChildProcessError:
             pass
         if not kill_all or not _others_alive():
             return
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 def _others_alive() -> bool:
-    me = os.getpid()
-    uid = os.getuid()
+    me, uid = os.getpid(), os.getuid()
     for d in os.listdir("/proc"):
         if d.isdigit() and int(d) not in (1, me):
             try:
@@ -131,51 +359,20 @@ def _others_alive() -> bool:
     return False
 
 
-def run_child(handler, job: dict, jobdir: str) -> None:
-    """In the forked child: isolate, then let the handler run the untrusted source."""
-    os.setsid()
-    os.environ["VISALIGN_JOB_PID"] = str(os.getpid())
-    os.chdir(jobdir)
-    os.environ["HOME"] = jobdir
-    os.environ["TMPDIR"] = jobdir
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    out = os.open(os.path.join(jobdir, "output.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.closerange(3, 65536)
-    cpu = int(job["timeout"] + 1.999)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    used = int(sum(os.times()[:2]))
-    limit = used + cpu
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    handler.run(job["source"], job.get("options") or {}, jobdir)
+def _send(out_fd: int, src_fd: int, offset: int, count: int) -> None:
+    while count > 0:
+        n = os.sendfile(out_fd, src_fd, offset, count)
+        if n == 0:
+            break
+        offset += n
+        count -= n
 
 
-def _status_to_error(status: int, timeout: float) -> tuple[str, str]:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        if sig == signal.SIGXCPU:
-            return "timeout", f"CPU time limit ({timeout:g} s) exceeded"
-        if sig == signal.SIGXFSZ:
-            return "memory", "file size limit exceeded"
-        return "runtime", f"the program was killed by {name}"
-    code = os.WEXITSTATUS(status)
-    return "runtime", f"the program exited with status {code} before it finished"
-
-
-def handle(handler, job: dict, root: str, kill_all: bool) -> dict:
-    jid = int(job["id"])
-    rel = f"job-{jid}"
-    jobdir = os.path.join(root, rel)
-    os.mkdir(jobdir, 0o700)
-    t0 = time.perf_counter()
-    pid = -1
+def _fork(handler, root: str, cfg: dict, kill_all: bool):
+    """Fork the next job child; returns (pid, result_fd, output_fd, started_r)."""
+    result_fd = os.memfd_create("visalign-result", os.MFD_CLOEXEC)
+    output_fd = os.memfd_create("visalign-output", os.MFD_CLOEXEC)
+    started_r, started_w = os.pipe()
     for attempt in range(50):  # a fork bomb's leftovers may hold the process limit for a moment
         try:
             pid = os.fork()
@@ -183,106 +380,124 @@ def handle(handler, job: dict, root: str, kill_all: bool) -> dict:
         except BlockingIOError:
             _reap_all(kill_all, -1)
             time.sleep(0.02 * (attempt + 1))
-    if pid < 0:
-        return {"id": jid, "error_kind": "internal", "error": "could not fork a render process",
-                "png": None, "trace": None, "seconds": time.perf_counter() - t0}
-    if pid == 0:  # child
+    else:
+        raise OSError("could not fork a render process")
+    if pid == 0:
+        code = 0
         try:
-            run_child(handler, job, jobdir)
+            os.close(started_r)
+            child_main(handler, root, cfg, result_fd, output_fd, started_w)
+        except SystemExit:
+            pass
         except BaseException as exc:
-            try:
-                write_result(jobdir, error_kind="internal", error=f"{type(exc).__name__}: {exc}")
-            except BaseException:
-                pass
+            with contextlib.suppress(BaseException):
+                write_result(error_kind="internal", error=f"{type(exc).__name__}: {exc}")
         finally:
-            os._exit(0)
-    status, timed_out = _wait(pid, float(job["timeout"]))
-    seconds = time.perf_counter() - t0
-    _reap_all(kill_all, pid)
-    reply: dict = {"id": jid, "error_kind": None, "error": None, "png": None, "trace": None,
-                   "seconds": seconds}
-    if timed_out:
-        reply.update(error_kind="timeout", error=f"no result within {job['timeout']:g} s")
-        return reply
-    result = None
-    path = os.path.join(jobdir, "result.json")
-    try:
-        if os.path.getsize(path) < 4 << 20:
-            with open(path) as f:
-                result = json.load(f)
-    except (OSError, ValueError):
-        result = None
-    if not isinstance(result, dict):
-        kind, msg = _status_to_error(status if status is not None else 0, float(job["timeout"]))
-        reply.update(error_kind=kind, error=msg + _tail(jobdir))
-        return reply
-    kind = result.get("error_kind")
-    reply["error_kind"] = kind if isinstance(kind, str) else None
-    err = result.get("error")
-    reply["error"] = str(err)[:2000] if err is not None else None
-    if reply["error_kind"] in ("runtime", "no_output"):
-        output = _tail(jobdir, 4000)
-        if any(m in output for m in SANDBOX_MARKERS):  # e.g. os.system() hitting the read-only system
-            reply["error_kind"] = "sandbox"
-            reply["error"] = f"{reply['error']} (the program tried a forbidden action{output[:300]})"
-    for key in ("png", "trace"):
-        name = result.get(key)
-        if isinstance(name, str) and os.path.basename(name) == name and os.path.isfile(os.path.join(jobdir, name)):
-            reply[key] = f"{rel}/{name}"
-    if reply["error_kind"] is None and reply["png"] is None:
-        reply.update(error_kind="internal", error="the worker reported success without an image")
-    return reply
+            os._exit(code)
+    os.close(started_w)
+    return pid, result_fd, output_fd, started_r
 
 
-def _tail(jobdir: str, n: int = 600) -> str:
-    try:
-        with open(os.path.join(jobdir, "output.txt"), "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - n))
-            text = f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return f": {text}" if text else ""
+def serve(handler, root: str, cfg: dict, kill_all: bool, out) -> None:
+    """Run jobs until stdin closes; one reply line (+ blobs) per job."""
+    n = 0
+    while True:
+        pid, result_fd, output_fd, started_r = _fork(handler, root, cfg, kill_all)
+        try:
+            started = b""
+            while True:  # blocks until the child took a job (or failed): no job content passes here
+                chunk = os.read(started_r, 512)
+                if not chunk:
+                    break
+                started += chunk
+                if started[:1] != b"!":
+                    break
+            t0 = time.perf_counter()
+            if not started:
+                status, _ = _wait(pid, 30.0)
+                _reap_all(kill_all, pid)
+                if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_NO_JOB:
+                    return
+                raise RuntimeError(f"job process died before its job (status {status})")
+            if started[:1] == b"!":
+                _wait(pid, 30.0)
+                _reap_all(kill_all, pid)
+                raise RuntimeError(f"job isolation failed: {started[1:].decode(errors='replace')}")
+            n += 1
+            status, timed_out = _wait(pid, float(cfg["timeout"]))
+            seconds = time.perf_counter() - t0
+            _reap_all(kill_all, pid)
+            if started[:1] == b"s":
+                wipe_shared(root)
+            size = os.fstat(result_fd).st_size
+            out_size = os.fstat(output_fd).st_size
+            sent = size if 0 < size <= MAX_RESULT and not timed_out else 0
+            tail = min(out_size, OUTPUT_TAIL)
+            reply = {"n": n, "status": status, "timed_out": timed_out, "seconds": seconds, "result": sent,
+                     "result_size": size, "output": tail,
+                     "isolation": "namespace" if started[:1] == b"n" else "shared"}
+            out.write((json.dumps(reply) + "\n").encode())
+            out.flush()
+            _send(out.fileno(), result_fd, 0, sent)
+            _send(out.fileno(), output_fd, out_size - tail, tail)
+        finally:
+            for fd in (result_fd, output_fd, started_r):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def _no_ptrace() -> None:
-    """Make the zygote non-dumpable so a job (same uid) cannot ptrace it or read its fds."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except OSError:
-        pass
+    """Make the zygote non-dumpable (inherited by each fork) so a job cannot ptrace it, another
+    job, or read their memory and fds."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+
+
+def drop_privileges(uid: int) -> None:
+    """From root to ``uid`` (no groups, no capabilities, no way back), after the imports are done.
+
+    Used at the fallback levels: the interpreter and the package are read while still root, so they
+    may live under a directory the unprivileged uid cannot enter (a 0700 home).
+    """
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    _check(_libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
 
 
 def main() -> None:
-    handler_name, root, kill_all = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    handler_name, root = sys.argv[1], sys.argv[2]
+    cfg = json.loads(sys.argv[3])
+    kill_all = bool(cfg.get("kill_all"))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    handler = importlib.import_module(handler_name)
-    _no_ptrace()
+    sys.modules["zygote"] = sys.modules[__name__]  # handlers import this module: one copy of _state
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    out = sys.stdout
+    out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the protocol has its own fd: nothing else may write replies
+    _no_ptrace()
     try:
+        for rel, src in (cfg.get("seed") or {}).items():  # e.g. the prebuilt matplotlib font cache
+            dest = os.path.join(root, rel)
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+            if cfg.get("drop_uid") is not None:
+                for d, _, files in os.walk(dest):
+                    for path in [d] + [os.path.join(d, f) for f in files]:
+                        os.chown(path, int(cfg["drop_uid"]), int(cfg["drop_uid"]))
+        handler = importlib.import_module(handler_name)
         versions = handler.preload()
+        if cfg.get("drop_uid") is not None:
+            drop_privileges(int(cfg["drop_uid"]))
+            _no_ptrace()  # changing uids resets dumpable
         gc.collect()
         gc.freeze()  # keep the preloaded heap out of GC passes: forks then copy fewer pages
-        out.write(json.dumps({"ready": True, "versions": versions}) + "\n")
+        out.write((json.dumps({"ready": True, "versions": versions}) + "\n").encode())
+        out.flush()
     except Exception as exc:
-        out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        out.write((json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n").encode())
         out.flush()
         return
-    out.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        job = json.loads(line)
-        try:
-            reply = handle(handler, job, root, kill_all)
-        except Exception as exc:
-            reply = {"id": job.get("id"), "error_kind": "internal", "error": f"{type(exc).__name__}: {exc}",
-                     "png": None, "trace": None, "seconds": 0.0}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+    serve(handler, root, cfg, kill_all, out)
 
 
 if __name__ == "__main__":
