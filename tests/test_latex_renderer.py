@@ -18,7 +18,6 @@ from visalign.renderers.latex import (
     lingering_tex_processes,
     prepare,
 )
-from visalign.renderers.sandbox import sandbox_uid
 
 pytestmark = pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.which("pdftoppm") is None,
                                 reason=f"pdflatex/pdftoppm missing: {TEX_HINT} poppler-utils")
@@ -57,9 +56,9 @@ def _arr(image):
     return np.asarray(image.convert("L")).astype(int)
 
 
-def _our_tex_processes() -> list[int]:
-    """TeX processes of this test process: its descendants, and anything running as its sandbox uid."""
-    return lingering_tex_processes(sandbox_uid())
+def _our_tex_processes(r: LatexRenderer) -> list[int]:
+    """TeX processes of this test process: its descendants, and anything running as ``r``'s worker uids."""
+    return lingering_tex_processes(r.uids)
 
 
 def test_kinds_are_detected():
@@ -130,7 +129,7 @@ def test_infinite_macro_loop_times_out():
         elapsed = time.perf_counter() - t0
         assert res.error_kind == "timeout", res.error
         assert 3.0 <= elapsed < 3.0 + 1.5
-    assert not _our_tex_processes()
+    assert not _our_tex_processes(r)
 
 
 def test_reading_etc_passwd_is_a_sandbox_failure(renderer):
@@ -256,7 +255,7 @@ def test_close_leaves_no_process():
     r.render_batch([TABLE, FORMULA, r"\def\a{\a}\a"])
     r.close()
     r.close()  # twice is fine
-    assert not _our_tex_processes()
+    assert not _our_tex_processes(r)
     assert r.render(TABLE).error_kind == "internal"
 
 

@@ -39,6 +39,7 @@ tree, and ``\\write18``, are refused and reported as ``sandbox`` failures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -50,7 +51,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ import numpy as np
 from PIL import Image, ImageColor
 
 from .base import DEFAULT_MAX_PIXELS, Renderer, RenderResult, finish_image, load_png
-from .sandbox import SandboxInfo, SandboxLimits, detect_sandbox, make_workdir, run_sandboxed
+from .sandbox import SandboxInfo, SandboxLimits, allocate_uid, detect_sandbox, make_workdir, run_sandboxed
 
 TEX_HINT = "apt-get install texlive-latex-base texlive-latex-recommended texlive-latex-extra"
 POPPLER_HINT = "apt-get install poppler-utils"
@@ -77,6 +78,7 @@ WIDE = "40cm"        # varwidth limit for tables and formulas: the box shrinks t
 TEXT_WIDTH = "6.5in"  # varwidth limit for text bodies: paragraphs wrap at a page column
 BORDER_PT = 4.0       # standalone border and the padding kept around the cropped ink
 LOG_CAP = 1 << 20     # bytes of a log we read (head and tail)
+MAX_PNG_BYTES = 256 << 20
 FORMAT_REVISION = 2   # bump when the preamble below changes in a way the hash cannot see
 
 _FLOATS = r"""\makeatletter
@@ -135,9 +137,14 @@ _USEPACKAGE = re.compile(r"^\s*\\(?:usepackage|RequirePackage)\s*(?:\[([^\]]*)\]
 _DECLARE = re.compile(r"^\s*\\DeclareMathOperator\b")
 _ERROR_LINE = re.compile(r"^(?:(?P<file>[^\s:][^:\n]*):(?P<line>\d+): |! )(?P<msg>.*\S)")
 _CONTEXT_LINE = re.compile(r"^l\.(\d+) (.*)$")
-_REFUSED = re.compile(r"Not (?:reading from|writing to) (.+?) \((?:openin|openout)_any = \w\)")
-_RUNSYSTEM = re.compile(r"runsystem\((.*?)\)\.\.\.(?:disabled|restricted)")
-_CAPACITY = re.compile(r"TeX capacity exceeded, sorry \[([^\]]*)\]")
+# The log scans run in the parent on text the job wrote: each is linear in the text (a closing is
+# searched for once, then its opening only back to the previous closing; bounded quantifiers elsewhere).
+_REFUSED_END = re.compile(r" \((openin|openout)_any = \w\)")
+_REFUSED_OPEN = ("Not reading from ", "Not writing to ")
+_RUNSYSTEM_END = re.compile(r"\)\.\.\.(?:disabled|restricted)")
+_RUNSYSTEM_OPEN = ("runsystem(",)
+_CAPACITY = re.compile(r"TeX capacity exceeded, sorry \[([^\]\n]{0,200})\]")
+MAX_FOUND = 8        # refused paths / blocked commands kept from a log
 
 
 @dataclass(frozen=True)
@@ -351,34 +358,173 @@ def _clean(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_capped(path: str, cap: int = LOG_CAP) -> str | None:
-    """Head and tail (``cap`` bytes in all) of a regular file written in the sandbox; None if absent."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            if st.st_size <= cap:
-                data = f.read(cap)
-            else:
-                data = f.read(cap // 2) + b"\n[...]\n"
-                f.seek(st.st_size - cap // 2)
-                data += f.read(cap // 2)
-        return data.decode("utf-8", errors="replace")
-    finally:
+class _Planted(Exception):
+    """A job left a link, FIFO, device or directory where the parent expects a file it wrote."""
+
+
+class JobFiles:
+    """Read-only access to a finished job's directory that never resolves a path the job controls.
+
+    Every name is opened relative to a directory fd, one component at a time, with ``O_NOFOLLOW``
+    (intermediate directories with ``O_DIRECTORY`` too) and ``O_NONBLOCK``; only regular files are
+    read (checked with ``fstat`` on the open fd) and never more than the cap asked for. A link, FIFO,
+    device or directory in the way raises :class:`_Planted`: the job tampered with its outputs.
+    Use as a context manager.
+    """
+
+    _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+
+    def __init__(self, workdir: str) -> None:
+        self.fd = os.open(workdir, self._DIR_FLAGS)
+
+    def __enter__(self) -> JobFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def _open(self, name: str) -> int | None:
+        """An fd of the regular file ``name`` (``a/b/c``: components under the job dir), or None."""
+        parts = name.split("/")
+        dirfd, opened = self.fd, []
+        try:
+            for part in parts[:-1]:
+                try:
+                    dirfd = os.open(part, self._DIR_FLAGS, dir_fd=dirfd)
+                except FileNotFoundError:
+                    return None
+                except (NotADirectoryError, OSError) as exc:  # ELOOP: a link; ENOTDIR: a file
+                    raise _Planted(f"{name}: {part} is not a directory ({exc.strerror})") from None
+                opened.append(dirfd)
+            try:
+                fd = os.open(parts[-1], self._FILE_FLAGS, dir_fd=dirfd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise _Planted(f"{name} is not a regular file ({exc.strerror})") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise _Planted(f"{name} is not a regular file")
+            return fd
+        finally:
+            for d in opened:
+                os.close(d)
+
+    def exists(self, name: str) -> bool:
+        """True when ``name`` is a regular file (a planted link or FIFO raises :class:`_Planted`)."""
+        fd = self._open(name)
+        if fd is None:
+            return False
         os.close(fd)
+        return True
+
+    def read(self, name: str, cap: int = LOG_CAP) -> bytes | None:
+        """Head and tail (``cap`` bytes in all) of the regular file ``name``; None when absent."""
+        fd = self._open(name)
+        if fd is None:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size <= cap:
+                return _pread(fd, cap, 0)
+            half = cap // 2
+            return _pread(fd, half, 0) + b"\n[...]\n" + _pread(fd, half, size - half)
+        finally:
+            os.close(fd)
+
+    def text(self, name: str, cap: int = LOG_CAP) -> str | None:
+        data = self.read(name, cap)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def integer(self, name: str) -> int | None:
+        text = self.text(name, 64)
+        try:
+            return int(text.strip()) if text else None
+        except ValueError:
+            return None
+
+    def copy_to(self, name: str, dest: str, cap: int) -> bool:
+        """Copy the regular file ``name`` (at most ``cap`` bytes, else False) to the host path ``dest``."""
+        fd = self._open(name)
+        if fd is None:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 < size <= cap:
+                return False
+            with open(dest, "wb") as out:
+                offset = 0
+                while offset < size:
+                    chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    offset += len(chunk)
+            return offset == size
+        finally:
+            os.close(fd)
 
 
-def _read_int(path: str) -> int | None:
-    text = _read_capped(path, 64)
-    try:
-        return int(text.strip()) if text else None
-    except ValueError:
-        return None
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes at ``offset`` (never more, however the file changes meanwhile)."""
+    chunks, left = [], n
+    while left > 0:
+        chunk = os.pread(fd, min(left, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _spans(text: str, openings: Sequence[str], closing: re.Pattern[str]) -> list[tuple[str, str, re.Match[str]]]:
+    """``(opening, inner, closing match)`` for each closing in ``text`` that has an opening before it
+    on its line (after the previous closing): the first such opening, like a lazy regex would take.
+
+    Linear in ``text``: each stretch between two closings is searched once.
+    """
+    found: list[tuple[str, str, re.Match[str]]] = []
+    lo = 0
+    for m in closing.finditer(text):
+        start = max(lo, text.rfind("\n", lo, m.start()) + 1)
+        best = -1, ""
+        for o in openings:
+            i = text.find(o, start, m.start())
+            if i >= 0 and (best[0] < 0 or i < best[0]):
+                best = i, o
+        if best[0] >= 0:
+            found.append((best[1], text[best[0] + len(best[1]): m.start()], m))
+            if len(found) >= MAX_FOUND:
+                break
+        lo = m.end()
+    return found
+
+
+@dataclass
+class LogFindings:
+    """What the parent learns from a job's logs (see :func:`scan_logs`)."""
+
+    refused: list[str]        # file accesses refused by kpathsea's paranoid mode
+    shell: list[str]          # \write18 commands that were not run
+    capacity: str | None      # the TeX capacity that was exceeded
+    error: str | None         # the first TeX error, with its place in the source
+
+
+def _scan_log(log: str, out: str, err: str, offset: int = 0, lines: int | None = None,
+              errors: bool = True) -> LogFindings:
+    """Scan ``log``/``out``/``err`` (already capped) in linear time; see :class:`LogFindings`."""
+    refused = sorted({f"{o}{inner} ({m.group(1)}_any = {m.group(0)[-2]})"[:300]
+                      for o, inner, m in _spans(err, _REFUSED_OPEN, _REFUSED_END)
+                      if inner.strip() != "/dev/null"})
+    shell = sorted({inner[:300] for text in (log, out) for _, inner, _ in _spans(text, _RUNSYSTEM_OPEN,
+                                                                                 _RUNSYSTEM_END)})
+    cap = _CAPACITY.search(log) or _CAPACITY.search(out)
+    error = None
+    if errors:
+        error = first_error(log, offset, lines) or first_error(out, offset, lines)
+    return LogFindings(refused, shell, cap.group(1) if cap else None, error)
 
 
 def first_error(log: str, offset: int = 0, lines: int | None = None) -> str | None:
@@ -503,12 +649,13 @@ def _reachable_by_others(path: str) -> bool:
 _TEX_PROCESSES = frozenset({"pdflatex", "pdftex", "pdftoppm", "pdfinfo", "mktexpk", "mktextfm", "mf", "mf-nowin"})
 
 
-def lingering_tex_processes(uid: int | None) -> list[int]:
-    """Pids of TeX/poppler processes running as the sandbox ``uid`` (or under this process).
+def lingering_tex_processes(uids: int | Iterable[int] | None) -> list[int]:
+    """Pids of TeX/poppler processes running as a sandbox uid in ``uids`` (or under this process).
 
     A killed sandbox tears its PID namespace down asynchronously, so its processes can outlive
     ``run_sandboxed`` by a few milliseconds.
     """
+    wanted = set() if uids is None else {uids} if isinstance(uids, int) else set(uids)
     procs: dict[int, tuple[int, str, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -526,7 +673,27 @@ def lingering_tex_processes(uid: int | None) -> list[int]:
         frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - mine
         mine |= frontier
     return [pid for pid, (_, name, ruid) in procs.items()
-            if name in _TEX_PROCESSES and (pid in mine or (uid is not None and ruid == uid))]
+            if name in _TEX_PROCESSES and (pid in mine or ruid in wanted)]
+
+
+def end_job(info: SandboxInfo) -> None:
+    """Kill everything the job's uid still runs, so that nothing changes its directory after the run.
+
+    At the fallback levels a job's process can leave the process group (``setsid``) and outlive the
+    run, or a PID namespace is still being torn down; each worker has a uid of its own, so killing
+    all of that uid's processes (``kill(-1)`` as the uid) touches no sibling. With bubblewrap the
+    PID namespace is gone once ``run_sandboxed`` returns: nothing to do. Without a uid of its own (not
+    root) there is nothing we may kill: the reads stay safe (:class:`JobFiles`) but not frozen.
+    """
+    if info.uid is None or info.level == "bubblewrap":
+        return
+    # kill(-1) signals every process the caller may signal but itself; repeat until none is left
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["setpriv", f"--reuid={info.uid}", f"--regid={info.uid}", "--clear-groups",
+                        "--inh-caps=-all", "--bounding-set=-all", "--", "sh", "-c",
+                        "n=0; while kill -9 -1 2>/dev/null && [ $n -lt 100 ]; do n=$((n+1)); done"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=10, check=False, env={"PATH": "/usr/bin:/bin"})
 
 
 class LatexRenderer(Renderer):
@@ -568,9 +735,12 @@ class LatexRenderer(Renderer):
         self.precompile = precompile
         self.limits = SandboxLimits(memory_mb=memory_mb, max_processes=max(64, 8 * self.workers), max_file_mb=32)
         self.sandbox_info: SandboxInfo = detect_sandbox()
+        self._local = threading.local()       # each thread that runs jobs has its own sandbox uid
+        self.uids: list[int] = []              # every uid this renderer took (see _job_info)
         self.tools = {t: shutil.which(t) for t in ("pdflatex", "pdftex", "pdfinfo", "pdftoppm", "kpsewhich")}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._lock_uids = threading.Lock()
         self._closed = False
         self._format: str | None = None      # host path of the .fmt in use
         self._format_state = "not built"     # "in use", "off", "failed: ..."
@@ -637,10 +807,29 @@ class LatexRenderer(Renderer):
                 raise RuntimeError(f"format smoke test failed: {res.error_kind}: {res.error}")
         return path
 
+    def _job_info(self) -> SandboxInfo:
+        """This thread's sandbox: the renderer's level with a uid of its own (:func:`allocate_uid`).
+
+        No two workers (of this or any other renderer) share a uid, so ``RLIMIT_NPROC`` counts each
+        worker alone and everything the uid still runs after a job can be killed without a sibling.
+        """
+        info = getattr(self._local, "info", None)
+        if info is None:
+            info = self.sandbox_info
+            if info.uid is not None:
+                uid = allocate_uid()
+                if uid is not None:
+                    info = dataclasses.replace(info, uid=uid)
+                    with self._lock_uids:
+                        self.uids.append(uid)
+            self._local.info = info
+        return info
+
     def _build_format(self, dest: str) -> None:
-        workdir = make_workdir("visalign-latexfmt-", self.sandbox_info.uid)
+        info = self._job_info()
+        workdir = make_workdir("visalign-latexfmt-", info.uid)
         try:
-            texdir = self._texdir(workdir)
+            texdir = self._texdir(workdir, info)
             with open(os.path.join(texdir, "preamble.tex"), "w") as f:
                 f.write(base_preamble(self.preamble) + "\n\\begin{document}\n\\end{document}\n")
             run = run_sandboxed(
@@ -648,26 +837,31 @@ class LatexRenderer(Renderer):
                  '-jobname=visalign -interaction=nonstopmode -halt-on-error "&pdflatex" mylatexformat.ltx '
                  "preamble.tex >../build.out 2>&1", self.tools["pdftex"] or "pdftex"],
                 workdir, timeout=max(120.0, self.timeout), limits=self.limits, ro_paths=self._ro_paths(),
-                env=_TEX_ENV, info=self.sandbox_info)
-            built = os.path.join(texdir, "visalign.fmt")
-            st = os.lstat(built) if os.path.lexists(built) else None
-            if run.timed_out or run.returncode != 0 or st is None or not stat.S_ISREG(st.st_mode) \
-                    or not 0 < st.st_size < 256 << 20:
-                tail = (_read_capped(os.path.join(workdir, "build.out"), 4096) or "")[-400:]
-                raise RuntimeError(f"pdftex -ini failed (exit {run.returncode}): {_clean(tail, 300)}")
+                env=_TEX_ENV, info=info)
+            end_job(info)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".fmt-")
-            with os.fdopen(fd, "wb") as out, open(built, "rb") as src:
-                shutil.copyfileobj(src, out)
+            os.close(fd)
+            try:
+                with JobFiles(workdir) as job:
+                    copied = not run.timed_out and run.returncode == 0 and \
+                        job.copy_to("tex/visalign.fmt", tmp, 256 << 20)
+                    tail = "" if copied else (job.text("build.out", 4096) or "")[-400:]
+            except _Planted as exc:
+                copied, tail = False, str(exc)
+            if not copied:
+                os.remove(tmp)
+                raise RuntimeError(f"pdftex -ini failed (exit {run.returncode}): {_clean(tail, 300)}")
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _texdir(self, workdir: str) -> str:
+    @staticmethod
+    def _texdir(workdir: str, info: SandboxInfo) -> str:
         texdir = os.path.join(workdir, "tex")
         os.mkdir(texdir, 0o755)
-        if self.sandbox_info.uid is not None:
-            os.chown(texdir, self.sandbox_info.uid, self.sandbox_info.uid)
+        if info.uid is not None:
+            os.chown(texdir, info.uid, info.uid)
         return texdir
 
     # -- rendering ---------------------------------------------------------------------------------
@@ -702,15 +896,16 @@ class LatexRenderer(Renderer):
         if not source.strip():
             return RenderResult.failure("no_output", "the source is empty", 0.0)
         prep = prepare(source, self.preamble, formatted=fmt is not None)
-        workdir = make_workdir("visalign-latex-", self.sandbox_info.uid)
+        info = self._job_info()
+        workdir = make_workdir("visalign-latex-", info.uid)
         try:
-            texdir = self._texdir(workdir)
+            texdir = self._texdir(workdir, info)
             with open(os.path.join(texdir, "doc.tex"), "w", encoding="utf-8", errors="replace") as f:
                 f.write(prep.tex)
             args = list(_LATEX_FLAGS)
             binds = self._ro_paths()
             if prep.formatted and fmt is not None:
-                args.append(f"-fmt={self._expose_format(fmt, workdir)}")
+                args.append(f"-fmt={self._expose_format(fmt, workdir, info)}")
             if prep.kind == "document":
                 args += ["-jobname=doc", _NO_PAGE_NUMBERS]
             else:
@@ -718,16 +913,17 @@ class LatexRenderer(Renderer):
             run = run_sandboxed(
                 ["sh", "-c", _SCRIPT, "sh", f"{self.dpi:g}", str(self.max_pixels), self.tools["pdflatex"] or "",
                  self.tools["pdfinfo"] or "", self.tools["pdftoppm"] or "", *args],
-                workdir, self.timeout, limits=self.limits, ro_paths=binds, env=_TEX_ENV, info=self.sandbox_info)
-            return self._result(prep, workdir, run.timed_out, time.perf_counter() - t0)
+                workdir, self.timeout, limits=self.limits, ro_paths=binds, env=_TEX_ENV, info=info)
+            end_job(info)  # nothing the job started may still change its directory while we read it
+            return self._result(prep, workdir, run.timed_out, t0)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _expose_format(self, fmt: str, workdir: str) -> str:
+    def _expose_format(self, fmt: str, workdir: str, info: SandboxInfo) -> str:
         """The format's path as the sandbox sees it: bound read-only, or hard-linked into the job."""
         if self._format_binds:
             return fmt
-        if self.sandbox_info.level != "bubblewrap" and (self.sandbox_info.uid is None or _reachable_by_others(fmt)):
+        if info.level != "bubblewrap" and (info.uid is None or _reachable_by_others(fmt)):
             return fmt
         dest_dir = os.path.join(workdir, "fmt")
         os.mkdir(dest_dir, 0o755)
@@ -740,17 +936,23 @@ class LatexRenderer(Renderer):
         inner = "/sandbox" if self.sandbox_info.level == "bubblewrap" else workdir
         return os.path.join(inner, "fmt", "visalign.fmt")
 
-    def _result(self, prep: Prepared, workdir: str, timed_out: bool, seconds: float) -> RenderResult:
+    def _result(self, prep: Prepared, workdir: str, timed_out: bool, t0: float) -> RenderResult:
         def fail(kind: str, msg: str) -> RenderResult:
-            return RenderResult.failure(kind, msg, seconds)
+            return RenderResult.failure(kind, msg, time.perf_counter() - t0)  # the scan counts too
 
         if timed_out:
             return fail("timeout", f"pdflatex/pdftoppm ran past the {self.timeout:g} s limit")
-        texdir = os.path.join(workdir, "tex")
-        rc = _read_int(os.path.join(workdir, "latex.rc"))
-        out = _read_capped(os.path.join(workdir, "latex.out")) or ""
-        err = _read_capped(os.path.join(workdir, "latex.err"), 1 << 16) or ""
-        log = _read_capped(os.path.join(texdir, "doc.log")) or out
+        try:
+            with JobFiles(workdir) as job:
+                return self._read_result(prep, job, t0, fail)
+        except _Planted as exc:
+            return fail("sandbox", _clean(f"the job tampered with its output files: {exc}"))
+
+    def _read_result(self, prep: Prepared, job: JobFiles, t0: float, fail: Any) -> RenderResult:
+        rc = job.integer("latex.rc")
+        out = job.text("latex.out") or ""
+        err = job.text("latex.err", 1 << 16) or ""
+        log = job.text("tex/doc.log") or out
         if rc is None:
             return fail("internal", "the sandboxed shell did not run pdflatex")
         if rc != 0 and prep.formatted and "(./doc.tex" not in out and "doc.tex" not in log:
@@ -759,18 +961,16 @@ class LatexRenderer(Renderer):
             return fail("timeout", "pdflatex hit the CPU-time limit")
         if rc == 128 + 25:  # SIGXFSZ
             return fail("memory", "pdflatex wrote a file over the size limit (log or PDF too large)")
-        refused = sorted({m.group(0) for m in _REFUSED.finditer(err) if m.group(1).strip() != "/dev/null"})
-        shell = sorted({m.group(1) for m in _RUNSYSTEM.finditer(log + "\n" + out)})
-        if refused or shell:
-            parts = [f"refused file access: {'; '.join(refused[:3])}"] if refused else []
-            if shell:
-                parts.append(f"shell escape blocked: {'; '.join(shell[:3])}")
+        found = _scan_log(log, out, err, prep.offset, prep.lines, errors=rc != 0)
+        if found.refused or found.shell:
+            parts = [f"refused file access: {'; '.join(found.refused[:3])}"] if found.refused else []
+            if found.shell:
+                parts.append(f"shell escape blocked: {'; '.join(found.shell[:3])}")
             return fail("sandbox", _clean(" | ".join(parts)))
-        cap = _CAPACITY.search(log) or _CAPACITY.search(out)
-        if cap:
-            return fail("memory", _clean(f"TeX capacity exceeded [{cap.group(1)}]"))
+        if found.capacity is not None:
+            return fail("memory", _clean(f"TeX capacity exceeded [{found.capacity}]"))
         if rc != 0:
-            error = first_error(log, prep.offset, prep.lines) or first_error(out, prep.offset, prep.lines)
+            error = found.error
             if error and "File `|" in error:  # \input{|cmd}: a pipe is a shell command
                 return fail("sandbox", f"shell pipe input blocked: {error}")
             if error:
@@ -778,34 +978,34 @@ class LatexRenderer(Renderer):
             if rc >= 128:
                 return fail("runtime", f"pdflatex was killed by signal {rc - 128}")
             return fail("runtime", _clean(f"pdflatex exited with {rc}: {log[-300:]}"))
-        if not os.path.isfile(os.path.join(texdir, "doc.pdf")) or "No pages of output" in log:
+        if not job.exists("tex/doc.pdf") or "No pages of output" in log:
             return fail("no_output", "pdflatex produced no pages")
-        toobig = _read_capped(os.path.join(workdir, "toobig"), 64)
+        toobig = job.text("toobig", 64)
         if toobig:
             return fail("memory", _clean(f"page 1 would be {toobig.strip().replace(' ', 'x')} px at "
                                          f"{self.dpi:g} dpi, over max_pixels={self.max_pixels}"))
-        ppm_rc = _read_int(os.path.join(workdir, "ppm.rc"))
+        ppm_rc = job.integer("ppm.rc")
         if ppm_rc is None:
             return fail("no_output", "the PDF has no readable page 1")
         if ppm_rc != 0:
-            msg = _read_capped(os.path.join(workdir, "ppm.out"), 4096) or ""
+            msg = job.text("ppm.out", 4096) or ""
             return fail("runtime", _clean(f"pdftoppm exited with {ppm_rc}: {msg[-300:]}"))
-        return self._image(os.path.join(workdir, "out", "page.png"), seconds)
+        png = job.read("out/page.png", MAX_PNG_BYTES + 1)
+        if png is None or len(png) > MAX_PNG_BYTES:
+            return fail("internal", "unreadable image from pdftoppm: no regular PNG file under 256 MiB")
+        return self._image(png, t0)
 
-    def _image(self, path: str, seconds: float) -> RenderResult:
+    def _image(self, png: bytes, t0: float) -> RenderResult:
         try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > 256 << 20:
-                raise ValueError("not a regular PNG file under 256 MiB")
-            with open(path, "rb") as f:
-                image = load_png(f.read(), self.max_pixels)
+            image = load_png(png, self.max_pixels)
         except (OSError, ValueError, SyntaxError) as exc:
-            return RenderResult.failure("internal", f"unreadable image from pdftoppm: {exc}", seconds)
+            return RenderResult.failure("internal", f"unreadable image from pdftoppm: {exc}",
+                                        time.perf_counter() - t0)
         except Exception as exc:  # PIL raises DecompressionBombError and friends
-            return RenderResult.failure("memory", f"{type(exc).__name__}: {exc}", seconds)
+            return RenderResult.failure("memory", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
         pad = max(1, round(BORDER_PT / 72.27 * self.dpi))
         image = on_background(crop_to_ink(image, pad), self.background)
-        return finish_image(image, seconds)
+        return finish_image(image, time.perf_counter() - t0)
 
     # -- housekeeping ------------------------------------------------------------------------------
 
@@ -826,5 +1026,5 @@ class LatexRenderer(Renderer):
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
             deadline = time.monotonic() + 2.0  # let killed sandboxes finish dying
-            while lingering_tex_processes(self.sandbox_info.uid) and time.monotonic() < deadline:
+            while lingering_tex_processes(self.uids) and time.monotonic() < deadline:
                 time.sleep(0.01)

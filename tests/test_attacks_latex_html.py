@@ -1,0 +1,277 @@
+"""Attacks on the LaTeX and HTML renderers (issue 9): each test is an attack that got through once.
+
+A sandboxed job is modelled as fully compromised where the renderer cannot be made to misbehave
+from TeX alone: the sandboxed shell script is swapped for one that does what an exploited
+``pdftoppm``/``pdflatex`` could do (plant links and FIFOs, leave daemons behind). The parent must
+stay correct whatever the job's directory holds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import psutil
+import pytest
+from PIL import Image
+
+from visalign.renderers import latex as latex_module
+from visalign.renderers.html import HtmlRenderer, chromium_path
+from visalign.renderers.latex import LatexRenderer
+
+HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftoppm") is not None
+HAS_CHROMIUM = os.access(chromium_path(), os.X_OK)
+needs_tex = pytest.mark.skipif(not HAS_TEX, reason="pdflatex/pdftoppm missing")
+needs_chromium = pytest.mark.skipif(not HAS_CHROMIUM, reason="no Chromium")
+ROOT = os.geteuid() == 0
+HANG_GUARD = 90.0  # far above every timeout below: only a hung parent gets near it
+
+TABLE = r"\begin{tabular}{c}\toprule x\\\bottomrule\end{tabular}"
+
+
+def guarded(fn, *args):
+    """``fn(*args)`` on another thread; fails the test instead of hanging it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(fn, *args).result(timeout=HANG_GUARD)
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != os.getpid() and any(marker in a for a in p.info["cmdline"] or ()):
+            out.append(p)
+    return out
+
+
+def run_level(level: str, code: str) -> str:
+    """Run ``code`` in a fresh interpreter at sandbox level ``level``; its stdout."""
+    env = {**os.environ, "VISALIGN_SANDBOX": level}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         timeout=HANG_GUARD, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+# --- LaTeX ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tex():
+    if not HAS_TEX:
+        pytest.skip("pdflatex/pdftoppm missing")
+    with LatexRenderer(timeout=5.0, workers=1) as r:
+        r.ensure_format()
+        yield r
+
+
+@pytest.fixture()
+def hostile(tex, monkeypatch):
+    """Swap the sandboxed script for a compromised job's: ``hostile(script)`` renders with it."""
+
+    def render(script: str):
+        monkeypatch.setattr(latex_module, "_SCRIPT", script)
+        try:
+            return guarded(tex.render, TABLE)
+        finally:
+            monkeypatch.undo()
+
+    return render
+
+
+@pytest.fixture()
+def host_canary(tmp_path):
+    """A host directory the sandbox uid cannot read, holding a red ``page.png`` and a ``doc.log``."""
+    d = tmp_path / "canary"
+    d.mkdir()
+    img = Image.new("RGB", (64, 48), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 32, 48))  # two colours: not "blank"
+    img.save(d / "page.png")
+    (d / "doc.log").write_text("HOST-SECRET-5f2a the host's own file\n")
+    d.chmod(0o700)
+    return d
+
+
+# Class 1: the parent follows paths the job controls.
+
+@needs_tex
+def test_latex_output_dir_link_does_not_return_a_host_png(hostile, host_canary):
+    res = hostile(f"cd tex; echo x > doc.pdf; echo 0 > ../latex.rc; echo 0 > ../ppm.rc; "
+                  f"ln -s {host_canary} ../out")
+    assert not res.ok and res.image is None, "the parent returned a host PNG as the rendering"
+    assert res.error_kind == "sandbox", res.error
+
+
+@needs_tex
+def test_latex_page_link_does_not_return_a_host_png(hostile, host_canary):
+    res = hostile(f"cd tex; echo x > doc.pdf; echo 0 > ../latex.rc; echo 0 > ../ppm.rc; mkdir ../out; "
+                  f"ln -s {host_canary}/page.png ../out/page.png")
+    assert not res.ok and res.image is None
+    assert res.error_kind == "sandbox", res.error
+
+
+@needs_tex
+def test_latex_tex_dir_link_does_not_leak_a_host_log(hostile, host_canary):
+    res = hostile(f"mv tex tex0; ln -s {host_canary} tex; echo 1 > latex.rc")
+    assert "HOST-SECRET" not in (res.error or "")
+    assert res.error_kind == "sandbox", res.error
+
+
+@needs_tex
+def test_latex_pdf_link_is_no_oracle_of_host_files(hostile):
+    kinds = set()
+    for target in ("/etc/passwd", f"/nonexistent-{uuid.uuid4().hex}"):
+        res = hostile(f"cd tex; ln -s {target} doc.pdf; echo 0 > ../latex.rc")
+        kinds.add((res.error_kind, res.error))
+    assert len(kinds) == 1, kinds  # the same answer whether the host file exists or not
+
+
+@needs_tex
+@pytest.mark.parametrize("plant", [
+    "mkfifo latex.out; mkfifo tex/doc.log; echo 1 > latex.rc",
+    "ln -s /dev/zero latex.out; ln -s /dev/zero tex/doc.log; echo 1 > latex.rc",
+    "mkfifo latex.rc",
+    "echo 0 > latex.rc; echo x > tex/doc.pdf; echo 0 > ppm.rc; mkdir out; mkfifo out/page.png",
+    "echo 0 > latex.rc; echo x > tex/doc.pdf; mkfifo ppm.rc; mkfifo toobig",
+    "echo 0 > latex.rc; echo x > tex/doc.pdf; echo 0 > ppm.rc; mkdir out; ln -s /dev/zero out/page.png",
+])
+def test_latex_special_files_neither_block_nor_flood_the_parent(hostile, plant):
+    res = hostile(plant)
+    assert not res.ok and res.error_kind in ("sandbox", "internal", "runtime", "no_output"), res.error
+
+
+# Class 1 at the fallback levels: nothing the job started outlives the run and keeps writing.
+
+@needs_tex
+@pytest.mark.skipif(not ROOT, reason="the fallback levels drop to a sandbox uid only as root")
+@pytest.mark.parametrize("level", ["namespaces", "rlimits"])
+def test_latex_job_daemon_does_not_outlive_the_run(level):
+    marker = f"visalign-daemon-{uuid.uuid4().hex}"
+    script = (f"setsid sh -c 'sleep 300; : {marker}' </dev/null >/dev/null 2>&1 & "
+              "echo 1 > latex.rc")
+    try:
+        out = run_level(level, f"""
+            from visalign.renderers import latex
+            latex._SCRIPT = {script!r}
+            with latex.LatexRenderer(timeout=5, workers=1, precompile=False) as r:
+                res = r.render({TABLE!r})
+                print(r.sandbox_info.level, res.error_kind, flush=True)
+                import os, psutil
+                alive = [p.pid for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()
+                         and any({marker!r} in a for a in p.info["cmdline"] or ())]
+                print("alive", alive, flush=True)
+        """)
+        assert "alive []" in out, out
+    finally:
+        for p in processes_with(marker):
+            for child in p.children(recursive=True):
+                child.kill()
+            p.kill()
+
+
+# Class 7: the parent's log scan is bounded, linear, and counted in the sample's seconds.
+
+HOSTILE_LOGS = {
+    # each opening needs a closing the scan looks for far away (or never): quadratic backtracking
+    "capacity": r"\message{TeX capacity exceeded, sorry [}",
+    "runsystem": r"\message{runsystem(}",
+    "refused": r"\message{Not reading from }",
+}
+
+
+@needs_tex
+@pytest.mark.timeout(HANG_GUARD * 2)
+@pytest.mark.parametrize("kind", sorted(HOSTILE_LOGS))
+def test_latex_hostile_log_is_scanned_in_linear_time(tex, kind):
+    # ~0.9 MB of openings (under LOG_CAP, so read whole), then an error so that every scan runs
+    src = (r"\newcount\n \loop" + HOSTILE_LOGS[kind] + r"\advance\n 1 \ifnum\n<30000 \repeat"
+           + r"\undefinedcontrolsequence")
+    res = guarded(tex.render, src)
+    assert res.error_kind in ("syntax", "memory", "sandbox"), res.error
+
+
+@needs_tex
+def test_latex_log_scan_counts_in_seconds(tex, monkeypatch):
+    slow = 0.5
+    real = latex_module._scan_log
+
+    def slow_scan(*args, **kwargs):
+        import time
+        t = time.perf_counter() + slow
+        while time.perf_counter() < t:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latex_module, "_scan_log", slow_scan)
+    res = tex.render(r"\undefinedcontrolsequence")
+    assert res.error_kind == "syntax"
+    assert res.seconds >= slow
+
+
+@needs_tex
+def test_latex_scan_of_a_huge_hostile_text_is_linear():
+    # straight at the scanner: 4 MiB of openings without closings (the renderer reads at most LOG_CAP)
+    for opening in ("TeX capacity exceeded, sorry [", "runsystem(", "Not reading from ", "! "):
+        text = opening * ((4 << 20) // len(opening))
+        found = guarded(latex_module._scan_log, text, text, text, 0, 1)
+        assert not found.refused and not found.shell and found.capacity is None
+
+
+# --- HTML -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def html():
+    if not HAS_CHROMIUM:
+        pytest.skip("no Chromium")
+    r = HtmlRenderer(timeout=5.0, workers=2)
+    yield r
+    r.close()
+
+
+# Class 9: every renderer instance and worker runs as a uid of its own.
+
+UID_PROBE_SCRIPT = "id -u > latex.out; echo 1 > latex.rc"
+
+
+def chromium_uids() -> set[int]:
+    uids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name().lower():
+                uids.add(p.uids().real)
+        except psutil.NoSuchProcess:
+            continue
+    return uids
+
+
+@needs_tex
+@needs_chromium
+@pytest.mark.skipif(not ROOT, reason="sandbox uids are used only as root")
+def test_renderers_and_workers_run_as_distinct_uids(html, monkeypatch):
+    from visalign.renderers.matplotlib import MatplotlibRenderer
+
+    assert html.render("<p>chromium is up</p>").ok
+    browser = chromium_uids()
+    assert browser and 0 not in browser, browser
+    # a process-hungry Chromium (dozens of threads) must not eat LaTeX's RLIMIT_NPROC
+    with LatexRenderer(timeout=10.0, workers=2) as tex2:
+        assert all(r.ok for r in tex2.render_batch([TABLE] * 4)), "LaTeX starved by Chromium's processes"
+        monkeypatch.setattr(latex_module, "_SCRIPT", UID_PROBE_SCRIPT)
+        barrier = __import__("threading").Barrier(2)
+
+        def probe(src):
+            barrier.wait(timeout=HANG_GUARD)  # both workers busy at once: each reports its own uid
+            return tex2._safe_one(src, None)
+
+        tex_uids = set()
+        for res in guarded(lambda: list(tex2._pool.map(probe, [TABLE, TABLE]))):
+            tex_uids.add(int(res.error.rsplit(":", 1)[1].split()[0]))
+        monkeypatch.undo()
+    assert len(tex_uids) == 2, tex_uids
+    with MatplotlibRenderer(timeout=10.0, workers=1) as mpl:
+        res = mpl.render("import os\nraise RuntimeError(f'UID={os.getuid()}=')")
+        mpl_uid = int(res.error.split("UID=")[1].split("=")[0])
+    assert not browser & tex_uids and mpl_uid not in browser | tex_uids, (browser, tex_uids, mpl_uid)
