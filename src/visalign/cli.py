@@ -214,6 +214,13 @@ def _train_cmd(args: argparse.Namespace) -> int:
     module, config_name, entry = TRAINERS[args.trainer]
     mod = importlib.import_module(module)
     if args.describe:
+        if args.trainer == "flow" and (args.config or args.set):  # resolved values and where each came from
+            try:
+                print(mod.describe_flow_options(args.config, **_parse_sets(args.set)))
+            except (ValueError, OSError) as exc:
+                print(f"visalign train flow: {exc}", file=sys.stderr)
+                return 2
+            return 0
         print(describe_config(getattr(mod, config_name)))
         return 0
     if not args.config:
