@@ -80,6 +80,8 @@ def _check_renderer(name: str) -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     out = {"ok": res.ok, "backend": info.get("backend"), "versions": info.get("versions"),
            "seconds_incl_start": round(time.perf_counter() - t0, 2)}
+    if info.get("isolation"):
+        out["isolation"] = info["isolation"]
     if not res.ok:
         out["error"] = f"{res.error_kind}: {res.error}"
     return out
@@ -94,14 +96,15 @@ def diagnose(render_check: bool = True) -> dict[str, Any]:
         True
     """
     from . import __version__
-    from .renderers.sandbox import detect_sandbox
+    from .renderers.sandbox import GUARANTEES, PER_JOB, detect_sandbox
 
     sandbox = detect_sandbox()
     missing = missing_system_packages()
     pkgs = sorted({m["package"] for m in missing})
     report: dict[str, Any] = {
         "visalign": __version__,
-        "sandbox": {**sandbox.as_dict(), "running_as_root": os.geteuid() == 0},
+        "sandbox": {**sandbox.as_dict(), "running_as_root": os.geteuid() == 0,
+                    "guarantees": GUARANTEES[sandbox.level], "every_level": PER_JOB},
         "backends": {
             "matplotlib": {"version": _pkg_version("matplotlib")},
             "latex": {"pdflatex": _version(["pdflatex", "--version"]),
@@ -155,6 +158,13 @@ def format_report(report: dict[str, Any]) -> str:
     sb = report["sandbox"]
     lines.append(f"sandbox: {sb['level']}" + (f" (runs as uid {sb['uid']})" if sb.get("uid") else ""))
     lines.append(f"  {sb['note']}")
+    lines.append(f"  guarantees: {sb['guarantees']['holds']}")
+    lines.append(f"  does NOT protect: {sb['guarantees']['not']}")
+    iso = report.get("render_check", {}).get("matplotlib", {}).get("isolation")
+    if iso:
+        lines.append(f"  per-job isolation of pooled renders: {iso}"
+                     + ("" if iso == "namespace" else " (user namespaces unavailable: no per-job tmpfs quota)"))
+    lines.append("  (SECURITY.md has the threat model)")
     if sb["level"] != "bubblewrap":
         lines.append("  without bubblewrap, rendered code can read what its uid can read on this machine")
     lines.append("")

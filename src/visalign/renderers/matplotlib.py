@@ -104,7 +104,7 @@ class MatplotlibRenderer(Renderer):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "backend": "matplotlib (Agg) in sandboxed fork servers",
                 "versions": self.pool.versions, "workers": self.pool.workers,
-                "sandbox": self.pool.info.level, **self.options}
+                "sandbox": self.pool.info.level, "isolation": self.pool.isolation, **self.options}
 
     def close(self) -> None:
         self.pool.close()

@@ -264,6 +264,13 @@ class ZygotePool:
         return [z.info.uid for z in self._slots if z.info.uid is not None]
 
     @property
+    def isolation(self) -> str:
+        """How the last jobs were isolated from each other: ``namespace``, ``shared`` or ``unknown``
+        (no job yet); see :func:`~visalign.renderers._sandboxed.zygote.isolate`."""
+        seen = {z.isolation for z in self._slots} - {"unknown"}
+        return "shared" if "shared" in seen else (seen.pop() if seen else "unknown")
+
+    @property
     def versions(self) -> dict[str, str]:
         return self._slots[0].versions if self._slots else {}
 

@@ -35,6 +35,30 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# What each level guarantees, and what it does not (``visalign doctor`` and SECURITY.md say the same).
+GUARANTEES: dict[str, dict[str, str]] = {
+    "bubblewrap": {
+        "holds": "no network; own PID/IPC/UTS namespaces; read-only /usr, /etc and Python prefixes only (no "
+                 "home, repository or host /tmp); an unprivileged uid of its own with no capabilities",
+        "not": "the kernel itself (a kernel exploit); CPU and memory bandwidth shared with the host",
+    },
+    "namespaces+rlimits": {
+        "holds": "no network (a private network namespace; PID namespace as root); as root, an unprivileged "
+                 "uid of its own, switched to after the imports",
+        "not": "file system reads: the program reads whatever its uid can read (world-readable files)",
+    },
+    "rlimits only": {
+        "holds": "as root, an unprivileged uid of its own, switched to after the imports",
+        "not": "the network and file system reads (world-readable files)",
+    },
+}
+PER_JOB = ("every level: rlimits (CPU, memory, processes, file size), a wall-clock kill of everything the "
+           "job started, a clean environment, results returned as bytes (the parent opens no path a job "
+           "names), SysV IPC / message queues / kernel keys denied (seccomp); where user namespaces work "
+           "(isolation 'namespace'), each pooled job also gets its own mount and IPC namespace with a "
+           "size- and inode-limited tmpfs over every writable place, gone when the job ends; otherwise "
+           "(isolation 'shared') the worker deletes what the job wrote before the next one starts")
+
 # Unprivileged uid/gid the sandbox runs as when we are root (none of them exist in /etc/passwd).
 SANDBOX_UID_BASE = 61000
 LEVELS = ("bubblewrap", "namespaces+rlimits", "rlimits only")

@@ -53,7 +53,7 @@ class SvgRenderer(Renderer):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "backend": "resvg (resvg-py) in sandboxed fork servers",
                 "versions": self.pool.versions, "workers": self.pool.workers,
-                "sandbox": self.pool.info.level, **self.options}
+                "sandbox": self.pool.info.level, "isolation": self.pool.isolation, **self.options}
 
     def close(self) -> None:
         self.pool.close()
