@@ -410,7 +410,8 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tenso
     ``dt`` (the step's ``-dt = sigmas[i] - sigmas[i + 1]``, positive; a float or broadcastable tensor):
     ``std`` is divided by ``sqrt(dt)`` first, which turns the step std into ``sigma_t`` and gives
     Flow-GRPO's KL term (``scripts/train_sd3.py``: ``(mu - mu_ref)^2 / (2 * std_dev_t^2)``, mean over
-    non-batch dims) — ``1 / dt`` times the exact KL of the step. Without ``dt``: the exact step KL.
+    non-batch dims) — ``dt`` times the exact KL of the step (3.7x to 25x smaller on SD3 with 10
+    steps). Without ``dt``: the exact step KL.
     A paper's ``beta`` means the paper's penalty only with ``dt`` (``kl_form: flow_grpo``).
 
     Example:
