@@ -86,7 +86,7 @@ class _Zygote:
         # bubblewrap binds the install read-only and drops the uid before Python starts; the fallback
         # levels start Python as root and drop after the imports, so a 0700 home still works.
         early_drop = self.info.level == "bubblewrap"
-        cfg = {"timeout": self.timeout, "kill_all": kill_all,
+        cfg = {"timeout": self.timeout, "kill_all": kill_all, "own_uid": self.info.uid is not None,
                "quota": {"disk_mb": self.limits.disk_mb, "inodes": self.limits.max_inodes},
                "drop_uid": None if early_drop else self.info.uid,
                "seed": dict(self.seed_dirs)}

@@ -28,6 +28,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -100,7 +101,7 @@ def classify_exception(exc: BaseException, workdir: str) -> str:
 # ---- per-job isolation ------------------------------------------------------------------------------
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x20, 0x1000, 0x4000, 1 << 18
 # Syscalls no job needs that reach state outliving it: SysV IPC, POSIX message queues, kernel keys.
 _DENIED = {
     "x86_64": (0xC000003E, {"shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240, "add_key": 248,
@@ -185,6 +186,7 @@ def isolate(root: str, quota: dict) -> str:
         finally:
             _libc.prctl(4, 0, 0, 0, 0)
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        read_only_mounts()
         opts = f"size={int(quota['disk_mb'])}m,nr_inodes={int(quota['inodes'])},mode=0700".encode()
         _check(_libc.mount(b"visalign-job", root.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), "mount tmpfs")
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
@@ -205,10 +207,39 @@ def isolate(root: str, quota: dict) -> str:
     return how
 
 
-def wipe_shared(root: str) -> None:
-    """After a job in ``shared`` isolation: delete what our uid wrote in the writable places."""
+def read_only_mounts() -> int:
+    """Remount every mount of this (new) mount namespace read-only; returns how many it could.
+
+    Run before the job's tmpfs goes up, so that the tmpfs is the only writable place left (at the
+    fallback levels the host's world-writable directories, such as ``/run/lock``, included). Flags the
+    kernel locks (nosuid, nodev, noexec, atime) are kept, as it requires. Device nodes stay usable.
+    """
+    flags = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": 0x8, "noatime": 0x400, "nodiratime": 0x800,
+             "relatime": 1 << 21, "strictatime": 1 << 24}
+    done = 0
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 6:
+            continue
+        target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        opts = fields[5].split(",")
+        if "ro" in opts:
+            continue
+        mask = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for opt in opts:
+            mask |= flags.get(opt, 0)
+        if _libc.mount(None, target.encode(), None, mask, None) == 0:
+            done += 1
+    return done
+
+
+def wipe_shared(root: str, own_uid: bool) -> None:
+    """After a job in ``shared`` isolation: delete what our uid wrote in the writable places (only
+    in the worker's directory unless the uid is the worker's own, never a user's own files)."""
     uid = os.getuid()
-    for place in (root, "/tmp", "/var/tmp", "/dev/shm"):
+    for place in (root, "/tmp", "/var/tmp", "/dev/shm") if own_uid else (root,):
         try:
             names = os.listdir(place)
         except OSError:
@@ -428,7 +459,7 @@ def serve(handler, root: str, cfg: dict, kill_all: bool, out) -> None:
             seconds = time.perf_counter() - t0
             _reap_all(kill_all, pid)
             if started[:1] == b"s":
-                wipe_shared(root)
+                wipe_shared(root, bool(cfg.get("own_uid")))
             size = os.fstat(result_fd).st_size
             out_size = os.fstat(output_fd).st_size
             sent = size if 0 < size <= MAX_RESULT and not timed_out else 0
