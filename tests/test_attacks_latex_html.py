@@ -23,6 +23,7 @@ from PIL import Image
 from visalign.renderers import latex as latex_module
 from visalign.renderers.html import HtmlRenderer, chromium_path
 from visalign.renderers.latex import LatexRenderer
+from visalign.renderers.sandbox import detect_sandbox
 
 HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftoppm") is not None
 HAS_CHROMIUM = os.access(chromium_path(), os.X_OK)
@@ -231,6 +232,108 @@ def html():
     r.close()
 
 
+@pytest.fixture(scope="module")
+def html_small():
+    """A renderer with tight limits: 400 MiB per page, 1.5 s of CPU in a 30 s wall-clock timeout."""
+    if not HAS_CHROMIUM:
+        pytest.skip("no Chromium")
+    r = HtmlRenderer(timeout=30.0, workers=2, memory_mb=400, cpu_seconds=1.5, disk_mb=64)
+    yield r
+    r.close()
+
+
+def chromium_processes() -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in p.name().lower() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+# Class 1 for HTML: results come back as bytes over the DevTools pipe; the parent opens no file a page
+# can influence. A page that downloads, or points at host files, gets nothing from the host.
+
+@needs_chromium
+def test_html_page_cannot_read_or_plant_host_files(html, tmp_path):
+    secret = tmp_path / "secret.html"
+    secret.write_text("<h1 style='font-size:80px'>HOST-SECRET-77c1</h1>")
+    page = ('<p>page</p><iframe src="file://{}" width=600 height=200></iframe><img src="file://{}">'
+            '<a id=a download="x.png" href="data:,x">x</a><script>document.getElementById("a").click()</script>')
+    real, missing = html.render_batch([page.format(secret, secret), page.format(tmp_path / "nope", tmp_path / "nope")])
+    assert real.ok and missing.ok, (real.error, missing.error)
+    assert real.image.tobytes() == missing.image.tobytes()  # the host file changed nothing
+    assert sorted(os.listdir(tmp_path)) == ["secret.html"]  # and nothing was written next to it
+
+
+# Class 8: Chromium gets a memory limit, a CPU bound and a disk quota.
+
+ALLOCATE = """<p>holding memory</p><script>
+const held = [];
+for (let i = 0; i < {chunks}; i++) {{ const a = new Uint8Array(64 << 20); a.fill(i + 1); held.push(a); }}
+document.body.append(String(held.length));
+</script>"""
+
+
+@needs_chromium
+def test_html_page_over_the_memory_limit_is_memory(html_small):
+    res = guarded(html_small.render, ALLOCATE.format(chunks=16))  # 1 GiB of ArrayBuffers, outside V8's heap
+    assert res.error_kind == "memory", (res.error_kind, res.error)
+    assert html_small.render("<p>after</p>").ok  # the renderer goes on
+
+
+@needs_chromium
+def test_html_page_burning_cpu_past_the_bound_is_stopped(html_small):
+    spin = ("<p>spinning</p><script>const w = new Worker(URL.createObjectURL(new Blob(['for(;;){}'])));"
+            "const t = Date.now(); while (Date.now() - t < 20000) {}</script>")
+    res = guarded(html_small.render, spin)  # 40 s of CPU inside a 30 s timeout unless it is bounded
+    assert res.error_kind == "timeout", (res.error_kind, res.error)
+    assert "CPU" in res.error
+    assert html_small.render("<p>after</p>").ok
+
+
+@needs_chromium
+@pytest.mark.skipif(detect_sandbox().level != "bubblewrap", reason="the disk quota needs bubblewrap")
+def test_html_writable_mounts_have_a_quota(html_small):
+    assert html_small.render("<p>x</p>").ok
+    procs = [c for g in html_small._holder.engine.pgids for c in psutil.Process(g).children(recursive=True)]
+    assert procs
+    seen = 0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/mountinfo") as f:
+                mounts = [line.split() for line in f]
+        except OSError:
+            continue
+        for m in mounts:
+            point, opts = m[4], m[5]
+            fstype, super_opts = m[m.index("-") + 1], m[-1]
+            # "/" and "/dev" are root's (0755), the device nodes are binds: the uid can write elsewhere only
+            if "rw" not in opts.split(",") or point in ("/", "/proc", "/dev") or \
+                    (point.startswith("/dev/") and point != "/dev/shm") or fstype in ("proc", "mqueue"):
+                continue
+            seen += 1
+            sizes = [o for o in super_opts.split(",") if o.startswith("size=")]
+            assert fstype == "tmpfs" and sizes, f"writable {point} ({fstype}) has no quota: {super_opts}"
+            assert int(sizes[0][5:].rstrip("k")) <= 64 * 1024, (point, sizes)
+    assert seen
+
+
+@needs_chromium
+@pytest.mark.skipif(not ROOT or detect_sandbox().level != "bubblewrap",
+                    reason="Chromium drops to a sandbox uid only as root with bubblewrap")
+def test_html_each_chromium_has_its_own_uid(html, html_small):
+    seen = []
+    for r in (html, html_small):
+        assert r.render("<p>x</p>").ok
+        procs = [c for g in r._holder.engine.pgids for c in psutil.Process(g).children(recursive=True)]
+        seen.append({p.uids().real for p in procs if "chrom" in p.name().lower()})
+    assert seen[0] and seen[1] and not seen[0] & seen[1], seen
+    assert 0 not in seen[0] | seen[1]
+
+
 # Class 9: every renderer instance and worker runs as a uid of its own.
 
 UID_PROBE_SCRIPT = "id -u > latex.out; echo 1 > latex.rc"
@@ -275,3 +378,17 @@ def test_renderers_and_workers_run_as_distinct_uids(html, monkeypatch):
         res = mpl.render("import os\nraise RuntimeError(f'UID={os.getuid()}=')")
         mpl_uid = int(res.error.split("UID=")[1].split("=")[0])
     assert not browser & tex_uids and mpl_uid not in browser | tex_uids, (browser, tex_uids, mpl_uid)
+
+
+@needs_chromium
+@pytest.mark.parametrize("level", ["namespaces", "rlimits"])
+def test_html_memory_and_cpu_limits_hold_at_the_fallback_levels(level):
+    spin = "<p>spin</p><script>const t = Date.now(); while (Date.now() - t < 20000) {}</script>"
+    out = run_level(level, f"""
+        from visalign.renderers.html import HtmlRenderer
+        from visalign.renderers.sandbox import detect_sandbox
+        with HtmlRenderer(timeout=30, workers=2, memory_mb=400, cpu_seconds=1.5) as r:
+            res = r.render_batch([{ALLOCATE.format(chunks=16)!r}, {spin!r}, "<p>fine</p>"])
+            print(detect_sandbox().level, [x.error_kind for x in res], flush=True)
+    """)
+    assert "['memory', 'timeout', None]" in out, out
