@@ -847,7 +847,7 @@ CLASS3 = {
     "c3-precreate-next-job-dirs": PLOT + r'''
 import os, json, glob
 cwd = os.getcwd()
-parents = {os.path.dirname(cwd), "/sandbox", "/tmp", os.path.dirname(os.path.dirname(cwd))}
+parents = {os.path.dirname(cwd), "/sandbox"}   # not host-wide dirs: at fallback levels they are the host's
 names = set()
 for d in parents:
     for p in glob.glob(os.path.join(d, "*")):
@@ -1254,6 +1254,7 @@ def level_report(level_dir: str, port: int = 9) -> dict[str, Any]:
         info["seconds"] = time.perf_counter() - t0
     finally:
         unplant_host(host)
+        clean_host(uids if "uids" in locals() else [])
     return {"info": info, "problems": problems}
 
 
@@ -1279,6 +1280,37 @@ def processes_of(uids: list[int], wait: float = 3.0) -> list[str]:
         if not out or time.monotonic() > deadline:
             return out
         time.sleep(0.05)
+
+
+def clean_host(uids: list[int]) -> None:
+    """Remove what attacks left on the host at fallback levels: files named with a secret, and SysV IPC
+    objects and the POSIX queue of the renderer uids (the fallback levels share the host IPC namespace)."""
+    import ctypes
+    import shutil
+
+    for p in host_leftovers():
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+    libc = ctypes.CDLL(None)
+    for what, ctl in (("shm", libc.shmctl), ("msg", libc.msgctl)):
+        try:
+            with open(f"/proc/sysvipc/{what}") as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 8 and int(parts[7 if what == "shm" else 7]) in uids:
+                ctl(int(parts[1]), 0, None)   # IPC_RMID
+    try:
+        libc.mq_unlink(b"/visalign-attack-mq")
+    except AttributeError:
+        pass
 
 
 def host_leftovers() -> list[str]:

@@ -423,4 +423,5 @@ def test_zz_close_leaves_no_process_and_no_key(mpl, mpl_slow, svg):
     if os.geteuid() == 0:
         probs += [f"a key stored by a job outlived the renderer (uid {u})" for u in uids
                   if _uid_has_key(u, b"visalign-attack-key")]
+    C.clean_host(uids)
     assert not probs, "\n".join(probs)
