@@ -1305,7 +1305,7 @@ def clean_host(uids: list[int]) -> None:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) > 8 and int(parts[7 if what == "shm" else 7]) in uids:
+            if len(parts) > 8 and int(parts[7]) in uids:   # the uid column of both tables
                 ctl(int(parts[1]), 0, None)   # IPC_RMID
     try:
         libc.mq_unlink(b"/visalign-attack-mq")
