@@ -25,7 +25,7 @@ from importlib import metadata
 from typing import Any
 
 from .base import DEFAULT_MAX_PIXELS, Renderer, RenderResult, finish_image, load_png
-from .sandbox import SandboxInfo, allocate_uid, detect_sandbox
+from .sandbox import SandboxInfo, allocate_uid, detect_sandbox, release_uid
 
 CHROMIUM_ENV = "VISALIGN_CHROMIUM"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -977,3 +977,5 @@ class HtmlRenderer(Renderer):
     def close(self) -> None:
         """Close the browser; no Chromium process is left behind. Safe to call twice."""
         self._holder.close()
+        release_uid(self.uid)
+        self.uid = None

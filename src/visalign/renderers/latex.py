@@ -60,7 +60,16 @@ import numpy as np
 from PIL import Image, ImageColor
 
 from .base import DEFAULT_MAX_PIXELS, Renderer, RenderResult, finish_image, load_png
-from .sandbox import SandboxInfo, SandboxLimits, allocate_uid, detect_sandbox, make_workdir, run_sandboxed
+from .sandbox import (
+    SandboxInfo,
+    SandboxLimits,
+    allocate_uid,
+    detect_sandbox,
+    kill_uid,
+    make_workdir,
+    release_uid,
+    run_sandboxed,
+)
 
 TEX_HINT = "apt-get install texlive-latex-base texlive-latex-recommended texlive-latex-extra"
 POPPLER_HINT = "apt-get install poppler-utils"
@@ -685,15 +694,8 @@ def end_job(info: SandboxInfo) -> None:
     PID namespace is gone once ``run_sandboxed`` returns: nothing to do. Without a uid of its own (not
     root) there is nothing we may kill: the reads stay safe (:class:`JobFiles`) but not frozen.
     """
-    if info.uid is None or info.level == "bubblewrap":
-        return
-    # kill(-1) signals every process the caller may signal but itself; repeat until none is left
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["setpriv", f"--reuid={info.uid}", f"--regid={info.uid}", "--clear-groups",
-                        "--inh-caps=-all", "--bounding-set=-all", "--", "sh", "-c",
-                        "n=0; while kill -9 -1 2>/dev/null && [ $n -lt 100 ]; do n=$((n+1)); done"],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=10, check=False, env={"PATH": "/usr/bin:/bin"})
+    if info.level != "bubblewrap":
+        kill_uid(info.uid)
 
 
 class LatexRenderer(Renderer):
@@ -1028,3 +1030,7 @@ class LatexRenderer(Renderer):
             deadline = time.monotonic() + 2.0  # let killed sandboxes finish dying
             while lingering_tex_processes(self.uids) and time.monotonic() < deadline:
                 time.sleep(0.01)
+        with self._lock_uids:
+            uids, self.uids = self.uids, []
+        for uid in uids:
+            release_uid(uid)

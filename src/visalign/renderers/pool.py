@@ -36,9 +36,11 @@ from .sandbox import (
     clean_env,
     detect_sandbox,
     kill_group,
+    kill_uid,
     make_preexec,
     make_workdir,
     python_ro_paths,
+    release_uid,
     wrap_argv,
 )
 
@@ -182,6 +184,8 @@ class _Zygote:
                 if self.proc.stdin:
                     self.proc.stdin.close()
             kill_group(self.proc)
+            if self.info.level != "bubblewrap":  # no PID namespace dies with it: a job may have setsid()
+                kill_uid(self.info.uid)
             if self.proc.stdout:
                 self.proc.stdout.close()
             self.proc = None
@@ -245,8 +249,8 @@ class ZygotePool:
         for t in threads:
             t.join()
         if errors:
-            for z in self._slots:
-                z.stop()
+            self._closed = True
+            self.close_slots()
             raise WorkerDied(str(errors[0]))
         for z in self._slots:
             self._free.put(z)
@@ -374,9 +378,15 @@ class ZygotePool:
         if self._closed:
             return
         self._closed = True
+        self.close_slots()
+        _LIVE_POOLS.discard(self)
+
+    def close_slots(self) -> None:
+        """Stop every zygote (and with it every job process of its uid) and give the uids back."""
         for z in self._slots:
             z.stop()
-        _LIVE_POOLS.discard(self)
+            if z.info.uid != self.info.uid:
+                release_uid(z.info.uid)
 
 
 def _tail(path: str, n: int = 800) -> str:

@@ -103,7 +103,7 @@ class SandboxInfo:
 
 UIDS_PER_PROCESS = 64
 _uid_lock = threading.Lock()
-_uid_next = 1  # slot 0 is the probe's
+_uids_in_use: set[int] = set()  # slots held by live workers; slot 0 is the probe's
 
 
 def sandbox_uid(slot: int = 0) -> int | None:
@@ -117,24 +117,53 @@ def sandbox_uid(slot: int = 0) -> int | None:
 
 
 def allocate_uid() -> int | None:
-    """A uid no other renderer instance or worker of this process uses (None when not root).
+    """A uid no live renderer instance or worker of this process uses (None when not root).
 
     Every sandboxed worker (each zygote slot, each LaTeX worker, each Chromium) takes its own, so
     their ``RLIMIT_NPROC`` counts never add up and one can kill everything its uid runs without
-    touching a sibling. Uids are handed out round-robin over this process's range.
+    touching a sibling. Give it back with :func:`release_uid` once nothing of it runs any more; a
+    process that holds all :data:`UIDS_PER_PROCESS` uids at once gets a ``RuntimeError``.
 
     Example:
         >>> a, b = allocate_uid(), allocate_uid()
         >>> a is None or a != b
         True
+        >>> release_uid(a); release_uid(b)
     """
-    global _uid_next
     if os.geteuid() != 0:
         return None
     with _uid_lock:
-        slot = _uid_next
-        _uid_next = _uid_next + 1 if _uid_next + 1 < UIDS_PER_PROCESS else 1
-    return sandbox_uid(slot)
+        for slot in range(1, UIDS_PER_PROCESS):
+            if slot not in _uids_in_use:
+                _uids_in_use.add(slot)
+                return sandbox_uid(slot)
+    raise RuntimeError(f"all {UIDS_PER_PROCESS - 1} sandbox uids of this process are in use: close renderers")
+
+
+def release_uid(uid: int | None) -> None:
+    """Return a uid from :func:`allocate_uid` (None and unknown uids are ignored)."""
+    if uid is None or os.geteuid() != 0:
+        return
+    base = sandbox_uid(0)
+    if base is not None and 0 < uid - base < UIDS_PER_PROCESS:
+        with _uid_lock:
+            _uids_in_use.discard(uid - base)
+
+
+def kill_uid(uid: int | None) -> None:
+    """SIGKILL every process ``uid`` runs (as that uid: ``kill(-1)``, repeated until none is left).
+
+    For the fallback levels, where a job's process may leave its process group (``setsid``) and no
+    PID namespace dies with the worker; each worker has a uid of its own, so no sibling is touched.
+    Does nothing for None (not root: there is no uid of our own to clean).
+    """
+    if uid is None or os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(_drop_argv(uid) + ["sh", "-c", "n=0; while kill -9 -1 2>/dev/null && [ $n -lt 100 ]; "
+                                          "do n=$((n+1)); done"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=10, check=False, env={"PATH": "/usr/bin:/bin"})
 
 
 def python_ro_paths() -> list[str]:
