@@ -74,7 +74,7 @@ class _Zygote:
         self.logdir = ""    # the zygote's stderr, in a directory no job can reach
         self.versions: dict[str, str] = {}
         self.isolation = "unknown"
-        self._buf = b""
+        self._buf = bytearray()
         self._jobs = 0
 
     def start(self) -> None:
@@ -119,7 +119,7 @@ class _Zygote:
         """Read from the zygote until ``need`` bytes are buffered (or a newline when need < 0)."""
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        while (b"\n" not in self._buf) if need < 0 else (len(self._buf) < need):
+        while (self._buf.find(b"\n") < 0) if need < 0 else (len(self._buf) < need):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerDied(f"worker gave no answer within {self.timeout + REPLY_MARGIN:.0f} s")
@@ -129,13 +129,18 @@ class _Zygote:
                 if not chunk:
                     log = _tail(os.path.join(self.logdir, "zygote.log"), 300) if self.logdir else ""
                     raise WorkerDied("worker exited" + (f" ({log})" if log else ""))
-                self._buf += chunk
+                self._buf += chunk  # a bytearray: amortised appends, however many chunks
                 if need < 0 and len(self._buf) > 1 << 16:
                     raise WorkerDied("worker sent an oversized reply")
 
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
     def _read_line(self, timeout: float) -> dict[str, Any]:
         self._fill(-1, time.monotonic() + timeout)
-        line, self._buf = self._buf.split(b"\n", 1)
+        line = self._take(self._buf.find(b"\n") + 1)
         try:
             msg = json.loads(line)
         except ValueError as exc:
@@ -146,8 +151,7 @@ class _Zygote:
 
     def _read_bytes(self, n: int, timeout: float) -> bytes:
         self._fill(n, time.monotonic() + timeout)
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
+        return self._take(n)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -189,7 +193,7 @@ class _Zygote:
             if self.proc.stdout:
                 self.proc.stdout.close()
             self.proc = None
-        self._buf = b""
+        self._buf = bytearray()
         self._jobs = 0
         for d in (self.root, self.logdir):
             if d:  # rmtree never follows a link a job planted (fd-based on Linux)

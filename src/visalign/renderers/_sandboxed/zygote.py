@@ -45,6 +45,7 @@ SANDBOX_MARKERS = ("Read-only file system", "Permission denied", "Network is unr
                    "Directory nonexistent", "can't fork")
 MAX_RESULT = 96 << 20      # bytes of result the zygote forwards (the file-size limit is lower)
 OUTPUT_TAIL = 4000         # bytes of the program's stdout/stderr forwarded
+MAX_TEXT = 4000            # characters kept of a string in the result header (an error message)
 MAX_FRAME = 64 << 20       # largest job frame a child accepts
 EXIT_NO_JOB = 3            # the child found stdin closed: the pool is shutting down
 
@@ -65,7 +66,7 @@ def write_result(**result: object) -> None:
         os._exit(0)
     fd = _state["result_fd"]
     blobs = {k: v for k, v in result.items() if isinstance(v, (bytes, bytearray))}
-    header = {k: v for k, v in result.items() if k not in blobs}
+    header = {k: v[:MAX_TEXT] if isinstance(v, str) else v for k, v in result.items() if k not in blobs}
     header["blobs"] = [[k, len(v)] for k, v in blobs.items()]
     data = _dumps(header, default=str).encode() + b"\n" + b"".join(bytes(v) for v in blobs.values())
     os.ftruncate(fd, 0)
@@ -100,7 +101,7 @@ def classify_exception(exc: BaseException, workdir: str) -> str:
 
 # ---- per-job isolation ------------------------------------------------------------------------------
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x20, 0x1000, 0x4000, 1 << 18
 # Syscalls no job needs that reach state outliving it: SysV IPC, POSIX message queues, kernel keys.
 _DENIED = {
@@ -168,7 +169,9 @@ def _drop_capabilities() -> None:
 def isolate(root: str, quota: dict) -> str:
     """Give this (child) process a file system and IPC namespace of its own; returns how.
 
-    ``"namespace"``: a new user, mount and IPC namespace; a fresh tmpfs (size and inode quota) is
+    ``"namespace"``: a new user, mount, IPC and PID namespace (the next fork is its init: the job, which
+    can then neither see nor signal the zygote or any other job, and whose exit kills every process it
+    started); a fresh tmpfs (size and inode quota) is
     mounted over the worker's directory and also serves ``/tmp``, ``/var/tmp`` and ``/dev/shm``, so
     nothing an earlier job wrote is visible and everything this job writes disappears with it. The
     mounts are locked (the job keeps no capability, and a nested namespace cannot unmount them).
@@ -177,7 +180,7 @@ def isolate(root: str, quota: dict) -> str:
     """
     uid, gid = os.getuid(), os.getgid()
     how = "shared"
-    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC) == 0:
+    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID) == 0:
         _libc.prctl(4, 1, 0, 0, 0)  # dumpable for a moment: /proc/self is ours again, maps writable
         try:
             _write("/proc/self/setgroups", "deny")
@@ -293,13 +296,40 @@ def _read_job() -> dict:
 
 
 def child_main(handler, root: str, cfg: dict, result_fd: int, output_fd: int, started_w: int) -> None:
-    """The pre-forked job process: isolate, take one job, run it."""
+    """The pre-forked process: isolate, then (in namespace isolation) fork the job as the init of its
+    own PID namespace and wait for it, passing its end on to the zygote; the job takes one job."""
     os.setsid()
     try:
         isolation = isolate(root, cfg["quota"])
     except Exception as exc:  # the job must not run half-isolated
         os.write(started_w, b"!" + f"{type(exc).__name__}: {exc}".encode()[:500])
         os._exit(1)
+    if isolation == "namespace":
+        job_pid = os.fork()
+        if job_pid != 0:
+            os.closerange(0, 1 << 16)  # this waiter holds nothing, reads nothing
+            _, status = os.waitpid(job_pid, 0)
+            _exit_like(status)
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: the waiter killed, the job dies too
+        os.setsid()  # a group of its own: kill(0) reaches nothing outside its namespace
+    job_main(handler, root, cfg, isolation, result_fd, output_fd, started_w)
+
+
+def _exit_like(status: int) -> None:
+    """End this process the way ``status`` says the job ended (a signal or an exit code)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def job_main(handler, root: str, cfg: dict, isolation: str, result_fd: int, output_fd: int,
+             started_w: int) -> None:
+    """Take one job from stdin and run it (the only place untrusted code runs)."""
     try:
         job = _read_job()
     except EOFError:
@@ -430,10 +460,15 @@ def _fork(handler, root: str, cfg: dict, kill_all: bool):
 
 
 def serve(handler, root: str, cfg: dict, kill_all: bool, out) -> None:
-    """Run jobs until stdin closes; one reply line (+ blobs) per job."""
+    """Run jobs until stdin closes; one reply line (+ blobs) per job.
+
+    The child for the next job is forked (and isolates itself) before the reply of the current one
+    goes out, so that its set-up overlaps the parent's handling of the reply.
+    """
     n = 0
+    child = _fork(handler, root, cfg, kill_all)
     while True:
-        pid, result_fd, output_fd, started_r = _fork(handler, root, cfg, kill_all)
+        pid, result_fd, output_fd, started_r = child
         try:
             started = b""
             while True:  # blocks until the child took a job (or failed): no job content passes here
@@ -467,6 +502,8 @@ def serve(handler, root: str, cfg: dict, kill_all: bool, out) -> None:
             reply = {"n": n, "status": status, "timed_out": timed_out, "seconds": seconds, "result": sent,
                      "result_size": size, "output": tail,
                      "isolation": "namespace" if started[:1] == b"n" else "shared"}
+            # The next child inherits this job's fds for a moment; it closes them before any job runs.
+            child = _fork(handler, root, cfg, kill_all)
             out.write((json.dumps(reply) + "\n").encode())
             out.flush()
             _send(out.fileno(), result_fd, 0, sent)
