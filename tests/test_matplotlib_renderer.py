@@ -44,7 +44,7 @@ def _nothing_outlived(renderer, before: int) -> bool:
 
 
 def _assert_fails(renderer, code: str, kinds: set[str]):
-    # each worker is a zygote and the child it pre-forked for the next job
+    # each worker is a zygote plus the processes it pre-forked for the next job (at least one)
     before = max(_sandbox_processes(renderer), 2 * renderer.pool.workers)
     t0 = time.perf_counter()
     res = renderer.render(code)
