@@ -287,15 +287,33 @@ def test_nothing_left_running(ending):
     assert alive() == []
 
 
+@pytest.fixture(scope="module")
+def private_install(tmp_path_factory):
+    """A copy of the package under a 0700 directory, like a checkout in a home directory (issue 9,
+    class 10: the fallback levels once needed the unprivileged uid to read the install)."""
+    import shutil
+
+    import visalign
+
+    home = tmp_path_factory.mktemp("home")
+    os.chmod(home, 0o700)
+    shutil.copytree(os.path.dirname(visalign.__file__), home / "site" / "visalign")
+    return str(home / "site")
+
+
 @pytest.mark.parametrize("level", ["namespaces", "rlimits"])
-def test_weaker_sandbox_levels_still_render_and_time_out(level):
+def test_weaker_sandbox_levels_still_render_and_time_out(level, private_install):
     code = textwrap.dedent(f"""
+        import visalign
+        assert visalign.__file__.startswith({private_install!r}), visalign.__file__
         from visalign.renderers import get_renderer
         with get_renderer("matplotlib", timeout=2, workers=1) as r:
             res = r.render_batch([{GOOD_CHART!r}, "while True: pass", "x = bytearray(8 * 1024**3)", {GOOD_CHART!r}])
-            print(r.pool.info.level, [x.ok for x in res], [x.error_kind for x in res])
+            print(r.pool.info.level, [x.ok for x in res], [x.error_kind for x in res], r.pool.info.uid)
     """)
-    env = {**os.environ, "VISALIGN_SANDBOX": level}
+    env = {**os.environ, "VISALIGN_SANDBOX": level, "PYTHONPATH": private_install}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "[True, False, False, True] [None, 'timeout', 'memory', None]" in out.stdout, out.stdout + out.stderr
     assert out.stdout.startswith({"namespaces": "namespaces+rlimits", "rlimits": "rlimits only"}[level])
+    if os.geteuid() == 0:  # and the jobs ran as an unprivileged uid, not as root
+        assert not out.stdout.strip().endswith("None"), out.stdout
