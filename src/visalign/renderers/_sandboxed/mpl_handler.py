@@ -39,8 +39,15 @@ def preload() -> dict:
     INSTRUMENTS["chart"] = ChartInstrument()  # installed only in the forked child, per job
 
     # Optional libraries chart code often imports: import them now if present so jobs pay nothing.
+    # At the fallback levels these are also all a job can import from an install the unprivileged uid
+    # cannot read (a 0700 home): the worker drops to its uid after this.
     for name in ("pandas", "seaborn", "matplotlib.patches", "matplotlib.colors", "matplotlib.ticker",
-                 "mpl_toolkits.mplot3d", "matplotlib.gridspec", "matplotlib.dates"):
+                 "mpl_toolkits.mplot3d", "matplotlib.gridspec", "matplotlib.dates", "mpl_toolkits.axes_grid1",
+                 "mpl_toolkits.axes_grid1.inset_locator", "matplotlib.patheffects", "matplotlib.animation",
+                 "matplotlib.cm", "matplotlib.lines", "matplotlib.collections", "matplotlib.path",
+                 "matplotlib.transforms", "matplotlib.table", "matplotlib.font_manager", "matplotlib.markers",
+                 "matplotlib.image", "matplotlib.scale", "matplotlib.projections.polar", "matplotlib.sankey",
+                 "numpy.ma", "numpy.random", "numpy.linalg", "numpy.polynomial", "numpy.fft"):
         try:
             __import__(name)
         except Exception:
