@@ -123,3 +123,45 @@ def test_malformed_results_parse_to_none(raw):
 def test_result_blobs_are_split_by_the_header():
     header, blobs = parse_result(b'{"error_kind": null, "blobs": [["png", 2], ["trace", 3]]}\nab{}x')
     assert header["error_kind"] is None and blobs == {"png": b"ab", "trace": b"{}x"}
+
+
+@pytest.mark.parametrize("level", ["bubblewrap", "rlimits"])
+def test_shared_isolation_wipes_between_jobs(level):
+    """Where user namespaces are unavailable, what a job wrote is gone before the next job starts."""
+    from conftest import requires_bwrap  # noqa: F401  (the bubblewrap case needs bwrap: skip below)
+    import shutil as _shutil
+
+    if level == "bubblewrap" and not _shutil.which("bwrap"):
+        pytest.skip("bwrap missing")
+    code = textwrap.dedent("""
+        import os
+        from visalign.renderers import get_renderer
+        plant = '''
+        import os
+        for d in (".", "..", "/tmp", "/var/tmp", "/dev/shm"):
+            try:
+                with open(os.path.join(d, "left-behind"), "w") as f:
+                    f.write("SECRET-shared-mode")
+            except OSError:
+                pass
+        import matplotlib.pyplot as plt; plt.plot([1, 2])
+        '''
+        look = '''
+        import os
+        found = []
+        for d in (".", "..", "/tmp", "/var/tmp", "/dev/shm"):
+            for root, dirs, files in os.walk(d):
+                found += [os.path.join(root, f) for f in files if f == "left-behind"]
+                if root.count("/") > 4:
+                    dirs[:] = []
+        raise ValueError("found: " + repr(found))
+        '''
+        with get_renderer("matplotlib", timeout=5, workers=1) as r:
+            res = r.render_batch([plant, look])
+            print(r.pool.isolation, res[0].ok, res[1].error)
+    """)
+    env = {**os.environ, "VISALIGN_JOB_ISOLATION": "shared",
+           "VISALIGN_SANDBOX": "bubblewrap" if level == "bubblewrap" else "rlimits"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.startswith("shared True"), out.stdout + out.stderr
+    assert "found: []" in out.stdout, out.stdout

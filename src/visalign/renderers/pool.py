@@ -89,7 +89,9 @@ class _Zygote:
         # levels start Python as root and drop after the imports, so a 0700 home still works.
         early_drop = self.info.level == "bubblewrap"
         cfg = {"timeout": self.timeout, "kill_all": kill_all, "own_uid": self.info.uid is not None,
-               "quota": {"disk_mb": self.limits.disk_mb, "inodes": self.limits.max_inodes},
+               "quota": {"disk_mb": self.limits.disk_mb, "inodes": self.limits.max_inodes,
+                         # tests (and hosts whose namespaces misbehave) can force the weaker mode
+                         "shared": os.environ.get("VISALIGN_JOB_ISOLATION") == "shared"},
                "drop_uid": None if early_drop else self.info.uid,
                "seed": dict(self.seed_dirs)}
         argv = [sys.executable, "-I", os.path.join(HANDLER_DIR, "zygote.py"), self.handler, "{workdir}",

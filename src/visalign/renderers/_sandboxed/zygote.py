@@ -180,7 +180,7 @@ def isolate(root: str, quota: dict) -> str:
     """
     uid, gid = os.getuid(), os.getgid()
     how = "shared"
-    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID) == 0:
+    if not quota.get("shared") and _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID) == 0:
         _libc.prctl(4, 1, 0, 0, 0)  # dumpable for a moment: /proc/self is ours again, maps writable
         try:
             _write("/proc/self/setgroups", "deny")
@@ -249,6 +249,8 @@ def wipe_shared(root: str, own_uid: bool) -> None:
             continue
         for name in names:
             path = os.path.join(place, name)
+            if path == root or root.startswith(path + "/"):
+                continue  # the worker's own directory (under /tmp at the fallback levels)
             try:
                 st = os.lstat(path)
             except OSError:
@@ -330,6 +332,7 @@ def _exit_like(status: int) -> None:
 def job_main(handler, root: str, cfg: dict, isolation: str, result_fd: int, output_fd: int,
              started_w: int) -> None:
     """Take one job from stdin and run it (the only place untrusted code runs)."""
+    _state.update(result_fd=result_fd, job_pid=os.getpid())  # so that a failure below is reported
     try:
         job = _read_job()
     except EOFError:
@@ -343,7 +346,6 @@ def job_main(handler, root: str, cfg: dict, isolation: str, result_fd: int, outp
     os.mkdir(jobdir, 0o700)
     os.chdir(jobdir)
     os.environ.update(HOME=jobdir, TMPDIR=jobdir)
-    _state.update(result_fd=result_fd, job_pid=os.getpid())
     os.dup2(output_fd, 1)
     os.dup2(output_fd, 2)
     os.closerange(3, result_fd)
