@@ -9,6 +9,7 @@ stay correct whatever the job's directory holds.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import shutil
 import subprocess
@@ -373,22 +374,132 @@ def test_renderers_and_workers_run_as_distinct_uids(html, monkeypatch):
         for res in guarded(lambda: list(tex2._pool.map(probe, [TABLE, TABLE]))):
             tex_uids.add(int(res.error.rsplit(":", 1)[1].split()[0]))
         monkeypatch.undo()
+        # while LaTeX is still open (a closed renderer's uids are free to be handed out again)
+        with MatplotlibRenderer(timeout=10.0, workers=1) as mpl:
+            res = mpl.render("import os\nraise RuntimeError(f'UID={os.getuid()}=')")
+            mpl_uid = int(res.error.split("UID=")[1].split("=")[0])
     assert len(tex_uids) == 2, tex_uids
-    with MatplotlibRenderer(timeout=10.0, workers=1) as mpl:
-        res = mpl.render("import os\nraise RuntimeError(f'UID={os.getuid()}=')")
-        mpl_uid = int(res.error.split("UID=")[1].split("=")[0])
     assert not browser & tex_uids and mpl_uid not in browser | tex_uids, (browser, tex_uids, mpl_uid)
+
+
+# What a fallback-level subprocess reports about a renderer's Chromium, read from /proc: the uid and
+# seccomp mode of each page renderer process below its browser (polled while pages run), and the file
+# systems its browser process sees at /tmp, /dev/shm and its profile.
+CHROMIUM_PROBE = """
+import json, os, threading, time
+
+def tree(roots):
+    kids = {}
+    for n in os.listdir("/proc"):
+        if n.isdigit():
+            try:
+                with open(f"/proc/{n}/stat", "rb") as f:
+                    kids.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(n))
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], list(roots)
+    while todo:
+        out.append(todo.pop())
+        todo += kids.get(out[-1], [])
+    return out
+
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\\0")
+
+def alive_as(uids):  # live processes of uids (not zombies: an orphan may wait for a slow init)
+    out = []
+    for pid in [n for n in os.listdir("/proc") if n.isdigit()]:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            if os.stat(f"/proc/{pid}").st_uid in uids and state not in (b"Z", b"X"):
+                out.append(pid)
+        except (OSError, IndexError):
+            continue
+    return out
+
+class Watch(threading.Thread):
+    def __init__(self, renderer):
+        super().__init__(daemon=True)
+        self.renderer, self.pages, self.mounts, self.done = renderer, set(), {}, threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.done.wait(0.05):
+            engine = self.renderer._holder.engine
+            for pid in tree(engine.pgids if engine else ()):
+                try:
+                    argv = cmdline(pid)
+                    if b"--type=renderer" in b" ".join(argv):  # a renderer may rewrite its title
+                        with open(f"/proc/{pid}/status") as f:
+                            st = dict(line.split(":", 1) for line in f if ":" in line)
+                        self.pages.add((int(st["Uid"].split()[0]), int(st["Seccomp"])))
+                    elif b"--type=" not in b" ".join(argv) and not self.mounts:
+                        prof = [a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--user-data-dir=")]
+                        if not prof or not os.path.basename(argv[0]).startswith(b"chrom"):
+                            continue
+                        with open(f"/proc/{pid}/mountinfo") as f:
+                            mounts = {m[4]: (m[m.index("-") + 1], m[-1]) for m in map(str.split, f)}
+                        for name, point in (("tmp", "/tmp"), ("shm", "/dev/shm"), ("profile", prof[0])):
+                            self.mounts[name] = mounts.get(point, ("host", ""))
+                except (OSError, KeyError, ValueError):
+                    continue
+
+    def report(self):
+        self.done.set()
+        self.join()
+        return {"pages": sorted(self.pages), "mounts": self.mounts,
+                "uid": self.renderer.uid, "sandbox": self.renderer.info()["sandbox"]}
+"""
+
+
+def _size_kib(super_opts: str) -> int | None:
+    sizes = [o for o in super_opts.split(",") if o.startswith("size=")]
+    return int(sizes[0][5:].rstrip("k")) if sizes else None
 
 
 @needs_chromium
 @pytest.mark.parametrize("level", ["namespaces", "rlimits"])
 def test_html_memory_and_cpu_limits_hold_at_the_fallback_levels(level):
+    # One subprocess per level (the level is chosen once per process): the memory and CPU watchdog
+    # stops its pages, and (class 9) each renderer's pages run as a uid of its own, not root and not
+    # the other renderer's, inside Chromium's own sandbox, with a size-limited /tmp, /dev/shm and profile.
     spin = "<p>spin</p><script>const t = Date.now(); while (Date.now() - t < 20000) {}</script>"
-    out = run_level(level, f"""
+    busy = "<p>second</p><script>const t = Date.now(); while (Date.now() - t < 1000) {}</script>"
+    out = run_level(level, CHROMIUM_PROBE + textwrap.dedent(f"""
         from visalign.renderers.html import HtmlRenderer
         from visalign.renderers.sandbox import detect_sandbox
-        with HtmlRenderer(timeout=30, workers=2, memory_mb=400, cpu_seconds=1.5) as r:
+        with HtmlRenderer(timeout=30, workers=2, memory_mb=400, cpu_seconds=1.5, disk_mb=64) as r, \\
+                HtmlRenderer(timeout=30, workers=1) as r2:
+            w, w2 = Watch(r), Watch(r2)
+            other = threading.Thread(target=lambda: print("second", r2.render({busy!r}).error_kind, flush=True))
+            other.start()
             res = r.render_batch([{ALLOCATE.format(chunks=16)!r}, {spin!r}, "<p>fine</p>"])
+            other.join()
             print(detect_sandbox().level, [x.error_kind for x in res], flush=True)
-    """)
-    assert "['memory', 'timeout', None]" in out, out
+            reports = [w.report(), w2.report()]
+            print("REPORT", json.dumps(reports), flush=True)
+        print("LEFT", alive_as({{rep["uid"] for rep in reports}} - {{None}}), flush=True)
+    """))
+    assert "LEFT []" in out, f"processes of the renderers' uids outlived close: {out}"
+    assert "['memory', 'timeout', None]" in out and "second None" in out, out
+    first, second = json.loads(out.split("REPORT", 1)[1].split("\n", 1)[0])
+    if not ROOT:
+        return
+    uids = [{uid for uid, _ in rep["pages"]} for rep in (first, second)]
+    assert uids[0] and uids[1], out  # pages were seen running
+    assert 0 not in uids[0] | uids[1], f"a page's renderer runs as root: {out}"
+    assert not uids[0] & uids[1], f"two renderers' pages share a uid: {out}"
+    assert uids == [{first["uid"]}, {second["uid"]}], out
+    for rep in (first, second):
+        # Chromium's own sandbox is on where the dropped uid may make user namespaces: its pages get
+        # its seccomp filter (a page just forked may not have it yet: at least one was seen with it)
+        userns = subprocess.run(["setpriv", f"--reuid={rep['uid']}", f"--regid={rep['uid']}", "--clear-groups",
+                                 "--", "unshare", "--user", "true"], capture_output=True).returncode == 0
+        if userns:
+            assert rep["sandbox"].endswith("+ chromium"), out
+            assert 2 in {mode for _, mode in rep["pages"]}, out
+    for name in ("tmp", "shm", "profile"):
+        fstype, opts = first["mounts"][name]
+        assert fstype == "tmpfs" and 0 < (_size_kib(opts) or 0) <= 64 * 1024, (name, out)

@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from importlib import metadata
 from typing import Any
 
 from .base import DEFAULT_MAX_PIXELS, Renderer, RenderResult, finish_image, load_png
-from .sandbox import SandboxInfo, allocate_uid, detect_sandbox, release_uid
+from .sandbox import SandboxInfo, allocate_uid, detect_sandbox, kill_uid, release_uid
 
 CHROMIUM_ENV = "VISALIGN_CHROMIUM"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -131,19 +132,135 @@ exec {q(info.bwrap or "bwrap")} --unshare-net --unshare-pid --unshare-ipc --unsh
     return path
 
 
+# The inner half of the fallback-level launcher, run as root inside the new namespaces (argv: size in
+# bytes, uid, gid, quota 1/0, profile, then Chromium's command): a size-limited tmpfs over /tmp,
+# /var/tmp, /dev/shm and the profile (the profile owned by the uid, so only it and root can enter),
+# or without a mount namespace only the profile handed to the uid; then the drop and a clean
+# environment. The dropped uid has no capability left to unmount anything.
+_FALLBACK_INNER = r"""size=$1 uid=$2 gid=$3 quota=$4 profile=$5; shift 5
+if [ "$quota" = 1 ]; then
+  for d in /tmp /var/tmp /dev/shm; do
+    [ -d "$d" ] || continue
+    mount -t tmpfs -o nosuid,nodev,mode=1777,size="$size" visalign-chromium "$d" || exit 97
+  done
+  if [ -n "$profile" ]; then
+    mkdir -p "$profile" && mount -t tmpfs -o nosuid,nodev,mode=0700,uid="$uid",gid="$gid",size="$size" \
+      visalign-chromium "$profile" || exit 97
+  fi
+elif [ -n "$profile" ]; then
+  chown "$uid:$gid" "$profile" || exit 97
+fi
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --bounding-set=-all -- \
+  env -i PATH=/usr/bin:/bin HOME="${profile:-/tmp}" LANG=C.UTF-8 "$@"
+"""
+_fallback_probes: dict[tuple[str, ...], tuple[bool, bool]] = {}
+_fallback_probe_lock = threading.Lock()
+
+
+def _fallback_namespaces(level: str) -> list[list[str]]:
+    """The ``unshare`` prefixes the fallback launcher may use at ``level``, best first (as root).
+
+    ``namespaces+rlimits``: Chromium's own network, PID and mount namespaces (like ``wrap_argv`` at that
+    level, plus the mount namespace for the quota). ``rlimits only``: a mount namespace for the quota,
+    else nothing (no quota). Every prefix holds ``--mount``: the tmpfs mounts never touch the host's.
+    """
+    if level == "namespaces+rlimits":
+        return [["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount",
+                 "--propagation", "private", "--"]]
+    return [["unshare", "--mount", "--propagation", "private", "--"], []]
+
+
+def _probe_fallback(prefix: list[str], uid: int) -> tuple[bool, bool]:
+    """``(the launcher works with this prefix, Chromium's own sandbox can run under it)`` (cached).
+
+    Runs the launcher's inner half with ``unshare --user true`` in place of Chromium: the dropped uid
+    must be able to make a user namespace for Chromium's sandbox (its namespace sandbox needs nothing
+    else); if it cannot, whether the rest works (then Chromium runs with ``--no-sandbox``).
+    """
+    key = tuple(prefix)
+    with _fallback_probe_lock:
+        if key in _fallback_probes:
+            return _fallback_probes[key]
+        results = []
+        for cmd in (["unshare", "--user", "true"], ["true"]):
+            argv = [*prefix, "/bin/sh", "-c", _FALLBACK_INNER, "visalign-chromium", str(1 << 20), str(uid),
+                    str(uid), "1" if prefix else "0", "", *cmd]
+            try:
+                ok = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, timeout=20, check=False,
+                                    env={"PATH": "/usr/bin:/bin"}).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            results.append(ok)
+            if ok:
+                break
+        result = (results[0] or results[-1], results[0])
+        _fallback_probes[key] = result
+        return result
+
+
+def fallback_launcher(exe: str, level: str, uid: int, directory: str, disk_mb: int = 256) -> tuple[str, bool, str]:
+    """A launcher for the fallback levels, as root: Chromium as ``uid``; ``(path, sandbox, description)``.
+
+    Without bubblewrap Chromium would otherwise run as root, where it refuses its own sandbox. The
+    launcher (Playwright starts it as if it were Chromium; the DevTools pipe on fds 3 and 4 passes
+    through every ``exec``) enters new namespaces as root (at ``namespaces+rlimits`` a network, PID
+    and mount namespace, as ``wrap_argv`` does at that level; at ``rlimits only`` a mount namespace),
+    mounts a ``disk_mb`` MiB tmpfs over ``/tmp``, ``/var/tmp``, ``/dev/shm`` and the profile (owned by
+    ``uid``), and drops to ``uid`` for good (no groups, no capabilities) with a clean environment.
+    Chromium's own sandbox then runs (it needs only user namespaces, probed first). Returns ``("", False,
+    why)`` when no prefix works here (the caller then runs Chromium as root with ``--no-sandbox``).
+    """
+    q = shlex.quote
+    for prefix in _fallback_namespaces(level):
+        works, sandbox = _probe_fallback(prefix, uid)
+        if not works:
+            continue
+        size = max(1, int(disk_mb)) << 20
+        script = f"""#!/bin/sh
+# visalign: Chromium as an unprivileged uid of its own (fallback levels; generated by
+# visalign.renderers.html; safe to delete)
+profile=""
+for a in "$@"; do case "$a" in --user-data-dir=*) profile="${{a#--user-data-dir=}}";; esac; done
+ulimit -c 0
+exec {" ".join(map(q, prefix))} /bin/sh -c {q(_FALLBACK_INNER)} visalign-chromium {size} {uid} {uid} \
+  {1 if prefix else 0} "$profile" {q(exe)} "$@"
+"""
+        path = os.path.join(directory, "chromium-dropped")
+        with open(path, "w") as f:
+            f.write(script)
+        os.chmod(path, 0o700)
+        what = ("own network, PID and mount namespaces, " if "--net" in prefix else "") + \
+            f"uid {uid}" + (f", {int(disk_mb)} MiB tmpfs quota" if prefix else ", no disk quota")
+        return path, sandbox, what + (" + chromium" if sandbox else " (chromium's own sandbox cannot run: "
+                                      "user namespaces refused to the dropped uid)")
+    return "", False, "none (running as root: the uid drop failed)"
+
+
 def browser_launcher(exe: str, directory: str, uid: int | None = None, disk_mb: int = 256) -> tuple[str, bool]:
     """What Playwright should start, and whether Chromium's own sandbox can be on.
 
     With the bubblewrap level, a launcher that runs Chromium inside bubblewrap (as the unprivileged
-    ``uid`` when we are root, so Chromium's sandbox works too); otherwise Chromium itself, with its own
-    sandbox unless we are root (Chromium refuses it as root: only the network policy then holds).
+    ``uid`` when we are root, so Chromium's sandbox works too). At the fallback levels as root, with a
+    ``uid``, a launcher that drops to it (:func:`fallback_launcher`), so Chromium's sandbox works too.
+    Otherwise Chromium itself, with its own sandbox unless we are root (Chromium refuses it as root).
     """
+    return _browser_launcher(exe, directory, uid, disk_mb)[:2]
+
+
+def _browser_launcher(exe: str, directory: str, uid: int | None, disk_mb: int) -> tuple[str, bool, str]:
     info = detect_sandbox()
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
     if info.level == "bubblewrap":
         if info.uid is not None and uid is not None:
             info = dataclasses.replace(info, uid=uid)
-        return sandboxed_launcher(exe, info, directory, disk_mb), True
-    return exe, not (hasattr(os, "geteuid") and os.geteuid() == 0)
+        return sandboxed_launcher(exe, info, directory, disk_mb), True, "bubblewrap + chromium"
+    if root and uid is not None:
+        path, sandbox, what = fallback_launcher(exe, info.level, uid, directory, disk_mb)
+        if path:
+            return path, sandbox, what
+        return exe, False, what
+    return exe, not root, "none (running as root)" if root else "chromium"
 
 
 def _short(text: str, limit: int = MAX_URL_CHARS) -> str:
@@ -179,8 +296,10 @@ def _is_chromium(pid: int) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().lower()
         argv0 = argv.split(b"\0", 1)[0]
-        # the bubblewrap launcher execs bwrap, whose command line names Chromium
-        return b"chrom" in argv0 or b"headless_shell" in argv0 or (argv0.endswith(b"bwrap") and b"chrom" in argv)
+        # the bubblewrap launcher execs bwrap, the namespaces-level one unshare (which stays as the
+        # parent of its PID namespace): their command lines name Chromium
+        return b"chrom" in argv0 or b"headless_shell" in argv0 or (
+            argv0.endswith((b"bwrap", b"unshare")) and b"chrom" in argv)
     except OSError:
         return False
 
@@ -414,6 +533,7 @@ class _Engine:
         self.driver_pid: int | None = None
         self.pgids: set[int] = set()
         self.version: str | None = None
+        self.sandbox: str | None = None  # what isolates the browser (info()["sandbox"])
         self.launch_error: tuple[float, str] | None = None
         self.restarts = 0
         self.closed = False
@@ -467,10 +587,10 @@ class _Engine:
             with contextlib.suppress(Exception):
                 self.driver_pid = cm._client._transport._proc.pid  # private: used only to kill
         args = [*CHROMIUM_ARGS, f"--js-flags=--max-old-space-size={int(self.opts['js_heap_mb'])}"]
-        launcher, chromium_sandbox = browser_launcher(exe, self.launcher_dir, self.opts["uid"],
-                                                      self.opts["disk_mb"])
+        launcher, chromium_sandbox, self.sandbox = await asyncio.get_running_loop().run_in_executor(
+            None, _browser_launcher, exe, self.launcher_dir, self.opts["uid"], self.opts["disk_mb"])
         if not chromium_sandbox:
-            args.append("--no-sandbox")  # Chromium refuses to run its sandbox as root
+            args.append("--no-sandbox")  # Chromium refuses to run its sandbox as root, or cannot here
         before = _browser_pgids(self.driver_pid) if self.driver_pid else set()
         try:
             browser = await asyncio.wait_for(self.pw.chromium.launch(
@@ -493,6 +613,8 @@ class _Engine:
         for pgid in list(self.pgids):
             _kill_chromium_group(pgid)
             self.pgids.discard(pgid)
+        # whatever a browser of this renderer's own uid left (nothing else runs as it)
+        await asyncio.get_running_loop().run_in_executor(None, kill_uid, self.opts["uid"])
 
     async def restart(self, generation: int) -> None:
         """Kill and forget the browser of ``generation`` (the next sample relaunches one)."""
@@ -520,6 +642,7 @@ class _Engine:
             for pgid in _browser_pgids(self.driver_pid):
                 _kill_chromium_group(pgid)
             _kill_pid(self.driver_pid)
+        kill_uid(self.opts["uid"])
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.loop.stop)
 
@@ -808,9 +931,11 @@ class HtmlRenderer(Renderer):
     but clearing a reused context does not isolate samples (``window.name`` survives), so every
     sample gets its own. With the ``bubblewrap`` sandbox level (see ``visalign doctor``) Chromium runs
     inside bubblewrap: no network namespace, a read-only system, no home directories, and as an
-    unprivileged uid when we are root, so Chromium's own sandbox runs inside ours. Without
-    bubblewrap, Chromium uses its own sandbox, except as root, where it cannot and ``--no-sandbox``
-    is passed (the network policy and fresh contexts still hold).
+    unprivileged uid when we are root, so Chromium's own sandbox runs inside ours. At the fallback
+    levels as root, a launcher drops Chromium to an unprivileged uid of this renderer's own (at
+    ``namespaces+rlimits`` inside its own network, PID and mount namespaces), so Chromium's own
+    sandbox runs there too; the file system is the host's (read as that uid). Not as root, Chromium
+    uses its own sandbox. ``info()["sandbox"]`` says which holds.
 
     Args:
         timeout: seconds per sample for loading, scripts and the screenshot.
@@ -834,7 +959,9 @@ class HtmlRenderer(Renderer):
         cpu_seconds: CPU time a page's renderer process may use (all its threads, Web Workers
             included); past it the sample fails with ``timeout``. Default ``1.5 * timeout + 1``.
         disk_mb: size of each writable file system Chromium sees (its profile, ``/tmp``,
-            ``/dev/shm``: private tmpfs mounts with the bubblewrap level; no quota without it).
+            ``/dev/shm``, and ``/var/tmp`` at the fallback levels: private tmpfs mounts with the
+            bubblewrap level, and as root at the fallback levels where a mount namespace can be made;
+            not as root without bubblewrap, no quota).
 
     Example:
         >>> with HtmlRenderer(timeout=10, workers=1) as r:
@@ -889,10 +1016,9 @@ class HtmlRenderer(Renderer):
             "wait_until": wait_until, "settle": float(settle), "workers": int(workers),
             "js_heap_mb": int(js_heap_mb), "max_pixels": int(max_pixels), "memory_mb": int(memory_mb),
             "cpu_seconds": cpu_seconds, "disk_mb": int(disk_mb)}
-        # A uid of this renderer's own for its Chromium (as root, with bubblewrap): its RLIMIT_NPROC
+        # A uid of this renderer's own for its Chromium (as root, at every level): its RLIMIT_NPROC
         # and its processes are apart from every other renderer's and worker's.
-        self.uid = allocate_uid() if detect_sandbox().level == "bubblewrap" and detect_sandbox().uid is not None \
-            else None
+        self.uid = allocate_uid() if detect_sandbox().uid is not None else None
         self._opts = {
             **self.options, "timeout": self.timeout, "uid": self.uid,
             # Chromium paints white under a page without a background; any other colour is
@@ -961,10 +1087,8 @@ class HtmlRenderer(Renderer):
             pw_version = metadata.version("playwright")
         except metadata.PackageNotFoundError:
             pw_version = None
-        root = hasattr(os, "geteuid") and os.geteuid() == 0
-        level = detect_sandbox().level
-        sandbox = ("bubblewrap + chromium" if level == "bubblewrap" else
-                   "none (running as root)" if root else "chromium")
+        sandbox = engine.sandbox or _browser_launcher(chromium_path(), engine.launcher_dir, self.uid,
+                                                      self.options["disk_mb"])[2]
         out = {**super().info(), "backend": "playwright + chromium",
                "versions": {"playwright": pw_version, "chromium": engine.version},
                "executable": chromium_path(), "sandbox": sandbox,
