@@ -238,11 +238,15 @@ def read_only_mounts() -> int:
     return done
 
 
+# The world-writable places of a Linux system a job could leave something in (sticky directories).
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+
+
 def wipe_shared(root: str, own_uid: bool) -> None:
     """After a job in ``shared`` isolation: delete what our uid wrote in the writable places (only
     in the worker's directory unless the uid is the worker's own, never a user's own files)."""
     uid = os.getuid()
-    for place in (root, "/tmp", "/var/tmp", "/dev/shm") if own_uid else (root,):
+    for place in (root, *SHARED_WRITABLE) if own_uid else (root,):
         try:
             names = os.listdir(place)
         except OSError:
