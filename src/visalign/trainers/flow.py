@@ -72,7 +72,7 @@ import yaml
 
 from ..rewards.base import Reward, Sample
 from .config import config_to_dict, load_config, option, save_config
-from .flow_policies import Conditioning, FlowPolicy, image_grid, load_flow_policy
+from .flow_policies import Conditioning, FlowPolicy, flow_policy_class, image_grid, load_flow_policy
 from .grpo import group_advantages, keyed_group_advantages
 from .sde import depthwise_advantages, kl_to_reference
 
@@ -1291,13 +1291,8 @@ def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: 
     config = load_config(FlowGRPOConfig, source, section="flow", **overrides)
     if not config.pretrained:
         raise ValueError("train_flow_from_config needs `pretrained` (a local model directory)")
-    kwargs: dict[str, Any] = {}
-    index = Path(config.pretrained) / "model_index.json"
-    if index.exists():
-        kwargs = {"resolution": config.resolution}
-        if json.loads(index.read_text()).get("_class_name", "").startswith("StableDiffusion3"):
-            kwargs["max_sequence_length"] = config.max_sequence_length
-    policy = load_flow_policy(config.pretrained, **kwargs)
+    options = flow_policy_class(config.pretrained).config_options  # what this family's policy takes
+    policy = load_flow_policy(config.pretrained, **{name: getattr(config, name) for name in options})
     reward = build_reward(config.rewards, config.reward_aggregation)
     prompts = _read_prompts(config.prompts, config.prompts_file)
     eval_prompts = _read_prompts(config.eval_prompts, config.eval_prompts_file)
