@@ -98,17 +98,20 @@ def test_greedy_tree_sampling_equals_generate(tiny: dict[str, Any], mode: str) -
             assert c == ref[p, :len(c)].tolist()
 
 
-@pytest.mark.parametrize("mode", ["independent", "segment"])
-def test_sampling_logprobs_equal_training_logprobs(tiny: dict[str, Any], mode: str) -> None:
-    """The importance ratio at the first inner step is exactly 1 only if the training forward gives the
-    log-probs the sampler drew with (same temperature scaling, positions, padding)."""
+@pytest.mark.parametrize(("mode", "top_k", "top_p"), [("independent", 0, 1.0), ("segment", 0, 1.0),
+                                                     ("independent", 0, 0.9), ("segment", 20, 0.8)])
+def test_sampling_logprobs_equal_training_logprobs(tiny: dict[str, Any], mode: str, top_k: int, top_p: float) -> None:
+    """The training forward gives the log-probs the sampler drew with (same temperature, suppressed
+    tokens, top-k / top-p truncation, positions, padding): the policy optimised is the one sampled."""
     model, processor = tiny["model"].eval(), tiny["processor"]
     images = [Image.new("RGB", (32, 32), "green"), Image.new("RGB", (48, 16), "black")]
     texts = ["Write code.", "Write matplotlib code."]
     inputs = encode_prompts(processor, images, texts)
+    suppress = [*vision_token_ids(model), processor.tokenizer.pad_token_id]
     gens = [torch.Generator().manual_seed(7 + i) for i in range(2)]
     groups = sample_groups(model, inputs, TreeSampling(4, mode=mode, segment_length=3), max_new_tokens=9,
-                           eos_token_ids=[model.generation_config.eos_token_id], generators=gens, temperature=0.7)
+                           eos_token_ids=[model.generation_config.eos_token_id], generators=gens, temperature=0.7,
+                           top_k=top_k, top_p=top_p, suppress_tokens=suppress)
     for p, g in enumerate(groups):
         prompt = encode_prompts(processor, [images[p]] * 4, [texts[p]] * 4)
         T = max(len(c) for c in g.completions)
@@ -118,7 +121,8 @@ def test_sampling_logprobs_equal_training_logprobs(tiny: dict[str, Any], mode: s
             ids[i, :len(c)] = torch.tensor(c)
             mask[i, :len(c)] = 1
         with torch.no_grad():
-            logps, _ = completion_logps(model, dict(prompt), ids, mask, temperature=0.7)
+            logps, _ = completion_logps(model, dict(prompt), ids, mask, temperature=0.7, top_k=top_k, top_p=top_p,
+                                        suppress=suppress)
         for i, lp in enumerate(g.logprobs):
             assert logps[i, :len(lp)].tolist() == pytest.approx(lp, abs=2e-5)
 
@@ -190,7 +194,7 @@ def test_train_step(tiny: dict[str, Any], tmp_path: Path, sampling: str, lora: b
     assert [m["step"] for m in history] == [1, 2]
     m = history[-1]
     assert all(torch.isfinite(torch.tensor(m[k])) for k in ("loss", "reward/mean", "grad_norm", "entropy"))
-    assert m["ratio/first_iteration_max_log_deviation"] == 0.0
+    assert m["logprob/sampler_gap_max"] < 1e-4  # the trainer's policy is the sampler's, to float rounding
     assert ("kl" in m) == (beta > 0)
     if sampling == "tree":
         assert m["tokens/per_leaf"] < m["tokens/per_leaf_if_independent"]

@@ -92,7 +92,9 @@ def encode_prompts(processor: Any, images: Sequence[Image.Image | None], instruc
     tok = getattr(processor, "tokenizer", processor)
     tok.padding_side = "left"
     texts = prompt_texts(processor, instructions, with_image=all(with_image), system=system)
-    pics = [im.convert("RGB") for im in images if im is not None]
+    # one list of images per prompt: SmolVLM / Idefics3 / Gemma 3 processors refuse a flat list for a batch
+    # of two or more prompts, and every other processor flattens the nested form to the same tensors
+    pics = [[im.convert("RGB")] for im in images if im is not None]
     inputs = processor(text=texts, images=pics or None, return_tensors="pt", padding=True)
     if max_prompt_length is not None:
         lengths = inputs["attention_mask"].sum(dim=1).tolist()

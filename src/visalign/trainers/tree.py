@@ -178,26 +178,64 @@ def split_quota(quota: int, parts: int) -> list[int]:
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  suppress: Sequence[int] = ()) -> torch.Tensor:
-    """Logits as sampled from: suppressed tokens at -inf, divided by ``temperature``, then top-k and
-    top-p (nucleus) filtering. Float32.
+                  suppress: Sequence[int] = (), keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits of the distribution visalign samples from *and* trains: float32, divided by
+    ``temperature``, ``suppress`` tokens at -inf, then top-k, then top-p (nucleus) truncation to -inf,
+    in the order transformers' ``generate`` applies its processors.
+
+    The sampler (:func:`sample_groups`) draws from ``softmax`` of these logits and the training forward
+    (:func:`~visalign.trainers.vlm.completion_logps`) takes its log-probs from ``log_softmax`` of them, so
+    the optimised policy is the sampled one.
+
+    Ties are decided by value, never by sort order, so two calls on equal values always keep the same
+    tokens: top-k keeps every token tied with the k-th largest (as transformers' ``TopKLogitsWarper``);
+    top-p keeps the most likely tokens while the mass of the tokens before them (in descending order)
+    is below ``top_p`` (as ``TopPLogitsWarper``; at least one), plus every token tied with the last one
+    kept (transformers keeps a sort-order-dependent subset of such ties).
+
+    ``keep`` (token ids, shaped ``logits.shape[:-1]``) are never truncated or suppressed: the training
+    side passes the tokens that were sampled, which the sampler's filter kept by construction. This
+    changes nothing in exact arithmetic; it keeps log-probs finite where float rounding moves a token
+    across a top-k/top-p boundary, and at padded positions.
 
     Example:
         >>> filter_logits(torch.tensor([[1.0, 2.0, 3.0]]), top_k=2, suppress=[2]).tolist()
         [[1.0, 2.0, -inf]]
+        >>> filter_logits(torch.tensor([[0.0, 0.0, 5.0]]), top_p=0.999).tolist()  # both ties stay in
+        [[0.0, 0.0, 5.0]]
+        >>> filter_logits(torch.tensor([[0.0, 1.0, 9.0]]), top_p=0.5, keep=torch.tensor([1])).tolist()
+        [[-inf, 1.0, 9.0]]
     """
     x = logits.float() / max(temperature, 1e-6)
+    if not suppress and not top_k and top_p >= 1.0:
+        return x
+    with torch.no_grad():
+        flat = x.detach().reshape(-1, x.shape[-1])
+        drop = torch.zeros(flat.shape, dtype=torch.bool, device=x.device)
+        for s in range(0, flat.shape[0], 256):  # bounded memory on (batch x length x vocab) training logits
+            drop[s:s + 256] = _truncated(flat[s:s + 256], top_k, top_p, suppress)
+        drop = drop.view(x.shape)
+        if keep is not None:
+            drop.scatter_(-1, keep.to(x.device).long().unsqueeze(-1), False)
+    return x.masked_fill(drop, float("-inf"))
+
+
+def _truncated(x: torch.Tensor, top_k: int, top_p: float, suppress: Sequence[int]) -> torch.Tensor:
+    """Bool mask of the tokens :func:`filter_logits` removes from rows ``x`` (temperature applied)."""
+    drop = torch.zeros_like(x, dtype=torch.bool)
     if suppress:
-        x[..., list(suppress)] = float("-inf")
+        drop[:, list(suppress)] = True
     if top_k and top_k < x.shape[-1]:
-        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
+        xm = x.masked_fill(drop, float("-inf"))
+        drop |= xm < torch.topk(xm, top_k, dim=-1).values[:, -1:]
     if top_p < 1.0:
-        sorted_x, order = torch.sort(x, descending=True, dim=-1)
-        cum = sorted_x.softmax(-1).cumsum(-1)
-        drop = cum - sorted_x.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return x
+        xm = x.masked_fill(drop, float("-inf"))
+        ordered = torch.sort(xm, descending=True, dim=-1).values
+        p = ordered.softmax(-1)
+        before = p.cumsum(-1) - p
+        n_keep = (before < top_p).sum(-1, keepdim=True).clamp(min=1)
+        drop |= xm < ordered.gather(-1, n_keep - 1)
+    return drop
 
 
 def _positions(attention_mask: torch.Tensor, rope_deltas: torch.Tensor | None) -> torch.Tensor:
@@ -208,6 +246,12 @@ def _positions(attention_mask: torch.Tensor, rope_deltas: torch.Tensor | None) -
     if rope_deltas is not None:
         return (pos + rope_deltas.view(-1, 1).to(pos.device)).unsqueeze(0).expand(3, -1, -1)
     return pos
+
+
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned: ``out.cache`` (transformers 5.24), else ``past_key_values``."""
+    keys = out.keys()
+    return out["cache"] if "cache" in keys else out["past_key_values"]
 
 
 @torch.no_grad()
@@ -231,17 +275,20 @@ def sample_groups(model: Any, inputs: Mapping[str, torch.Tensor], plan: TreeSamp
     eos = set(eos_token_ids)
     if not eos:
         raise ValueError("sampling needs at least one EOS token id")
-    inner = getattr(model, "model", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+    inner = getattr(base, "model", None)
     mrope = inner is not None and hasattr(inner, "rope_deltas")
     if mrope:
         inner.rope_deltas = None
-    # transformers >= 5.24 renamed past_key_values to cache in some models
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    params = inspect.signature(base.forward).parameters
+    # transformers 5.24 names the KV cache ``cache`` (``past_key_values`` is deprecated); older ones the latter
+    cache_arg = "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"
+    step_kwargs = {}
     prefill = dict(inputs)
     if not mrope:  # 1-D positions count real tokens only (left padding excluded), as generate() does
         prefill["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     out = model(**prefill, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = _returned_cache(out)
     rope_deltas = inner.rope_deltas.clone() if mrope and inner.rope_deltas is not None else None
     logits = out.logits[:, -1]
     attn = inputs["attention_mask"]
@@ -287,10 +334,11 @@ def sample_groups(model: Any, inputs: Mapping[str, torch.Tensor], plan: TreeSamp
                 rope_deltas = rope_deltas.index_select(0, index.to(rope_deltas.device))
         attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
         step_ids = torch.tensor(new_tokens, device=device).view(-1, 1)
-        cache_length = cache.get_seq_length()
         position_ids = _positions(attn, rope_deltas)
+        if "cache_position" in params:  # transformers < 5.24 wants it; 5.24 reads the cache's own length
+            step_kwargs["cache_position"] = torch.tensor([cache.get_seq_length()], device=device)
         out = model(input_ids=step_ids, attention_mask=attn, position_ids=position_ids, use_cache=True,
-                    cache_position=torch.tensor([cache_length], device=device), **{cache_arg: cache})
-        cache = out.past_key_values
+                    **{cache_arg: cache}, **step_kwargs)
+        cache = _returned_cache(out)
         logits = out.logits[:, -1]
     return groups

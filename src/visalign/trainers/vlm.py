@@ -50,7 +50,7 @@ from ..rewards.code import fill_code
 from .config import config_to_dict, load_config, option, save_config
 from .grpo import group_advantages, policy_loss
 from .prompting import DEFAULT_INSTRUCTIONS, check_prompts, encode_prompts, vision_token_ids
-from .tree import SampledGroup, TreeSampling, sample_groups, tree_token_advantages
+from .tree import SampledGroup, TreeSampling, filter_logits, sample_groups, tree_token_advantages
 
 log = logging.getLogger("visalign.train")
 
@@ -86,9 +86,10 @@ class VLMGRPOConfig:
     generation_batch_size: int = option(4, "prompts sampled together; scoring of one overlaps sampling of the next")
     max_prompt_length: int = option(512, "longer prompts are rejected at load time, never truncated", source="TRL 1.16")
     max_completion_length: int = option(256, "tokens per completion", source="TRL 1.16")
-    temperature: float = option(1.0, "sampling temperature (log-probs use the same scaling)", source="TRL 1.16")
-    top_k: int = option(0, "top-k filtering (0 = off)")
-    top_p: float = option(1.0, "nucleus filtering", source="TRL 1.16")
+    temperature: float = option(1.0, "sampling temperature; training log-probs use the same distribution", source="TRL 1.16")
+    top_k: int = option(0, "top-k truncation (0 = off); training log-probs use the same truncated distribution")
+    top_p: float = option(1.0, "nucleus truncation; training log-probs use the same truncated distribution",
+                          source="TRL 1.16")
     sampling: str = option("independent", "independent or tree (prefix-tree rollouts sharing prefixes)")
     tree_mode: str = option("segment", "tree branching rule: segment (TreePO) or entropy (EPTree-like)")
     tree_branch_factor: int = option(2, "children per split", source="TreePO")
@@ -100,7 +101,7 @@ class VLMGRPOConfig:
     loss_type: str = option("dapo", "grpo, bnpo, dr_grpo or dapo aggregation", source="TRL 1.16")
     epsilon: float = option(0.2, "lower clip range", source="TRL 1.16")
     epsilon_high: float | None = option(None, "upper clip range (clip-higher, DAPO 0.28); None = epsilon", source="TRL 1.16")
-    beta: float = option(0.0, "KL weight (k3 estimator); > 0 needs a reference policy", source="TRL 1.16")
+    beta: float = option(0.0, "KL weight (k3 estimator) to the reference's sampling distribution", source="TRL 1.16")
     num_iterations: int = option(1, "optimizer steps per generation batch (mu)", source="TRL 1.16")
     importance_sampling_level: str = option("token", "token, or sequence (GSPO)", source="TRL 1.16")
     scale_rewards: str = option("group", "advantage std: group, batch or none (Dr. GRPO)", source="TRL 1.16")
@@ -163,13 +164,20 @@ class Rollout:
     rewards: torch.Tensor                    # (B,), NaN = no reward applied
     tokens_sampled: int
     reward_metrics: dict[str, float] = field(default_factory=dict)
+    sampler_logps: list[list[float]] = field(default_factory=list)  # what the sampler drew each token with
     seconds: dict[str, float] = field(default_factory=dict)
     dropped_groups: int = 0
 
 
 def completion_logps(model: Any, prompt_inputs: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                     completion_mask: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs (float32, temperature-scaled as sampled) and entropies of completions.
+                     completion_mask: torch.Tensor, temperature: float = 1.0, *, top_k: int = 0, top_p: float = 1.0,
+                     suppress: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies of completions under the distribution they were sampled from.
+
+    The logits go through :func:`~visalign.trainers.tree.filter_logits` with the sampler's
+    ``temperature``, ``suppress`` tokens and ``top_k`` / ``top_p`` truncation (the completion's own
+    tokens are never truncated: the sampler kept them), so these log-probs equal the sampler's to
+    float rounding and the policy that is optimised is the one that is sampled. Float32.
 
     ``prompt_inputs`` is the processor's left-padded batch; ``completion_ids`` / ``completion_mask``
     are right-padded ``(B, T)``. Returns two ``(B, T)`` tensors.
@@ -181,18 +189,22 @@ def completion_logps(model: Any, prompt_inputs: dict[str, torch.Tensor], complet
     if "mm_token_type_ids" in prompt_inputs:
         extra["mm_token_type_ids"] = torch.cat(
             [prompt_inputs["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
-    inner = getattr(getattr(model, "module", model), "model", None)
+    if "token_type_ids" in prompt_inputs:  # Gemma 3 marks image tokens with them
+        extra["token_type_ids"] = torch.cat([prompt_inputs["token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+    base = getattr(model, "module", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    inner = getattr(base, "model", None)
     if inner is not None and hasattr(inner, "rope_deltas"):
         inner.rope_deltas = None  # Qwen-VL keeps M-RoPE offsets between calls (and derives them from the mask)
     else:  # 1-D positions count real tokens only, as the sampler does, so left padding changes nothing
         extra["position_ids"] = (attention.long().cumsum(-1) - 1).clamp(min=0)
     T = completion_ids.shape[1]
     logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=T + 1, use_cache=False, **extra).logits
-    logits = logits[:, :-1].float() / max(temperature, 1e-6)
-    logp_all = torch.log_softmax(logits, dim=-1)
+    x = filter_logits(logits[:, :-1], temperature, top_k, top_p, suppress, keep=completion_ids)
+    logp_all = torch.log_softmax(x, dim=-1)
     logps = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        entropy = -(logp_all.exp() * logp_all.nan_to_num(neginf=0.0)).sum(-1)
     return logps, entropy
 
 
@@ -414,6 +426,7 @@ class VLMGRPOTrainer:
         c = self.config
         seconds: Counter[str] = Counter()
         ids: list[list[int]] = []
+        sampler_logps: list[list[float]] = []
         truncated: list[bool] = []
         texts: list[str] = []
         samples: list[Sample] = []
@@ -428,6 +441,7 @@ class VLMGRPOTrainer:
             for (pos, row), g in zip(chunk, groups, strict=True):
                 decoded = self.tokenizer.batch_decode(g.completions, skip_special_tokens=True)
                 ids += g.completions
+                sampler_logps += g.logprobs
                 truncated += g.truncated
                 texts += decoded
                 tokens += g.tokens_sampled
@@ -447,7 +461,7 @@ class VLMGRPOTrainer:
         seconds["wait_for_scores"] = time.perf_counter() - t0
         rewards = torch.tensor([math.nan if s is None else float(s) for s in scores], dtype=torch.float32)
         return Rollout(rows=[r for _, r in prompts], completion_ids=ids, truncated=truncated, texts=texts, samples=samples,
-                       rewards=rewards, tokens_sampled=tokens, reward_metrics={k: v / max(1, len(scores)) if k.endswith("mean") else v
+                       rewards=rewards, tokens_sampled=tokens, sampler_logps=sampler_logps, reward_metrics={k: v / max(1, len(scores)) if k.endswith("mean") else v
                                        for k, v in metrics.items()},
                        seconds=dict(seconds))
 
@@ -501,7 +515,14 @@ class VLMGRPOTrainer:
             ids, mask = _pad([rollout.completion_ids[i] for i in idx], self.pad_id, dev)
             if c.mask_truncated_completions:
                 mask = mask * torch.tensor([0 if rollout.truncated[i] else 1 for i in idx], device=dev).unsqueeze(1)
-            out.append({"idx": idx, "inputs": self._encode(rows), "ids": ids, "mask": mask})
+            batch = {"idx": idx, "inputs": self._encode(rows), "ids": ids, "mask": mask}
+            if len(rollout.sampler_logps) == B:
+                sampled = torch.zeros(ids.shape, dtype=torch.float32)
+                for j, i in enumerate(idx):
+                    lp = rollout.sampler_logps[i][:ids.shape[1]]
+                    sampled[j, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+                batch["sampled"] = sampled.to(dev)
+            out.append(batch)
         return out
 
     def update(self, rollout: Rollout) -> dict[str, float]:
@@ -518,16 +539,16 @@ class VLMGRPOTrainer:
                 T = b["ids"].shape[1]
                 b["adv"] = adv_full[b["idx"], :T]
                 if stored_old:
-                    b["old"] = completion_logps(self.model, b["inputs"], b["ids"], b["mask"], c.temperature)[0]
+                    b["old"] = self._logps(self.model, b)[0]
                 if c.beta > 0:
                     b["ref"] = self._ref_logps(b)
         stats: Counter[str] = Counter()
-        first_dev = 0.0
+        gap_max, gap_sum, gap_n = 0.0, 0.0, 0.0
         for it in range(c.num_iterations):
             for j, b in enumerate(batches):
                 sync = contextlib.nullcontext() if j == len(batches) - 1 else acc.no_sync(self.model)
                 with sync:
-                    logps, entropy = completion_logps(self.model, b["inputs"], b["ids"], b["mask"], c.temperature)
+                    logps, entropy = self._logps(self.model, b)
                     old = b["old"] if stored_old else logps.detach()
                     scale = {"dapo": 1.0, "dr_grpo": len(b["idx"]) / B}.get(c.loss_type, 1.0 / len(batches))
                     loss = policy_loss(logps, old, b["adv"], b["mask"], loss_type=c.loss_type, epsilon=c.epsilon,
@@ -538,9 +559,11 @@ class VLMGRPOTrainer:
                     acc.backward(loss)
                 stats["loss"] += float(loss.detach())
                 _ratio_stats(stats, logps.detach(), old, b["mask"].float(), b["adv"], c, entropy, b.get("ref"))
-                if it == 0 and stored_old:  # on-policy: the ratio must be exactly 1 before the first update
+                if it == 0 and "sampled" in b:  # before any update: the trainer's policy is the sampler's
                     m = b["mask"].bool()
-                    first_dev = max(first_dev, float((logps.detach() - old)[m].abs().max()) if m.any() else 0.0)
+                    if m.any():
+                        gap = (logps.detach() - b["sampled"])[m].abs()
+                        gap_max, gap_sum, gap_n = max(gap_max, float(gap.max())), gap_sum + float(gap.sum()), gap_n + gap.numel()
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm) if c.max_grad_norm else None
             self.optimizer.step()
             self.scheduler.step()
@@ -553,18 +576,28 @@ class VLMGRPOTrainer:
         for k in ("clip/low", "clip/high", "clip/region", "ratio/mean", "entropy", "kl"):
             if k in stats:
                 out[k] = stats[k] / n_tok
-        out["ratio/first_iteration_max_log_deviation"] = first_dev
-        if first_dev > 1e-5:
-            log.warning("importance ratio deviates from 1 by exp(%.3g) at the first inner step: sampling-time and "
-                        "training-time log-probs differ (precision, dropout or a non-deterministic kernel)", first_dev)
+        if gap_n:
+            out["logprob/sampler_gap_max"] = gap_max
+            out["logprob/sampler_gap_mean"] = gap_sum / gap_n
+            if gap_max > 1e-3:
+                log.warning("sampler and trainer log-probs differ by up to %.3g nats on one token (mean %.3g) before "
+                            "the first update: precision (bf16/fp16), dropout or a non-deterministic kernel", gap_max,
+                            gap_sum / gap_n)
         return out
+
+    def _logps(self, model: Any, b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies of a micro-batch under the sampling distribution (temperature,
+        suppressed tokens, top-k / top-p), as :meth:`sample` draws them."""
+        c = self.config
+        return completion_logps(model, b["inputs"], b["ids"], b["mask"], c.temperature, top_k=c.top_k, top_p=c.top_p,
+                                suppress=self.suppress)
 
     def _ref_logps(self, b: dict[str, Any]) -> torch.Tensor:
         model = self.accelerator.unwrap_model(self.model)
         if self.ref_model is not None:
-            return completion_logps(self.ref_model, b["inputs"], b["ids"], b["mask"], self.config.temperature)[0]
+            return self._logps(self.ref_model, b)[0]
         with model.disable_adapter():
-            return completion_logps(self.model, b["inputs"], b["ids"], b["mask"], self.config.temperature)[0]
+            return self._logps(self.model, b)[0]
 
     # ------------------------------------------------------------------------------------------- step
     def step(self) -> dict[str, Any]:
@@ -815,6 +848,7 @@ def _flat_group(rewards: torch.Tensor) -> bool:
 
 def _split_groups(r: Rollout, G: int) -> list[Rollout]:
     return [Rollout(rows=[r.rows[g]], completion_ids=r.completion_ids[g * G:(g + 1) * G], truncated=r.truncated[g * G:(g + 1) * G],
+                    sampler_logps=r.sampler_logps[g * G:(g + 1) * G],
                     texts=r.texts[g * G:(g + 1) * G], samples=r.samples[g * G:(g + 1) * G], rewards=r.rewards[g * G:(g + 1) * G],
                     tokens_sampled=r.tokens_sampled // max(1, len(r.rows)), reward_metrics=r.reward_metrics)
             for g in range(len(r.rows))]
@@ -822,6 +856,7 @@ def _split_groups(r: Rollout, G: int) -> list[Rollout]:
 
 def _merge_groups(parts: Sequence[Rollout]) -> Rollout:
     return Rollout(rows=[x for p in parts for x in p.rows], completion_ids=[x for p in parts for x in p.completion_ids],
+                   sampler_logps=[x for p in parts for x in p.sampler_logps],
                    truncated=[x for p in parts for x in p.truncated], texts=[x for p in parts for x in p.texts],
                    samples=[x for p in parts for x in p.samples], rewards=torch.cat([p.rewards for p in parts]),
                    tokens_sampled=sum(p.tokens_sampled for p in parts),
