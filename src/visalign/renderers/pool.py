@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._sandboxed.zygote import MAX_RESULT, SANDBOX_MARKERS  # one definition for the worker and us
 from .base import DEFAULT_MAX_PIXELS, RenderResult, finish_image, load_png
 from .sandbox import (
     SandboxInfo,
@@ -48,11 +49,6 @@ HANDLER_DIR = str(Path(__file__).with_name("_sandboxed"))
 START_TIMEOUT = 120.0   # a cold zygote imports matplotlib: allow a slow first start
 REPLY_MARGIN = 10.0     # the zygote enforces the job timeout; this only catches a hung zygote
 MAX_SOURCE_BYTES = 16 << 20   # largest program accepted
-MAX_REPLY_BYTES = 96 << 20    # = the zygote's MAX_RESULT
-SANDBOX_MARKERS = ("Read-only file system", "Permission denied", "Network is unreachable",
-                   "Connection refused", "Operation not permitted", "Temporary failure in name resolution",
-                   "Name or service not known", "Resource temporarily unavailable",
-                   "Directory nonexistent", "can't fork")
 
 
 # bwrap --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits, so every
@@ -177,7 +173,7 @@ class _Zygote:
         if reply.get("n") != self._jobs:
             raise WorkerDied("worker answered out of order")
         sizes = [reply.get("result"), reply.get("output")]
-        if not all(isinstance(n, int) and 0 <= n <= MAX_REPLY_BYTES for n in sizes):
+        if not all(isinstance(n, int) and 0 <= n <= MAX_RESULT for n in sizes):
             raise WorkerDied("worker sent a malformed reply")
         result = self._read_bytes(sizes[0], REPLY_MARGIN)
         output = self._read_bytes(sizes[1], REPLY_MARGIN)
@@ -316,7 +312,7 @@ class ZygotePool:
         if reply.get("timed_out"):
             return RenderResult.failure("timeout", f"no result within {self.timeout:g} s", seconds)
         size = reply.get("result_size")
-        if isinstance(size, int) and size > MAX_REPLY_BYTES:
+        if isinstance(size, int) and size > MAX_RESULT:
             return RenderResult.failure("memory", f"the result was {size} bytes, over the limit", seconds)
         result = parse_result(raw)
         if result is None:

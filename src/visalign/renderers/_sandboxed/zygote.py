@@ -5,10 +5,12 @@ its heavy imports. The zygote never holds any job's content, so no job can find 
 the memory it inherits (the reference program, another sample's code or image):
 
 1. *Fork first.* Before a job arrives the zygote forks a child that isolates itself (see
-   :func:`isolate`), then reads its one job straight from the zygote's stdin, closes stdin and tells
-   the zygote it started. The zygote itself never reads stdin.
-2. The child runs the job and writes its result (a small JSON header, then raw blobs such as the PNG
-   and the trace) into a memfd the zygote made for it; stdout and stderr go to another memfd.
+   :func:`isolate`: its own user, mount, IPC and PID namespace, a quota'd tmpfs, seccomp) and forks
+   the job process, the init of that PID namespace, then waits for it. The job process reads its
+   one job straight from the zygote's stdin, closes stdin and tells the zygote it started. The
+   zygote itself never reads stdin.
+2. The job runs and writes its result (a small JSON header, then raw blobs such as the PNG and the
+   trace) into a memfd the zygote made for it; stdout and stderr go to another memfd.
 3. The zygote enforces the wall-clock timeout, kills everything the job left, and answers the
    parent with one JSON line ``{"n", "status", "timed_out", "seconds", "result", "output",
    "isolation"}`` followed by ``result`` bytes of the result memfd and ``output`` bytes of the
