@@ -296,7 +296,7 @@ class VLMGRPOTrainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         eos = model.generation_config.eos_token_id
         self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos if eos is not None else self.tokenizer.eos_token_id]
-        self.suppress = sorted({*vision_token_ids(model), self.pad_id} - set(self.eos_ids))
+        self.suppress = sorted({*vision_token_ids(model, processor=processor), self.pad_id} - set(self.eos_ids))
         self.ref_model = None
         if c.lora:
             from peft import LoraConfig, get_peft_model

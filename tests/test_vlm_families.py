@@ -1,0 +1,180 @@
+"""Every VLM family visalign trains, tiny and offline (issue 11): each is built from its real config,
+model and processor classes with random weights (``visalign.models.tiny_vlm.build_tiny_vlm``), saved
+and loaded back the way users load checkpoints, and held to:
+
+- sampler log-probs = training log-probs under the trainer's real processing (temperature, suppressed
+  vision / pad tokens, top-k and top-p), on left-padded batches of two prompts of different lengths;
+- greedy sampling = ``generate`` (with the same suppressed tokens);
+- one LoRA and one full GRPO step through :class:`VLMGRPOTrainer`, the checkpoint loaded back equal.
+
+Models are built once per family (module scope) at 32x32 images; the file is meant for CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from visalign.models.tiny_vlm import VLM_FAMILIES, build_tiny_vlm
+from visalign.rewards import Reward, RewardOutput, Sample
+from visalign.trainers.config import load_config
+from visalign.trainers.prompting import encode_prompts, vision_token_ids
+from visalign.trainers.tree import TreeSampling, sample_groups
+from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, completion_logps
+
+CORPUS = ["import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [3, 4])\nplt.title('Sales')\n",
+          "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [2, 5, 1], color='red')\n",
+          "Write matplotlib code that reproduces this chart."] * 4
+IMAGES = [Image.new("RGB", (32, 32), "green"), Image.new("RGB", (48, 20), "navy")]
+TEXTS = ["Write code.", "Write matplotlib code that reproduces this chart, please."]  # different lengths
+# (temperature, top_k, top_p) of the trainer's sampling distribution checked per family
+PROCESSING = (0.8, 40, 0.9)
+
+_BUILT: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``family -> {model, processor, path}``: built once per family, saved, and loaded back."""
+
+    def get(family: str) -> dict[str, Any]:
+        if family not in _BUILT:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            model, processor = build_tiny_vlm(family, CORPUS)
+            path = tmp_path_factory.mktemp(family)
+            model.save_pretrained(path)
+            processor.save_pretrained(path)
+            loaded = AutoModelForImageTextToText.from_pretrained(path).eval()
+            loaded_processor = AutoProcessor.from_pretrained(path)
+            assert type(loaded) is type(model) and type(loaded_processor) is type(processor)
+            for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+                assert torch.equal(a, b), n
+            _BUILT[family] = {"model": loaded, "processor": loaded_processor, "path": str(path)}
+        return _BUILT[family]
+
+    yield get
+    _BUILT.clear()
+
+
+def suppressed(model: Any, processor: Any) -> list[int]:
+    """The trainer's suppress list (vision markup and padding, never EOS)."""
+    eos = model.generation_config.eos_token_id
+    return sorted({*vision_token_ids(model, processor=processor), processor.tokenizer.pad_token_id} - {eos})
+
+
+def padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(s) for s in seqs)
+    ids, mask = torch.zeros(len(seqs), T, dtype=torch.long), torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_sampler_logprobs_equal_training_logprobs(saved: Any, family: str) -> None:
+    """Tokens drawn by the KV-cached tree sampler score the same under the training forward (one
+    left-padded batch mixing both prompts), with the trainer's suppression and top-k / top-p."""
+    model, processor = saved(family)["model"], saved(family)["processor"]
+    inputs = encode_prompts(processor, IMAGES, TEXTS)
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    assert lengths[0] < lengths[1] == inputs["input_ids"].shape[1]  # row 0 is left-padded
+    temperature, top_k, top_p = PROCESSING
+    suppress = suppressed(model, processor)
+    G = 3
+    groups = sample_groups(model, inputs, TreeSampling(G, mode="segment", segment_length=2), max_new_tokens=7,
+                           eos_token_ids=[model.generation_config.eos_token_id],
+                           generators=[torch.Generator().manual_seed(11 + p) for p in range(2)],
+                           temperature=temperature, top_k=top_k, top_p=top_p, suppress_tokens=suppress)
+    completions = [c for g in groups for c in g.completions]
+    sampled = [lp for g in groups for lp in g.logprobs]
+    assert not any(t in suppress for c in completions for t in c)
+    prompt = encode_prompts(processor, [IMAGES[0]] * G + [IMAGES[1]] * G, [TEXTS[0]] * G + [TEXTS[1]] * G)
+    ids, mask = padded(completions)
+    with torch.no_grad():
+        logps, entropy = completion_logps(model, dict(prompt), ids, mask, temperature, top_k=top_k, top_p=top_p,
+                                          suppress=suppress)
+    assert torch.isfinite(entropy).all()
+    for i, lp in enumerate(sampled):
+        # float32 reductions in another order (full forward vs KV cache, other batch shapes): ~1e-6 here
+        torch.testing.assert_close(logps[i, :len(lp)], torch.tensor(lp), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_greedy_sampling_equals_generate(saved: Any, family: str) -> None:
+    model, processor = saved(family)["model"], saved(family)["processor"]
+    inputs = encode_prompts(processor, IMAGES, TEXTS)
+    suppress = suppressed(model, processor)
+    inner = getattr(model, "model", None)
+    if hasattr(inner, "rope_deltas"):
+        inner.rope_deltas = None
+    ref = model.generate(**inputs, max_new_tokens=6, do_sample=False, suppress_tokens=suppress)
+    ref = ref[:, inputs["input_ids"].shape[1]:]
+    groups = sample_groups(model, inputs, TreeSampling(2, mode="segment", segment_length=2), max_new_tokens=6,
+                           eos_token_ids=[model.generation_config.eos_token_id],
+                           generators=[torch.Generator().manual_seed(p) for p in range(2)], top_k=1,
+                           suppress_tokens=suppress)
+    for p, g in enumerate(groups):
+        for c in g.completions:
+            assert c == ref[p, :len(c)].tolist()
+
+
+class Letters(Reward):
+    """A text reward with spread on random completions: the share of letters."""
+
+    name = "letters"
+
+    def score(self, samples: list[Sample]) -> RewardOutput:
+        scores = [sum(ch.isalpha() for ch in (s.completion or "")) / max(1, len(s.completion or "")) + 0.01 * i
+                  for i, s in enumerate(samples)]
+        return RewardOutput(scores, [{} for _ in samples])
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_grpo_step_saves_and_reloads(saved: Any, tmp_path: Path, family: str, lora: bool) -> None:
+    """One GRPO step from the saved checkpoint (as users load it), then its final checkpoint loads back
+    with the trained weights."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = saved(family)["path"]
+    temperature, top_k, top_p = PROCESSING
+    cfg = load_config(VLMGRPOConfig, {
+        "model": path, "num_generations": 2, "prompts_per_step": 2, "generation_batch_size": 2,
+        "max_completion_length": 5, "max_steps": 1, "learning_rate": 1e-2, "per_device_train_batch_size": 4,
+        "output_dir": str(tmp_path / "run"), "progress": False, "log_with": "none", "render_workers": 1, "seed": 1,
+        "temperature": temperature, "top_k": top_k, "top_p": top_p, "eval_before": False,
+        "lora": lora, "lora_r": 2, "lora_alpha": 4, "lora_target_modules": ["q_proj", "v_proj"]})
+    rows = [{"id": f"r{i}", "image": IMAGES[i], "prompt": TEXTS[i]} for i in range(2)]
+    trainer = VLMGRPOTrainer(cfg, reward=Letters(), train_rows=rows)
+    try:
+        m = trainer.train()[0]
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+    finally:
+        trainer.close()
+    assert torch.isfinite(torch.tensor([m["loss"], m["grad_norm"]])).all() and m["grad_norm"] > 0
+    assert m["logprob/sampler_gap_max"] < 2e-4
+    out = tmp_path / "run" / (tmp_path / "run" / "final.txt").read_text().strip()
+    if lora:
+        from peft import PeftModel
+
+        base = AutoModelForImageTextToText.from_pretrained(path)
+        reloaded = PeftModel.from_pretrained(base, out)
+        names = [n for n, _ in trained.named_parameters() if "lora_" in n]
+        assert names
+    else:
+        reloaded = AutoModelForImageTextToText.from_pretrained(out)
+        names = [n for n, _ in trained.named_parameters()]
+    assert type(AutoProcessor.from_pretrained(out)) is type(saved(family)["processor"])
+    mine, theirs = dict(trained.named_parameters()), dict(reloaded.named_parameters())
+    for n in names:
+        torch.testing.assert_close(theirs[n], mine[n], rtol=0, atol=0)
+    if lora:  # LoRA B starts at zero: a step moved it
+        assert any(bool(mine[n].abs().sum() > 0) for n in names if "lora_B" in n)
+    else:
+        base = saved(family)["model"].state_dict()
+        assert any(not torch.equal(mine[n], base[n]) for n in names if n in base)
