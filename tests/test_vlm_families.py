@@ -178,3 +178,30 @@ def test_grpo_step_saves_and_reloads(saved: Any, tmp_path: Path, family: str, lo
     else:
         base = saved(family)["model"].state_dict()
         assert any(not torch.equal(mine[n], base[n]) for n in names if n in base)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "smolvlm", "gemma3", "internvl"])
+def test_check_model_names_family_and_processor_path(saved: Any, family: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from visalign.cli import main
+    from visalign.models.support import SUPPORTED_VLMS
+
+    assert main(["train", "grpo", "--check-model", saved(family)["path"]]) == 0
+    out = capsys.readouterr().out
+    assert f"family: {SUPPORTED_VLMS[family].name} " in out and "supported: yes" in out
+    assert f"processor: {type(saved(family)['processor']).__name__}" in out
+
+
+def test_check_model_refuses_an_unsupported_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from visalign.cli import main
+    from visalign.models.tiny_vlm import build_tokenizer
+
+    tok = build_tokenizer(CORPUS, vocab_size=300)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert main(["train", "grpo", "--check-model", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "model_type 'qwen2' is not a supported VLM family" in out and "supported: no" in out

@@ -211,6 +211,15 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
     from .trainers.config import describe_config
 
+    if getattr(args, "check_model", None):
+        if args.trainer != "grpo":
+            print("visalign train: --check-model checks VLMs for grpo", file=sys.stderr)
+            return 2
+        from .trainers.prompting import check_vlm, format_check
+
+        check = check_vlm(args.check_model)
+        print(format_check(check))
+        return 0 if check.supported else 1
     module, config_name, entry = TRAINERS[args.trainer]
     mod = importlib.import_module(module)
     if args.describe:
@@ -320,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML file with the trainer's options")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
     t.add_argument("--describe", action="store_true", help="print the trainer's options and defaults")
+    t.add_argument("--check-model", metavar="PATH", help="grpo: say whether PATH's VLM family is supported and which "
+                   "processor path it takes (reads config and processor, no weights); exit 1 if not supported")
     t.set_defaults(func=_train_cmd)
 
     dt = sub.add_parser("data", help="write a synthetic chart-to-code set (code + rendered image) as JSONL")

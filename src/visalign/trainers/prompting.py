@@ -10,6 +10,9 @@ trainer needs.
   its tokens are image tokens, and :func:`check_prompts` returns the bad rows so a trainer can reject
   them up front.
 
+:func:`check_vlm` is the pre-flight check of a checkpoint (``visalign train grpo --check-model PATH``):
+its family (:data:`~visalign.models.support.SUPPORTED_VLMS`) and the processor path the trainer takes.
+
 The conversation is the one every chart-to-code recipe uses: one user turn holding the image and the
 instruction, then the assistant's answer (the code).
 
@@ -21,14 +24,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from ..models.support import SUPPORTED_VLMS, VLMFamily
 from ..models.tokens import vision_token_ids
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "PromptTooLongError", "chat_messages", "check_prompts", "encode_prompts",
-           "prompt_texts", "vision_token_ids"]
+__all__ = ["DEFAULT_INSTRUCTIONS", "ModelCheck", "PromptTooLongError", "chat_messages", "check_prompts", "check_vlm",
+           "encode_prompts", "format_check", "prompt_texts", "vision_token_ids"]
 
 #: The instruction used when a dataset row has none, per renderer kind.
 DEFAULT_INSTRUCTIONS = {
@@ -121,3 +127,80 @@ def check_prompts(processor: Any, images: Sequence[Image.Image | None], instruct
         except PromptTooLongError as e:
             bad.append((i, str(e)))
     return bad
+
+
+@dataclass
+class ModelCheck:
+    """What :func:`check_vlm` found; ``supported`` is False with ``problems`` saying why."""
+
+    path: str
+    model_type: str | None = None
+    family: VLMFamily | None = None
+    processor_class: str | None = None
+    batch_keys: list[str] = field(default_factory=list)
+    image_tokens: list[int] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def supported(self) -> bool:
+        return self.family is not None and not self.problems
+
+
+def check_vlm(path: str | Path, image_size: int = 64) -> ModelCheck:
+    """Check a checkpoint (directory or hub id) for the GRPO trainer without loading its weights."""
+    from transformers import AutoConfig, AutoProcessor
+
+    out = ModelCheck(path=str(path))
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        out.problems.append(f"cannot read the config: {exc}")
+        return out
+    out.model_type = getattr(config, "model_type", None)
+    out.family = SUPPORTED_VLMS.get(out.model_type or "")
+    if out.family is None:
+        out.problems.append(f"model_type {out.model_type!r} is not a supported VLM family (supported: "
+                            f"{', '.join(SUPPORTED_VLMS)})")
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (ImportError, OSError, ValueError, KeyError) as exc:
+        out.problems.append(f"cannot load the processor: {type(exc).__name__}: {exc}")
+        return out
+    out.processor_class = type(processor).__name__
+    images = [Image.new("RGB", (image_size, image_size), "white"), Image.new("RGB", (image_size + 16, image_size), "black")]
+    try:
+        batch = encode_prompts(processor, images, ["Write code.", "Write matplotlib code that reproduces this chart."])
+    except Exception as exc:  # the processor path the trainer takes fails: report it, do not crash
+        out.problems.append(f"the processor fails on a batch of two prompts: {type(exc).__name__}: {exc}")
+        return out
+    out.batch_keys = sorted(batch.keys())
+    tok = getattr(processor, "tokenizer", processor)
+    image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+    if image_id is not None:
+        out.image_tokens = [int((row == image_id).sum()) for row in batch["input_ids"]]
+    eos = getattr(getattr(config, "text_config", config), "eos_token_id", None)
+    ids = vision_token_ids(config, eos_token_id=eos, processor=processor)
+    if tok.pad_token_id is not None:
+        ids = sorted({*ids, tok.pad_token_id})
+    out.suppressed = [tok.convert_ids_to_tokens(i) for i in ids]
+    return out
+
+
+def format_check(check: ModelCheck) -> str:
+    """The report ``visalign train grpo --check-model`` prints."""
+    lines = [f"model: {check.path}", f"model_type: {check.model_type}"]
+    if check.family is not None:
+        f = check.family
+        lines += [f"family: {f.name} ({f.model_class}), positions {f.positions}" + (f"; {f.notes}" if f.notes else "")]
+    if check.processor_class:
+        lines.append(f"processor: {check.processor_class}, one image list per prompt, left padding")
+    if check.batch_keys:
+        lines.append(f"batch: {', '.join(check.batch_keys)}")
+    if check.image_tokens:
+        lines.append(f"image tokens per prompt (test images): {check.image_tokens}")
+    if check.suppressed:
+        lines.append(f"never sampled (suppressed): {' '.join(check.suppressed)}")
+    lines += [f"problem: {p}" for p in check.problems]
+    lines.append("supported: yes" if check.supported else "supported: no")
+    return "\n".join(lines)
