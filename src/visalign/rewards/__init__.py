@@ -48,6 +48,9 @@ REWARDS: dict[str, tuple[str, str]] = {
     "identity": ("visalign.rewards.identity", "IdentityReward"),
     "ocr": ("visalign.rewards.ocr", "OcrReward"),
     "shape_colour": ("visalign.rewards.shapes", "ShapeColourReward"),
+    "frame_mean": ("visalign.rewards.video", "FrameMeanReward"),
+    "temporal_consistency": ("visalign.rewards.video", "TemporalConsistencyReward"),
+    "model": ("visalign.rewards.model", "ModelReward"),
 }
 
 

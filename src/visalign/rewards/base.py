@@ -25,6 +25,7 @@ class Sample:
         completion: the raw model output; code is extracted from it when ``code`` is None.
         code: the generated code (chart / table / SVG / HTML), already extracted.
         image: a generated image (text-to-image), or None when the image comes from rendering ``code``.
+        frames: the frames of a generated video (text-to-video; ``image`` is then its first frame), or None.
         reference_image: the target image.
         reference_code: the target code (chart-code metrics, TEDS on LaTeX tables).
         kind: renderer for ``code`` and ``reference_code``: ``matplotlib``, ``latex``, ``svg`` or ``html``.
@@ -51,6 +52,7 @@ class Sample:
     metadata: dict[str, Any] = field(default_factory=dict)
     rendered: RenderResult | None = field(default=None, repr=False)
     reference_rendered: RenderResult | None = field(default=None, repr=False)
+    frames: list[Image.Image] | None = field(default=None, repr=False)
 
     @property
     def generated_image(self) -> Image.Image | None:

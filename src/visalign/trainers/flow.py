@@ -124,7 +124,10 @@ class FlowGRPOConfig:
                                     "(SD1.5, DDIM), or a class-conditional UNet2DModel with classes.json "
                                     "(train_flow_from_config only)")
     resolution: int = option(512, "image size in pixels (pipeline policies)", source="Flow-GRPO (SD3.5-M)")
-    max_sequence_length: int = option(256, "T5 tokens per prompt (SD3 policies)", source="diffusers SD3")
+    max_sequence_length: int = option(256, "text tokens per prompt (SD3, Qwen-Image, FLUX.2, Wan policies)",
+                                      source="diffusers SD3")
+    num_frames: int = option(81, "frames per video (video policies: Wan; num_frames - 1 divisible by the VAE's "
+                             "temporal factor)", source="diffusers Wan")
     prompts: list[str] = option([], "training prompts (or prompts_file)")
     prompts_file: str | None = option(None, "text file, one training prompt per line")
     eval_prompts: list[str] = option([], "fixed prompts of the eval grid (or eval_prompts_file)")
@@ -983,10 +986,10 @@ class FlowGRPOTrainer:
     # ----------------------------------------------------------------------------- rewards
     def score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, Any]]:
         """Rewards of this process's leaves (float64, NaN where missing) and the reward metrics."""
-        images = self.policy.decode(rollout.leaves)
+        fields = self.policy.decode_samples(rollout.leaves)  # {"image"}, and "frames" for videos
         leaf_prompt = rollout.steps[-1].parent_prompt[rollout.steps[-1].parent_index]
-        samples = [Sample(prompt=rollout.prompts[int(p)], image=im, group=self._slots[int(p)])
-                   for p, im in zip(leaf_prompt, images, strict=True)]
+        samples = [Sample(prompt=rollout.prompts[int(p)], group=self._slots[int(p)], **f)
+                   for p, f in zip(leaf_prompt, fields, strict=True)]
         out = self.reward(samples)
         values = []
         for s in out.scores:
@@ -1154,9 +1157,10 @@ class FlowGRPOTrainer:
         with context:
             rollout = self.rollout(self.eval_prompts, roots, [0.0] * c.eval_num_steps, 0, split_steps=[],
                                    stream=c.eval_seed + 1, num_steps=c.eval_num_steps)
-        images = self.policy.decode(rollout.leaves)
-        out = self.reward([Sample(prompt=self.eval_prompts[p], image=im, group=p)
-                           for (_, p), im in zip(roots, images, strict=True)])
+        fields = self.policy.decode_samples(rollout.leaves)
+        images = [f["image"] for f in fields]
+        out = self.reward([Sample(prompt=self.eval_prompts[p], group=p, **f)
+                           for (_, p), f in zip(roots, fields, strict=True)])
         scores = [float(s) for s in out.scores if isinstance(s, (int, float)) and math.isfinite(float(s))]
         path = self.output_dir / "eval" / f"iteration_{self.iteration:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ The trainer (:mod:`visalign.trainers.flow`) never touches a pipeline: it asks a 
   policy's ``samplers``: ``"sde"`` (Flow-GRPO, the default) or ``"cps"`` (coefficients-preserving) for
   flow matching, ``"ddim"`` (DDPO) for epsilon prediction. Rollout, training and the KL reference mean
   all go through this one method (:mod:`visalign.trainers.sde` holds the math),
-- ``decode(latents) -> list[PIL.Image]``, ``latent_shape``,
+- ``decode(latents) -> list[PIL.Image]``, ``decode_samples(latents)`` (the ``Sample`` fields: the image,
+  and ``frames`` for video policies), ``latent_shape``,
 - ``trainable_parameters()``, ``add_lora(...)`` / ``set_full_finetune()``, and ``reference()``, a
   context in which ``velocity`` is the frozen reference policy (LoRA adapter disabled, or a frozen
   copy for a full fine-tune).
@@ -40,6 +41,15 @@ Implementations:
   (images in ``[-1, 1]``); prompts map to class ids through a caption list (``classes.json``).
 - :class:`StableDiffusionPolicy`: a diffusers ``StableDiffusionPipeline`` (SD1.x/2.x base, epsilon
   prediction), sampled with DDIM; the UNet sees the integer DDIM timesteps.
+- :class:`StableDiffusionXLPolicy`: a diffusers ``StableDiffusionXLPipeline`` (two CLIP encoders, pooled
+  embeddings and time ids as added conditions), sampled with DDIM like SD1.5.
+- :class:`QwenImagePolicy`: a diffusers ``QwenImagePipeline`` (Qwen2.5-VL prompt embeddings with masks,
+  packed 2x2 latents, the pipeline's norm-preserving true CFG, exponential time shift).
+- :class:`Flux2KleinPolicy`: a diffusers ``Flux2KleinPipeline`` (Qwen3 hidden states 9/18/27, patchified and
+  batch-normed latents, two-pass CFG, the empirical ``mu``); :class:`Flux2Policy` (``Flux2Pipeline``, FLUX.2
+  dev, guidance embedded) is its base but not registered: no tiny Mistral-3 pipeline checks it yet.
+- :class:`WanPolicy`: a diffusers ``WanPipeline`` (Wan 2.x text-to-video, one transformer): UMT5 prompts,
+  5-D video latents, two-pass CFG; a sample's frames reach the rewards as ``Sample.frames``.
 
 Layout (as diffusers keeps one scheduler a file): :mod:`.base` holds the interface and what families
 share (the VAE decode, :func:`image_grid`); each family's module holds its policy and its tiny offline
@@ -50,10 +60,14 @@ directory's ``model_index.json``. A new family is one module and one registry li
 from .base import NUM_TRAIN_TIMESTEPS, Conditioning, FlowPolicy, image_grid, vae_decode
 from .class_unet import ClassConditionalFlowPolicy
 from .flux import FluxPolicy, tiny_flux_pipeline
+from .flux2 import Flux2KleinPolicy, Flux2Policy, tiny_flux2_klein_pipeline
+from .qwenimage import QwenImagePolicy, tiny_qwenimage_pipeline
 from .registry import POLICIES, flow_policy_class, load_flow_policy, policy_class_for_pipeline
 from .sana import SanaPolicy, tiny_sana_pipeline
 from .sd3 import SD3Policy, tiny_sd3_pipeline
+from .sdxl import StableDiffusionXLPolicy, tiny_sdxl_pipeline
 from .stable_diffusion import StableDiffusionPolicy, tiny_sd15_pipeline
+from .wan import WanPolicy, tiny_wan_pipeline
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
@@ -61,17 +75,26 @@ __all__ = [
     "ClassConditionalFlowPolicy",
     "Conditioning",
     "FlowPolicy",
+    "Flux2KleinPolicy",
+    "Flux2Policy",
     "FluxPolicy",
+    "QwenImagePolicy",
     "SD3Policy",
     "SanaPolicy",
     "StableDiffusionPolicy",
+    "StableDiffusionXLPolicy",
+    "WanPolicy",
     "flow_policy_class",
     "image_grid",
     "load_flow_policy",
     "policy_class_for_pipeline",
+    "tiny_flux2_klein_pipeline",
     "tiny_flux_pipeline",
+    "tiny_qwenimage_pipeline",
     "tiny_sana_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sd15_pipeline",
+    "tiny_sdxl_pipeline",
+    "tiny_wan_pipeline",
     "vae_decode",
 ]

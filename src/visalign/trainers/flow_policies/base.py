@@ -85,6 +85,11 @@ class FlowPolicy(ABC):
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Final latents -> RGB images."""
 
+    def decode_samples(self, latents: torch.Tensor) -> list[dict[str, Any]]:
+        """Final latents -> one dict of :class:`~visalign.rewards.Sample` fields per sample: ``{"image": ...}``;
+        video policies add ``"frames"``."""
+        return [{"image": im} for im in self.decode(latents)]
+
     def sigmas(self, num_steps: int) -> torch.Tensor:
         """The ``num_steps + 1`` sigmas of the sampling schedule, 1 down to 0 (float32, CPU).
 

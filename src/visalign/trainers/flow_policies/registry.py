@@ -24,6 +24,10 @@ POLICIES: dict[str, str] = {
     "FluxPipeline": "flux:FluxPolicy",
     "SanaPipeline": "sana:SanaPolicy",
     "StableDiffusionPipeline": "stable_diffusion:StableDiffusionPolicy",
+    "StableDiffusionXLPipeline": "sdxl:StableDiffusionXLPolicy",
+    "QwenImagePipeline": "qwenimage:QwenImagePolicy",
+    "Flux2KleinPipeline": "flux2:Flux2KleinPolicy",
+    "WanPipeline": "wan:WanPolicy",
 }
 """Pipeline class name -> ``"module:Class"`` (a module of this package)."""
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WORDS", "clip_tokenizer", "word_tokenizer"]
+__all__ = ["WORDS", "clip_tokenizer", "qwen_chat_tokenizer", "word_tokenizer"]
 
 WORDS = ["a", "an", "the", "of", "photo", "picture", "red", "green", "blue", "yellow", "purple", "orange", "black", "white", "circle", "square", "triangle", "star", "cat", "dog", "car", "house", "tree", "small", "big", "on", "in", "with", "and"]
 
@@ -41,3 +41,25 @@ def word_tokenizer(max_length: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=max_length)
 
+
+def qwen_chat_tokenizer(max_length: int = 1024, chat_template: str | None = None) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` with Qwen's chat special tokens (``<|endoftext|>`` as pad,
+    ``<|im_start|>``, ``<|im_end|>``) and ``\\n`` as a token, so that Qwen-Image's prompt template prefix is
+    34 tokens, as with the real Qwen2 tokenizer (the pipeline drops exactly 34); ``<think>`` / ``</think>``
+    too, and ``chat_template`` (Jinja) for pipelines that call ``apply_chat_template`` (Qwen3 for FLUX.2 Klein).
+
+    Example:
+        >>> tok = qwen_chat_tokenizer()
+        >>> tok.tokenize("<|im_start|>user\\na red circle<|im_end|>")
+        ['<|im_start|>', '<unk>', '\\n', 'a', 'red', 'circle', '<|im_end|>']
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    vocab = {t: i for i, t in enumerate([*special, "<unk>", "\n", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n|\w+|[^\w\s]+"), behavior="removed", invert=True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   unk_token="<unk>", additional_special_tokens=special[1:],
+                                   model_max_length=max_length, chat_template=chat_template)
