@@ -190,6 +190,7 @@ TRAINERS = {  # visalign train NAME -> (config class, entry point), imported on 
     "grpo": ("visalign.trainers.vlm", "VLMGRPOConfig", "train_grpo_from_config"),
     "sft": ("visalign.trainers.sft", "SFTConfig", "train_sft_from_config"),
     "flow": ("visalign.trainers.flow", "FlowGRPOConfig", "train_flow_from_config"),
+    "reward": ("visalign.trainers.reward_model", "RewardModelConfig", "train_reward_from_config"),
 }
 
 
@@ -240,6 +241,8 @@ def _train_cmd(args: argparse.Namespace) -> int:
         return 2
     try:
         overrides = _parse_sets(args.set)
+        if args.mode:
+            overrides["mode"] = args.mode
         getattr(mod, entry)(args.config, **overrides)
     except ValueError as exc:  # bad options or data: one line; anything else keeps its traceback
         print(f"visalign train {args.trainer}: {exc}", file=sys.stderr)
@@ -329,12 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML file with the trainer's options")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
     t.add_argument("--describe", action="store_true", help="print the trainer's options and defaults")
+    t.add_argument("--mode", help="reward: 'bt' (Bradley-Terry reward model)")
     t.add_argument("--check-model", metavar="PATH", help="grpo: say whether PATH's VLM family is supported and which "
                    "processor path it takes (reads config and processor, no weights); exit 1 if not supported")
     t.set_defaults(func=_train_cmd)
 
-    dt = sub.add_parser("data", help="write a synthetic chart-to-code set (code + rendered image) as JSONL")
-    dt.add_argument("kind", choices=["charts"])
+    dt = sub.add_parser("data", help="write synthetic data as JSONL: charts (code + render) or preference pairs")
+    dsub = dt.add_subparsers(dest="kind", required=True)
+    from .data.pairs import add_pairs_parser
+
+    add_pairs_parser(dsub)
+    dt = dsub.add_parser("charts", help="chart-to-code rows: code + rendered image")
     dt.add_argument("n", type=int)
     dt.add_argument("out", help="JSONL path; images go to <stem>_images/ beside it")
     dt.add_argument("--seed", type=int, default=0)

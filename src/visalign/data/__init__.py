@@ -1,6 +1,7 @@
 """Data: loaders for image-to-code rows (JSONL, parquet, HF ``datasets``, Python lists), seeded
-synthetic chart-to-code, table-to-LaTeX and image-to-SVG generators, and small graded eval sets
-(:mod:`visalign.data.examples`).
+synthetic chart-to-code, table-to-LaTeX and image-to-SVG generators, small graded eval sets
+(:mod:`visalign.data.examples`), and preference pairs from renders with their loader
+(:mod:`visalign.data.pairs`).
 
 Example:
     >>> from visalign.data import chart_dataset, load_rows
@@ -20,6 +21,7 @@ from .charts import (
     render_charts,
 )
 from .loaders import DataError, load_rows, to_image, write_jsonl
+from .pairs import PERTURBATIONS, load_pairs, pair_dataset, perturbation_ladders, write_pairs
 from .svgs import (
     SVG_RENDER_OPTIONS,
     SVG_SHAPES,
@@ -43,6 +45,7 @@ __all__ = [
     "CHART_KINDS",
     "CHART_RENDER_OPTIONS",
     "DEFAULT_CHART_KINDS",
+    "PERTURBATIONS",
     "RULE_STYLES",
     "SVG_RENDER_OPTIONS",
     "SVG_SHAPES",
@@ -51,7 +54,10 @@ __all__ = [
     "chart_corpus",
     "chart_dataset",
     "chart_whole_words",
+    "load_pairs",
     "load_rows",
+    "pair_dataset",
+    "perturbation_ladders",
     "random_chart_code",
     "random_svg_code",
     "random_table_code",
@@ -66,4 +72,5 @@ __all__ = [
     "table_whole_words",
     "to_image",
     "write_jsonl",
+    "write_pairs",
 ]

@@ -1,0 +1,998 @@
+"""Discriminative reward models: a backbone and a scalar head, trained with the Bradley-Terry loss.
+
+A :class:`RewardModel` maps an image (and, by its ``condition``, a reference image or a text prompt)
+to a scalar. Two backbones:
+
+* ``open_clip``: an open_clip image tower (and its text tower for ``condition="prompt"``); an
+  architecture name with a pretrained tag or local checkpoint, a ``local-dir:`` folder, or an inline
+  ``clip_config`` (the model config open_clip reads, built with random weights: what tests and the
+  demo use). The head reads ``[f]`` (``condition="none"``), or ``[f, f*g, (f-g)^2]`` with ``g`` the
+  reference image's (``"reference"``) or the prompt's (``"prompt"``) embedding.
+* ``vlm``: a Qwen2-VL-family model (``AutoModelForImageTextToText``; the tiny builder of
+  :mod:`visalign.models.tiny_vlm` for tests). The chat holds the reference image (``"reference"``),
+  the image and the prompt; the head reads the last token's final hidden state (last-token pooling,
+  left padding).
+
+Every image goes through one torch path (:meth:`RewardModel.prepare`: to ``[0, 1]`` floats, resized
+to the backbone's square input with antialiased bilinear interpolation, normalised; for the VLM,
+cut into Qwen2-VL's patches by :func:`qwen2vl_patchify`), so scoring a PIL image and differentiating
+with respect to an image tensor (ReFL) see the same function. Images are resized to a square, not
+centre-cropped: a crop would cut a page's or a chart's content.
+
+Training (:class:`RewardModelTrainer`, ``visalign train reward CONFIG --mode bt``) minimises
+:func:`bradley_terry_loss` over preference pairs (:func:`visalign.data.pairs.load_pairs`), LoRA or
+full, with ``accelerate``; it writes ``metrics.jsonl``, ``curves.png``, checkpoints that resume
+exactly, and an evaluation (:func:`evaluate_pairs`: pairwise accuracy with a bootstrap interval, by
+perturbation kind, and a calibration plot). The trained model loads as a reward with
+``get_reward("model", path=...)``.
+
+Example:
+    >>> import torch
+    >>> bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.0])).item()  # -log sigmoid(2)
+    0.12692801654338837
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import random
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .config import load_config, option, save_config
+
+__all__ = [
+    "RewardModel",
+    "RewardModelConfig",
+    "RewardModelTrainer",
+    "bradley_terry_loss",
+    "calibration_bins",
+    "evaluate_pairs",
+    "image_to_tensor",
+    "qwen2vl_patchify",
+    "rank_ladders",
+    "train_reward_from_config",
+]
+
+CONDITIONS = ("none", "reference", "prompt")
+BACKBONES = ("open_clip", "vlm")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, open_clip's default
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CONFIG_NAME = "reward_model.json"
+HEAD_NAME = "head.safetensors"
+
+
+# ------------------------------------------------------------------------------------------- the loss
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | float | None = None,
+                       reduction: str = "mean") -> torch.Tensor:
+    """Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected - margin)``.
+
+    ``margin`` (a tensor of the label's margins, a float, or None = 0) asks the chosen score to lead
+    by at least that much before the loss flattens (Llama 2's margin loss). ``reduction``: ``"mean"``,
+    ``"sum"`` or ``"none"``. Computed with ``logsigmoid`` (no overflow for large differences).
+
+    Example:
+        >>> r_c, r_r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+        >>> [round(v, 4) for v in bradley_terry_loss(r_c, r_r, reduction="none").tolist()]  # log(1 + e^-1), log 2
+        [0.3133, 0.6931]
+        >>> round(bradley_terry_loss(r_c, r_r, margin=torch.tensor([1.0, 0.0]), reduction="sum").item(), 4)  # 2 log 2
+        1.3863
+    """
+    if r_chosen.shape != r_rejected.shape:
+        raise ValueError(f"r_chosen {tuple(r_chosen.shape)} and r_rejected {tuple(r_rejected.shape)} differ")
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - (margin.to(diff) if isinstance(margin, torch.Tensor) else float(margin))
+    loss = -F.logsigmoid(diff)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+# ------------------------------------------------------------------------------------------- images
+
+def image_to_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A ``(3, H, W)`` float tensor in ``[0, 1]`` from a PIL image (converted to RGB) or a tensor
+    (``(3, H, W)`` floats in ``[0, 1]`` pass through).
+
+    Example:
+        >>> image_to_tensor(Image.new("RGB", (4, 2), (255, 0, 0)))[:, 0, 0].tolist()
+        [1.0, 0.0, 0.0]
+    """
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
+        return image
+    import numpy as np
+
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def qwen2vl_patchify(pixels: torch.Tensor, patch_size: int, merge_size: int, temporal_patch_size: int,
+                     ) -> torch.Tensor:
+    """Qwen2-VL's flattened patches of normalised images ``(B, C, H, W)``: ``(B * H/p * W/p,
+    C * t * p * p)`` rows in the order ``Qwen2VLImageProcessor`` writes them (a still image repeated
+    over the temporal patch), as a differentiable torch function.
+
+    Example:
+        >>> qwen2vl_patchify(torch.zeros(2, 3, 32, 32), 8, 2, 2).shape
+        torch.Size([32, 384])
+    """
+    b, c, h, w = pixels.shape
+    p, m, t = patch_size, merge_size, temporal_patch_size
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"image {h}x{w} is not a multiple of patch_size * merge_size = {p * m}")
+    x = pixels.unsqueeze(1).expand(b, t, c, h, w)
+    x = x.reshape(b, 1, t, c, h // p // m, m, p, w // p // m, m, p)
+    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    return x.reshape(b * (h // p) * (w // p), c * t * p * p)
+
+
+# ------------------------------------------------------------------------------------------- backbones
+
+class ClipBackbone(nn.Module):
+    """An open_clip model's image tower (and text tower) as a feature extractor."""
+
+    kind = "open_clip"
+
+    def __init__(self, net: nn.Module, model_cfg: Mapping[str, Any], tokenizer: Any = None,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+        super().__init__()
+        self.net = net
+        self.model_cfg = dict(model_cfg)
+        self.tokenizer = tokenizer
+        size = self.model_cfg["vision_cfg"]["image_size"]
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.feature_dim = int(self.model_cfg["embed_dim"])
+
+    @classmethod
+    def create(cls, model: str | None = None, pretrained: str | None = None,
+               clip_config: Mapping[str, Any] | None = None, with_text: bool = False) -> ClipBackbone:
+        """From an open_clip name + tag / checkpoint, a ``local-dir:`` folder, or an inline config."""
+        import open_clip
+
+        if clip_config is not None:
+            import logging
+
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # open_clip warns that a config without weights is random: it is meant
+            try:
+                with tempfile.TemporaryDirectory() as d:
+                    (Path(d) / "open_clip_config.json").write_text(json.dumps({"model_cfg": dict(clip_config)}))
+                    net = open_clip.create_model(f"local-dir:{d}")
+            finally:
+                root.setLevel(level)
+            cfg = dict(clip_config)
+        elif model is not None:
+            if model.startswith("local-dir:"):
+                cfg = json.loads((Path(model[len("local-dir:"):]) / "open_clip_config.json").read_text())
+                cfg = cfg.get("model_cfg", cfg)
+                net = open_clip.create_model(model)
+            else:
+                cfg = open_clip.get_model_config(model)
+                if cfg is None:
+                    raise ValueError(f"unknown open_clip model {model!r}")
+                net = open_clip.create_model(model, pretrained=pretrained)
+        else:
+            raise ValueError("an open_clip backbone needs `model` (a name or local-dir:PATH) or `clip_config`")
+        tokenizer = None
+        if with_text:
+            tokenizer = open_clip.get_tokenizer(model) if model and clip_config is None else \
+                open_clip.tokenizer.SimpleTokenizer(context_length=cfg.get("text_cfg", {}).get("context_length", 77))
+        else:  # the text tower is not used: drop it (fewer parameters, nothing unused under DDP)
+            for name in ("transformer", "token_embedding", "ln_final", "text"):
+                if hasattr(net, name):
+                    setattr(net, name, None)
+            for name in ("positional_embedding", "text_projection"):
+                if isinstance(getattr(net, name, None), nn.Parameter):
+                    delattr(net, name)
+                    setattr(net, name, None)
+        for name in ("logit_scale", "logit_bias"):  # contrastive-loss scalars: no part of a reward
+            if isinstance(getattr(net, name, None), nn.Parameter):
+                getattr(net, name).requires_grad_(False)
+        return cls(net, cfg, tokenizer)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (_resize(pixels, self.image_size) - self.mean) / self.std
+        return self.net.encode_image(x)
+
+    def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise ValueError("this open_clip backbone was built without its text tower (condition='prompt' needs it)")
+        tokens = self.tokenizer(list(prompts)).to(self.mean.device)
+        return self.net.encode_text(tokens)
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": self.model_cfg,
+                                                                      "preprocess_cfg": {}}, indent=1))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
+        save_file(state, str(directory / "open_clip_model.safetensors"))
+
+    @classmethod
+    def load(cls, directory: Path, with_text: bool) -> ClipBackbone:
+        from safetensors.torch import load_file
+
+        cfg = json.loads((directory / "open_clip_config.json").read_text())["model_cfg"]
+        backbone = cls.create(clip_config=cfg, with_text=with_text)
+        backbone.net.load_state_dict(load_file(str(directory / "open_clip_model.safetensors")), strict=True)
+        return backbone
+
+
+class VlmBackbone(nn.Module):
+    """A Qwen2-VL-family model read at the last token (left padding): ``(B, hidden_size)``."""
+
+    kind = "vlm"
+
+    def __init__(self, net: nn.Module, processor: Any, image_size: int | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.processor = processor
+        ip = processor.image_processor
+        self.patch_size = int(ip.patch_size)
+        self.merge_size = int(ip.merge_size)
+        self.temporal_patch_size = int(ip.temporal_patch_size)
+        unit = self.patch_size * self.merge_size
+        if image_size is None:
+            lo = getattr(ip, "min_pixels", None) or (ip.size or {}).get("shortest_edge")
+            hi = getattr(ip, "max_pixels", None) or (ip.size or {}).get("longest_edge")
+            image_size = math.isqrt(int(hi)) if lo and hi and lo == hi else 448
+        self.image_size = max(unit, int(image_size) // unit * unit)
+        self.register_buffer("mean", torch.tensor(ip.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(ip.image_std).view(1, 3, 1, 1), persistent=False)
+        self.feature_dim = int(net.config.get_text_config().hidden_size)
+        self.tokens_per_image = (self.image_size // unit) ** 2
+        self._prompt_cache: dict[tuple[int, str], list[int]] = {}
+
+    @classmethod
+    def create(cls, model: str, image_size: int | None = None) -> VlmBackbone:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        return cls(AutoModelForImageTextToText.from_pretrained(model), AutoProcessor.from_pretrained(model),
+                   image_size)
+
+    def _token_ids(self, n_images: int, prompt: str) -> list[int]:
+        key = (n_images, prompt)
+        if key not in self._prompt_cache:
+            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+            text = self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                      add_generation_prompt=False)
+            pad = getattr(self.processor, "image_token", "<|image_pad|>")
+            text = text.replace(pad, pad * self.tokens_per_image)
+            tok = self.processor.tokenizer
+            self._prompt_cache[key] = tok(text, add_special_tokens=False)["input_ids"]
+        return self._prompt_cache[key]
+
+    def features(self, pixels: torch.Tensor, references: torch.Tensor | None, prompts: Sequence[str]) -> torch.Tensor:
+        """Last-token states of ``(reference?, image, prompt)`` chats."""
+        b = pixels.shape[0]
+        images = pixels if references is None else torch.stack([references, pixels], dim=1).flatten(0, 1)
+        n_images = 1 if references is None else 2
+        x = (_resize(images, self.image_size) - self.mean) / self.std
+        flat = qwen2vl_patchify(x, self.patch_size, self.merge_size, self.temporal_patch_size)
+        grid = torch.tensor([[1, self.image_size // self.patch_size, self.image_size // self.patch_size]]
+                            * images.shape[0], device=pixels.device)
+        ids = [self._token_ids(n_images, p) for p in prompts]
+        width = max(len(i) for i in ids)
+        pad = self.processor.tokenizer.pad_token_id or 0
+        input_ids = torch.full((b, width), pad, dtype=torch.long, device=pixels.device)
+        mask = torch.zeros((b, width), dtype=torch.long, device=pixels.device)
+        for r, row in enumerate(ids):  # left padding: the last token is at -1 in every row
+            input_ids[r, width - len(row):] = torch.tensor(row, device=pixels.device)
+            mask[r, width - len(row):] = 1
+        hf = self.net.model if type(self.net).__name__ == "LoraModel" else self.net
+        inner = hf.model
+        if getattr(inner, "rope_deltas", None) is not None:
+            inner.rope_deltas = None  # a stale M-RoPE offset would shift the positions
+        image_token = hf.config.image_token_id
+        out = inner(input_ids=input_ids, attention_mask=mask, pixel_values=flat.to(hf.dtype), image_grid_thw=grid,
+                    mm_token_type_ids=(input_ids == image_token).long(), use_cache=False)
+        inner.rope_deltas = None
+        return out.last_hidden_state[:, -1, :]
+
+    def save(self, directory: Path) -> None:
+        self.net.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    @classmethod
+    def load(cls, directory: Path, image_size: int | None) -> VlmBackbone:
+        return cls.create(str(directory), image_size)
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+class RewardModel(nn.Module):
+    """Backbone + scalar head. ``model(images)`` scores ``(B, 3, H, W)`` image tensors in ``[0, 1]``
+    (with ``references`` of the same shape for ``condition="reference"``, ``prompts`` for
+    ``"prompt"``); :meth:`score` takes PIL images. Scores are Bradley-Terry logits:
+    ``sigmoid(r_a - r_b)`` is the predicted probability that ``a`` is preferred to ``b``.
+
+    Example:
+        >>> cfg = {"embed_dim": 8, "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8,
+        ...        "patch_size": 16}, "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 8, "heads": 1,
+        ...        "layers": 1}}
+        >>> model = RewardModel.build(clip_config=cfg, condition="none")
+        >>> model(torch.rand(2, 3, 40, 40)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, backbone: ClipBackbone | VlmBackbone, condition: str = "none", head_hidden: int = 256,
+                 lora: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+        if condition == "prompt" and isinstance(backbone, ClipBackbone) and backbone.tokenizer is None:
+            raise ValueError("condition='prompt' with open_clip needs the text tower (build with with_text=True)")
+        self.backbone = backbone
+        self.condition = condition
+        self.head_hidden = int(head_hidden)
+        self.lora = dict(lora) if lora else None
+        d = backbone.feature_dim
+        n_in = d if (isinstance(backbone, VlmBackbone) or condition == "none") else 3 * d
+        self.head = nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, self.head_hidden), nn.GELU(),
+                                  nn.Linear(self.head_hidden, 1))
+        if self.lora:
+            self._add_lora(self.lora)
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, backbone: str = "open_clip", model: str | None = None, pretrained: str | None = None,
+              clip_config: Mapping[str, Any] | None = None, condition: str = "none", head_hidden: int = 256,
+              image_size: int | None = None, lora: Mapping[str, Any] | None = None, seed: int = 0) -> RewardModel:
+        """A reward model from a backbone description (see :class:`RewardModelConfig`); the head (and a
+        random backbone) is initialised from ``seed``."""
+        torch.manual_seed(seed)
+        if backbone == "open_clip":
+            bb: ClipBackbone | VlmBackbone = ClipBackbone.create(model, pretrained, clip_config,
+                                                                 with_text=condition == "prompt")
+            if image_size is not None and image_size != bb.image_size:
+                raise ValueError(f"image_size {image_size} differs from the open_clip model's {bb.image_size}")
+        elif backbone == "vlm":
+            if model is None:
+                raise ValueError("backbone 'vlm' needs `model` (a path or hub id of a Qwen2-VL-family model)")
+            bb = VlmBackbone.create(model, image_size)
+        else:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        torch.manual_seed(seed)
+        return cls(bb, condition, head_hidden, lora)
+
+    def _add_lora(self, lora: Mapping[str, Any]) -> None:
+        from peft import LoraConfig, LoraModel
+
+        targets = lora.get("target_modules") or (["c_fc", "c_proj"] if isinstance(self.backbone, ClipBackbone)
+                                                 else ["q_proj", "k_proj", "v_proj", "o_proj"])
+        cfg = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
+                         lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets))
+        self.backbone.net = LoraModel(self.backbone.net, cfg, "default")
+        for name, p in self.backbone.net.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    # ----------------------------------------------------------------------------- scoring
+    def prepare(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """``(B, 3, S, S)`` tensors in ``[0, 1]`` at the backbone's input side, on the model's device."""
+        size = self.backbone.image_size
+        return torch.cat([_resize(image_to_tensor(im).unsqueeze(0).to(self.device), size) for im in images])
+
+    def _head_input(self, f: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        if g is None:
+            return f
+        f, g = F.normalize(f, dim=-1), F.normalize(g, dim=-1)
+        return torch.cat([f, f * g, (f - g) ** 2], dim=-1)
+
+    def _check(self, n: int, references: torch.Tensor | None, prompts: Sequence[str] | None) -> list[str]:
+        if self.condition == "reference" and (references is None or references.shape[0] != n):
+            raise ValueError(f"condition='reference': give {n} reference images")
+        if self.condition == "prompt" and (prompts is None or len(prompts) != n):
+            raise ValueError(f"condition='prompt': give {n} prompts")
+        return list(prompts) if prompts is not None else [""] * n
+
+    def forward(self, images: torch.Tensor, references: torch.Tensor | None = None,
+                prompts: Sequence[str] | None = None, rejected: torch.Tensor | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``(B,)`` of ``images``; with ``rejected`` (a second batch, same references and
+        prompts), the pair ``(r_images, r_rejected)`` from one backbone pass."""
+        n = images.shape[0]
+        prompts = self._check(n, references, prompts)
+        size = self.backbone.image_size
+        images = _resize(images, size)
+        rejected = _resize(rejected, size) if rejected is not None else None
+        references = _resize(references, size) if references is not None else None
+        both = images if rejected is None else torch.cat([images, rejected])
+        k = both.shape[0] // n
+        dtype = self.head[1].weight.dtype
+        if isinstance(self.backbone, VlmBackbone):
+            text = [p or "Score this image." for p in prompts] * k
+            refs = None if self.condition != "reference" else references.repeat(k, 1, 1, 1)
+            scores = self.head(self.backbone.features(both, refs, text).to(dtype)).squeeze(-1)
+        else:
+            extra = references if self.condition == "reference" else None
+            feats = self.backbone.encode_images(both if extra is None else torch.cat([both, extra])).to(dtype)
+            f = feats[: both.shape[0]]
+            if self.condition == "reference":
+                g = feats[both.shape[0]:].repeat(k, 1)
+            elif self.condition == "prompt":
+                g = self.backbone.encode_texts(prompts).to(dtype).repeat(k, 1)
+            else:
+                g = None
+            scores = self.head(self._head_input(f, g)).squeeze(-1)
+        return scores if rejected is None else (scores[:n], scores[n:])
+
+    @torch.no_grad()
+    def score(self, images: Sequence[Image.Image | torch.Tensor], references: Sequence[Any] | None = None,
+              prompts: Sequence[str] | None = None, batch_size: int = 32) -> list[float]:
+        """Scores of PIL images (or ``(3, H, W)`` tensors) in batches, in eval mode."""
+        was = self.training
+        self.eval()
+        out: list[float] = []
+        try:
+            for i in range(0, len(images), batch_size):
+                x = self.prepare(images[i:i + batch_size])
+                refs = self.prepare(references[i:i + batch_size]) if self.condition == "reference" else None
+                ps = prompts[i:i + batch_size] if prompts is not None else None
+                out += self(x, refs, ps).float().cpu().tolist()
+        finally:
+            self.train(was)
+        return out
+
+    # ----------------------------------------------------------------------------- files
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``reward_model.json``, ``head.safetensors`` and ``backbone/`` (open_clip: config +
+        safetensors, a ``local-dir:`` folder; VLM: ``save_pretrained`` + processor). LoRA adapters are
+        merged into the saved backbone weights."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        backbone = self.backbone
+        if type(backbone.net).__name__ == "LoraModel":
+            backbone = copy.deepcopy(backbone)
+            backbone.net = backbone.net.merge_and_unload()
+        backbone.save(directory / "backbone")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
+                  str(directory / HEAD_NAME))
+        meta = {"format": "visalign-reward-model", "version": 1, "backbone": backbone.kind,
+                "condition": self.condition, "head_hidden": self.head_hidden, "image_size": backbone.image_size,
+                "feature_dim": backbone.feature_dim}
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> RewardModel:
+        """Load what :meth:`save_pretrained` wrote (eval mode; on ``device``, default the CPU)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path = directory / CONFIG_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory} holds no {CONFIG_NAME}: not a saved visalign reward model")
+        meta = json.loads(meta_path.read_text())
+        if meta["backbone"] == "open_clip":
+            bb: ClipBackbone | VlmBackbone = ClipBackbone.load(directory / "backbone", meta["condition"] == "prompt")
+        else:
+            bb = VlmBackbone.load(directory / "backbone", meta.get("image_size"))
+        model = cls(bb, meta["condition"], meta["head_hidden"])
+        model.head.load_state_dict(load_file(str(directory / HEAD_NAME)), strict=True)
+        model.eval()
+        return model.to(device) if device is not None else model
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+def calibration_bins(p: Sequence[float], y: Sequence[float], bins: int = 10) -> list[dict[str, float]]:
+    """Reliability table: for each of ``bins`` equal-width bins of predicted probability ``p``, the
+    count, mean prediction and observed frequency of ``y``; empty bins are left out.
+
+    Example:
+        >>> calibration_bins([0.1, 0.15, 0.9], [0, 1, 1], bins=2)
+        [{'low': 0.0, 'high': 0.5, 'n': 2, 'predicted': 0.125, 'observed': 0.5}, {'low': 0.5, 'high': 1.0, 'n': 1, 'predicted': 0.9, 'observed': 1.0}]
+    """
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, v in enumerate(p) if lo <= v < hi or (b == bins - 1 and v == 1.0)]
+        if idx:
+            out.append({"low": round(lo, 4), "high": round(hi, 4), "n": len(idx),
+                        "predicted": round(sum(p[i] for i in idx) / len(idx), 6),
+                        "observed": round(sum(y[i] for i in idx) / len(idx), 6)})
+    return out
+
+
+def _score_rows(model: RewardModel, rows: Sequence[Mapping[str, Any]], batch_size: int) -> tuple[list[float], list[float]]:
+    chosen = model.score([r["chosen"] for r in rows],
+                         [r["reference"] for r in rows] if model.condition == "reference" else None,
+                         [r.get("prompt") or "" for r in rows], batch_size=batch_size)
+    rejected = model.score([r["rejected"] for r in rows],
+                           [r["reference"] for r in rows] if model.condition == "reference" else None,
+                           [r.get("prompt") or "" for r in rows], batch_size=batch_size)
+    return chosen, rejected
+
+
+def evaluate_pairs(model: RewardModel, rows: Sequence[Mapping[str, Any]], *, batch_size: int = 32,
+                   resamples: int = 2000, seed: int = 0, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Pairwise accuracy (chosen scored above rejected; a tie counts 1/2) with a 95 % percentile
+    bootstrap interval, overall, by perturbation kind and by pair type (``vs_reference``: the chosen
+    side is the reference itself; ``between_perturbations``), and calibration of ``P(chosen) =
+    sigmoid(r_chosen - r_rejected)``: each pair is shown in a seeded random order, and the predicted
+    probability that the first image is preferred is binned against how often it was
+    (:func:`calibration_bins`, expected calibration error ``ece``). With ``out_dir``, writes
+    ``eval.json`` and ``calibration.png`` there."""
+    from ..report.eval_report import bootstrap_ci
+
+    rows = list(rows)
+    r_c, r_r = _score_rows(model, rows, batch_size)
+    correct = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(r_c, r_r, strict=True)]
+
+    def summary(idx: Sequence[int]) -> dict[str, Any]:
+        mean, lo, hi = bootstrap_ci([correct[i] for i in idx], n_resamples=resamples, seed=seed)
+        return {"accuracy": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": len(idx)}
+
+    result = {"pairs": len(rows), **summary(range(len(rows))), "by_perturbation": {}, "by_pair_type": {}}
+    kinds = sorted({str(r.get("perturbation") or "unknown") for r in rows})
+    for kind in kinds:
+        result["by_perturbation"][kind] = summary([i for i, r in enumerate(rows)
+                                                   if str(r.get("perturbation") or "unknown") == kind])
+    if any("chosen_severity" in r for r in rows):
+        vs_ref = [i for i, r in enumerate(rows) if r.get("chosen_severity") == 0]
+        between = [i for i, r in enumerate(rows) if r.get("chosen_severity", 0) > 0]
+        for name, idx in (("vs_reference", vs_ref), ("between_perturbations", between)):
+            if idx:
+                result["by_pair_type"][name] = summary(idx)
+    rng = random.Random(seed)
+    p_first, y_first = [], []
+    for c, r in zip(r_c, r_r, strict=True):
+        if rng.random() < 0.5:
+            p_first.append(1.0 / (1.0 + math.exp(-(c - r))))
+            y_first.append(1.0)
+        else:
+            p_first.append(1.0 / (1.0 + math.exp(-(r - c))))
+            y_first.append(0.0)
+    bins = calibration_bins(p_first, y_first)
+    result["calibration"] = bins
+    result["ece"] = round(sum(b["n"] * abs(b["predicted"] - b["observed"]) for b in bins) / max(1, len(rows)), 4)
+    result["mean_score_gap"] = round(sum(c - r for c, r in zip(r_c, r_r, strict=True)) / max(1, len(rows)), 4)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(result, indent=1))
+        plot_calibration(bins, out / "calibration.png", title=f"accuracy {result['accuracy']:.3f}, "
+                                                                f"ECE {result['ece']:.3f}")
+    return result
+
+
+def plot_calibration(bins: Sequence[Mapping[str, float]], path: str | Path, title: str = "") -> Path:
+    """Reliability diagram: predicted P(first preferred) against the observed frequency, per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
+    ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label="model")
+    for b in bins:
+        ax.annotate(str(int(b["n"])), (b["predicted"], b["observed"]), fontsize=7, xytext=(3, -9),
+                    textcoords="offset points")
+    ax.set_xlabel("predicted P(first preferred)")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def rank_ladders(model: RewardModel, ladders: Sequence[Mapping[str, Any]], batch_size: int = 32) -> dict[str, Any]:
+    """How well the scores order graded perturbations: for each ladder (``images`` at severities
+    0..K of one perturbation, with ``reference`` / ``prompt``; see
+    :func:`visalign.data.pairs.perturbation_ladders`), whether the scores strictly decrease with the
+    severity, and Kendall's tau between score and ``-severity``; mean score per severity; by kind."""
+    from scipy.stats import kendalltau
+
+    flat, refs, prompts, where = [], [], [], []
+    for i, lad in enumerate(ladders):
+        for sev, im in enumerate(lad["images"]):
+            flat.append(im)
+            refs.append(lad.get("reference"))
+            prompts.append(lad.get("prompt") or "")
+            where.append((i, sev))
+    scores = model.score(flat, refs if model.condition == "reference" else None, prompts, batch_size=batch_size)
+    per: dict[int, list[float]] = {}
+    for (i, _), s in zip(where, scores, strict=True):
+        per.setdefault(i, []).append(s)
+    ordered, taus = [], []
+    by_kind: dict[str, list[float]] = {}
+    for i, s in per.items():
+        ok = all(a > b for a, b in itertools.pairwise(s))
+        tau = float(kendalltau(s, [-k for k in range(len(s))]).statistic)
+        ordered.append(float(ok))
+        taus.append(tau)
+        by_kind.setdefault(str(ladders[i].get("perturbation")), []).append(float(ok))
+    k = max((len(s) for s in per.values()), default=0)
+    means = [round(sum(s[j] for s in per.values()) / len(per), 4) for j in range(k)] if per else []
+    return {"ladders": len(per), "fully_ordered": round(sum(ordered) / max(1, len(ordered)), 4),
+            "kendall_tau": round(sum(taus) / max(1, len(taus)), 4), "mean_score_by_severity": means,
+            "fully_ordered_by_perturbation": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_kind.items())}}
+
+
+# ------------------------------------------------------------------------------------------- config
+
+@dataclass
+class RewardModelConfig:
+    """Options of :class:`RewardModelTrainer` (``visalign train reward CONFIG --mode bt``)."""
+
+    mode: str = option("bt", "'bt': Bradley-Terry reward model (a scalar head); 'judge' is not built yet")
+    backbone: str = option("open_clip", "'open_clip' (image tower + head) or 'vlm' (Qwen2-VL family, last token)")
+    model: str | None = option(None, "open_clip: an architecture name or 'local-dir:PATH'; vlm: a model path "
+                                     "or hub id (AutoModelForImageTextToText)")
+    pretrained: str | None = option(None, "open_clip pretrained tag (downloads) or local checkpoint; None with "
+                                          "clip_config = random weights")
+    clip_config: dict | None = option(None, "inline open_clip model config (embed_dim, vision_cfg, text_cfg): "
+                                            "a new model with random weights")
+    condition: str = option("auto", "what the score sees besides the image: 'reference' (the target image), "
+                                    "'prompt' (its text), 'none'; 'auto': 'reference' when the rows have one")
+    image_size: int | None = option(None, "input side in px (VLM: a multiple of patch * merge); None: the "
+                                          "backbone's")
+    head_hidden: int = option(256, "hidden width of the scalar head (LayerNorm, Linear, GELU, Linear)")
+    train_data: str | list[str] | None = option(None, "preference pairs: .jsonl / .parquet / save_to_disk "
+                                                      "directory (or a list); see visalign.data.load_pairs")
+    eval_data: str | None = option(None, "held-out pairs for the evaluation (same formats)")
+    limit: int | None = option(None, "read at most this many training pairs")
+    eval_limit: int | None = option(None, "read at most this many held-out pairs")
+    use_margin: bool = option(False, "subtract the label's margin inside the sigmoid (Llama 2 margin loss)",
+                              source="Touvron et al. 2023")
+    margin_scale: float = option(1.0, "multiplier of the label's margin (in logits) when use_margin")
+    epochs: float = option(1.0, "passes over the pairs (ignored when max_steps > 0)")
+    max_steps: int = option(0, "optimizer steps; 0 = derive from epochs")
+    max_minutes: float | None = option(None, "stop after this wall time (minutes)")
+    batch_size: int = option(16, "pairs per micro-batch per process")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(1e-4, "AdamW learning rate of the backbone (or its LoRA adapters)")
+    head_learning_rate: float | None = option(None, "AdamW learning rate of the head (None: learning_rate)")
+    lr_scheduler: str = option("cosine", "'cosine' (to 0) or 'constant', both after a linear warmup")
+    warmup_steps: int = option(0, "linear warmup steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (None: no clipping)")
+    freeze_backbone: bool = option(False, "train the head only (a linear-probe-style reward model)")
+    use_lora: bool = option(False, "train LoRA adapters on the backbone (peft) instead of all its weights")
+    lora_r: int = option(16, "LoRA rank", source="peft")
+    lora_alpha: int = option(32, "LoRA alpha", source="peft")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_target_modules: tuple[str, ...] | None = option(None, "LoRA targets; None: c_fc, c_proj (open_clip) or "
+                                                               "q/k/v/o_proj (VLM)")
+    seed: int = option(0, "seed of the head, a random backbone, the shuffling")
+    output_dir: str = option("out/reward", "model, checkpoints, metrics.jsonl, curves.png, eval/")
+    save_every: int = option(0, "checkpoint every this many steps (0: only at the end)")
+    resume_from: str | None = option(None, "a checkpoint directory, or 'latest' in output_dir")
+    log_every: int = option(10, "log the mean loss and accuracy every this many steps")
+    eval_every: int = option(0, "held-out accuracy every this many steps (0: only at the end)")
+    eval_batch_size: int = option(64, "images per forward pass in evaluation")
+    bootstrap_resamples: int = option(2000, "bootstrap resamples of the accuracy interval")
+    mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (accelerate)")
+    num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
+    progress: bool = option(True, "show a tqdm progress bar")
+
+
+# ------------------------------------------------------------------------------------------- trainer
+
+def _load_pair_sources(sources: str | Sequence[str] | None, limit: int | None) -> list[dict[str, Any]]:
+    from ..data.pairs import load_pairs
+
+    if sources is None:
+        return []
+    paths = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows += load_pairs(p, limit=None if limit is None else max(0, limit - len(rows)))
+    return rows
+
+
+class RewardModelTrainer:
+    """Bradley-Terry training of a :class:`RewardModel` on preference pairs.
+
+    Args:
+        config: the options (:class:`RewardModelConfig`).
+        model: a reward model to train instead of building one from the config.
+        train_rows / eval_rows: pairs in memory (:func:`~visalign.data.pairs.load_pairs` rows) instead of
+            ``config.train_data`` / ``eval_data``.
+
+    One step: a micro-batch of pairs -> one backbone pass over chosen + rejected (+ references) ->
+    :func:`bradley_terry_loss` -> backward -> clip -> AdamW -> scheduler. Batches follow a seeded
+    permutation per epoch, so a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, config: RewardModelConfig, model: RewardModel | None = None,
+                 train_rows: Sequence[Mapping[str, Any]] | None = None,
+                 eval_rows: Sequence[Mapping[str, Any]] | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        if config.mode != "bt":
+            raise ValueError(f"mode {config.mode!r} is not built yet; this trainer does mode 'bt' (Bradley-Terry)")
+        if config.lr_scheduler not in ("cosine", "constant"):
+            raise ValueError(f"lr_scheduler must be 'cosine' or 'constant', got {config.lr_scheduler!r}")
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.config = config
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+        set_seed(config.seed)
+        rows = list(train_rows) if train_rows is not None else _load_pair_sources(config.train_data, config.limit)
+        if train_rows is not None and config.limit is not None:
+            rows = rows[: config.limit]
+        if not rows:
+            raise ValueError("no training pairs: set RewardModelConfig.train_data or pass train_rows")
+        self.train_rows = rows
+        evals = list(eval_rows) if eval_rows is not None else _load_pair_sources(config.eval_data, config.eval_limit)
+        self.eval_rows = evals
+        condition = config.condition
+        if condition == "auto":
+            condition = "reference" if all(r.get("reference") is not None for r in rows) else "none"
+        if condition == "reference":
+            missing = [r.get("id", i) for i, r in enumerate(rows + evals) if r.get("reference") is None]
+            if missing:
+                raise ValueError(f"condition 'reference' but {len(missing)} pairs have no reference image "
+                                 f"(first: {missing[:5]})")
+        if model is None:
+            lora = None
+            if config.use_lora:
+                lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                        "target_modules": list(config.lora_target_modules) if config.lora_target_modules else None}
+            model = RewardModel.build(config.backbone, config.model, config.pretrained, config.clip_config,
+                                      condition, config.head_hidden, config.image_size, lora, config.seed)
+        elif config.condition != "auto" and model.condition != config.condition:
+            raise ValueError(f"the given model has condition {model.condition!r}, the config {config.condition!r}")
+        if config.freeze_backbone:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        self.out = Path(config.output_dir)
+        self.step = 0
+        self.micro = 0  # micro-batches consumed (the data position)
+        n_batches = math.ceil(len(rows) / config.batch_size / self.accelerator.num_processes)
+        per_epoch = max(1, n_batches // config.gradient_accumulation_steps)
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
+        head = [p for p in model.head.parameters() if p.requires_grad]
+        body = [p for p in model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": config.head_learning_rate or config.learning_rate}]
+        if body:
+            groups.append({"params": body, "lr": config.learning_rate})
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        warm, total = config.warmup_steps, self.total_steps
+
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            if config.lr_scheduler == "constant":
+                return 1.0
+            progress = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.accelerator.register_for_checkpointing(scheduler)
+        if config.resume_from:
+            self.load_checkpoint(config.resume_from)
+
+    @property
+    def reward_model(self) -> RewardModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ----------------------------------------------------------------------------- data
+    def _batch(self, k: int) -> list[Mapping[str, Any]]:
+        """Micro-batch ``k`` of this process: epoch ``k // per_epoch`` reads a permutation seeded by the
+        seed and the epoch; processes take interleaved slices."""
+        acc, bs = self.accelerator, self.config.batch_size
+        global_bs = bs * acc.num_processes
+        per_epoch = max(1, math.ceil(len(self.train_rows) / global_bs))
+        epoch, j = divmod(k, per_epoch)
+        order = list(range(len(self.train_rows)))
+        random.Random(self.config.seed * 100003 + epoch).shuffle(order)
+        chunk = order[j * global_bs:(j + 1) * global_bs]
+        mine = chunk[acc.process_index::acc.num_processes] or chunk[:1]
+        return [self.train_rows[i] for i in mine]
+
+    def _tensors(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        m = self.reward_model
+        out: dict[str, Any] = {"chosen": m.prepare([r["chosen"] for r in batch]),
+                               "rejected": m.prepare([r["rejected"] for r in batch]),
+                               "prompts": [str(r.get("prompt") or "") for r in batch],
+                               "margin": torch.tensor([float(r.get("margin") or 0.0) for r in batch], device=m.device)}
+        out["references"] = m.prepare([r["reference"] for r in batch]) if m.condition == "reference" else None
+        return out
+
+    # ----------------------------------------------------------------------------- loop
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate(self, rows: Sequence[Mapping[str, Any]] | None = None, out_dir: str | Path | None = None,
+                 ) -> dict[str, Any] | None:
+        """:func:`evaluate_pairs` on ``rows`` (default: the held-out pairs); None without rows."""
+        rows = self.eval_rows if rows is None else rows
+        if not rows:
+            return None
+        return evaluate_pairs(self.reward_model, rows, batch_size=self.config.eval_batch_size,
+                              resamples=self.config.bootstrap_resamples, seed=self.config.seed, out_dir=out_dir)
+
+    def train(self) -> dict[str, Any]:
+        """Run the optimizer steps, save the model to ``output_dir/model`` and evaluate; returns
+        ``dict(steps, loss, train_accuracy, eval, seconds, model_dir)``."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "reward_config.yaml")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="reward",
+                   disable=not (cfg.progress and acc.is_main_process))
+        start = time.perf_counter()
+        losses: list[float] = []
+        accs: list[float] = []
+        last = {"loss": float("nan"), "accuracy": float("nan")}
+        self.model.train()
+        while self.step < self.total_steps:
+            batch = self._tensors(self._batch(self.micro))
+            self.micro += 1
+            with acc.accumulate(self.model):
+                with acc.autocast():
+                    r_c, r_r = self.model(batch["chosen"], batch["references"], batch["prompts"],
+                                          rejected=batch["rejected"])
+                margin = batch["margin"] * cfg.margin_scale if cfg.use_margin else None
+                loss = bradley_terry_loss(r_c.float(), r_r.float(), margin)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+            losses.append(float(loss.detach()))
+            accs.append(float((r_c > r_r).float().mean()))
+            if not acc.sync_gradients:
+                continue
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            elapsed = time.perf_counter() - start
+            out_of_time = False
+            if cfg.max_minutes is not None:
+                spent = acc.gather(torch.tensor([elapsed], device=acc.device))
+                out_of_time = float(spent.max()) >= 60 * cfg.max_minutes
+            done = self.step >= self.total_steps or out_of_time
+            if self.step % max(1, cfg.log_every) == 0 or done:
+                last = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs)}
+                losses, accs = [], []
+                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
+                self._log({"step": self.step, "loss": round(last["loss"], 6),
+                           "train/accuracy": round(last["accuracy"], 4), "lr": self.scheduler.get_last_lr()[0],
+                           "seconds": round(elapsed, 2)})
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and not done and self.eval_rows:
+                res = self.evaluate()
+                if res is not None:
+                    self._log({"step": self.step, "eval/accuracy": res["accuracy"], "eval/ci_low": res["ci95"][0],
+                               "eval/ci_high": res["ci95"][1], "seconds": round(time.perf_counter() - start, 2)})
+            if cfg.save_every and self.step % cfg.save_every == 0 and not done:
+                self.save_checkpoint()
+            if done:
+                break
+        bar.close()
+        seconds = time.perf_counter() - start
+        self.save_checkpoint()
+        model_dir = self.out / "model"
+        if acc.is_main_process:
+            self.reward_model.save_pretrained(model_dir)
+        result = self.evaluate(out_dir=self.out / "eval") if acc.is_main_process else None
+        if result is not None:
+            self._log({"step": self.step, "eval/accuracy": result["accuracy"], "eval/ci_low": result["ci95"][0],
+                       "eval/ci_high": result["ci95"][1], "seconds": round(time.perf_counter() - start, 2)})
+        if acc.is_main_process:
+            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        acc.wait_for_everyone()
+        return {"steps": self.step, "loss": last["loss"], "train_accuracy": last["accuracy"], "eval": result,
+                "seconds": seconds, "model_dir": str(model_dir)}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """``output_dir/checkpoint-<step>``: accelerate state (weights, optimizer, scheduler, RNG) and
+        the step and data position."""
+        acc = self.accelerator
+        d = self.out / f"checkpoint-{self.step:06d}"
+        acc.save_state(str(d / "state"))
+        if acc.is_main_process:
+            (d / "trainer_state.json").write_text(json.dumps({"step": self.step, "micro": self.micro}))
+        acc.wait_for_everyone()
+        return d
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Resume from a checkpoint directory, or ``"latest"`` in ``output_dir`` (fresh start if none)."""
+        if str(path) == "latest":
+            found = sorted(self.out.glob("checkpoint-*"))
+            if not found:
+                return
+            path = found[-1]
+        path = Path(path)
+        if not (path / "trainer_state.json").is_file():
+            raise ValueError(f"{path} is not a reward-model checkpoint (no trainer_state.json)")
+        self.accelerator.load_state(str(path / "state"))
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.step, self.micro = int(state["step"]), int(state["micro"])
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path,
+                keys: Sequence[str] = ("loss", "train/accuracy", "eval/accuracy", "lr")) -> Path | None:
+    """One panel per key of ``metrics.jsonl`` that was logged (raw values and, with many points, a
+    moving average); None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(metrics_path)
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys, strict=True):
+        xs = [r["step"] for r in rows if k in r]
+        ys = [float(r[k]) for r in rows if k in r]
+        ax.plot(xs, ys, lw=0.9, alpha=0.5 if len(ys) > 10 else 1.0, marker="." if len(ys) < 20 else None)
+        w = len(ys) // 10
+        if w > 1:
+            avg = [sum(ys[i - w + 1:i + 1]) / w for i in range(w - 1, len(ys))]
+            ax.plot(xs[w - 1:], avg, lw=1.8, color="tab:blue")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def train_reward_from_config(source: str | Path | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``visalign train reward CONFIG``: load a :class:`RewardModelConfig` (options at the top level or
+    under ``reward:``), train, evaluate, and return :meth:`RewardModelTrainer.train`'s summary."""
+    config = load_config(RewardModelConfig, source, section="reward", **overrides)
+    result = RewardModelTrainer(config).train()
+    ev = result.get("eval")
+    if ev:
+        print(f"held-out pairwise accuracy {ev['accuracy']:.3f} [{ev['ci95'][0]:.3f}, {ev['ci95'][1]:.3f}] "
+              f"(n={ev['n']}); " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in ev["by_perturbation"].items()))
+    print(f"model: {result['model_dir']}")
+    return result
