@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.visalign-installed
 
-.PHONY: setup system demo demo-flow test lint bench clean
+.PHONY: setup system demo demo-flow demo-reward test lint bench clean
 
 setup: system $(STAMP)
 
@@ -35,6 +35,13 @@ demo: setup
 demo-flow: setup
 	$(PY) scripts/flow_grpo_demo.py --out out/demo-flow --minutes 0 --eval-per-caption 64 --threads 1
 	@echo "demo-flow: open out/demo-flow/before_after.png and out/demo-flow/summary.json"
+
+# the reward-model demo (~3-5 minutes on 2 cores): rendered chart pairs -> a tiny Bradley-Terry reward model ->
+# held-out pairwise accuracy (bootstrap interval, per perturbation kind, calibration) and ladder ranking
+demo-reward: setup
+	rm -rf out/demo-reward
+	$(PY) scripts/reward_demo.py --out out/demo-reward --threads 2
+	@echo "demo-reward: open out/demo-reward/summary.json, run/curves.png and run/eval/calibration.png"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -181,7 +181,7 @@ def test_lora_trains_adapters_and_head_only(tmp_path: Path) -> None:
 
 def test_differentiable_matches_finite_differences(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = RewardModel.build(clip_config=TINY_CLIP, condition="reference", head_hidden=16).double()
+    model = RewardModel.build(clip_config=TINY_CLIP, condition="reference", head_hidden=16, difference=True).double()
     reward = get_reward("model", model=model, device="cpu")
     x = torch.rand(2, 3, 40, 40, dtype=torch.float64, requires_grad=True)  # resized to 32 inside, differentiably
     ref = torch.rand(2, 3, 32, 32, dtype=torch.float64)
@@ -201,6 +201,11 @@ def test_differentiable_matches_finite_differences(tmp_path: Path) -> None:
             float(reward.differentiable(t, t)[0]), abs=1e-6)
     with pytest.raises(ValueError, match="references"):
         reward.differentiable(x)
+    model.save_pretrained(tmp_path / "d")
+    back = RewardModel.from_pretrained(tmp_path / "d").double()
+    assert back.difference and torch.allclose(back(x.detach(), ref), model(x.detach(), ref), atol=1e-6)
+    with pytest.raises(ValueError, match="difference"):
+        RewardModel.build(clip_config=TINY_CLIP, condition="none", difference=True)
 
 
 def test_prompt_condition_and_unconditioned(tmp_path: Path) -> None:

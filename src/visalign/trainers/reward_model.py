@@ -7,7 +7,9 @@ to a scalar. Two backbones:
   architecture name with a pretrained tag or local checkpoint, a ``local-dir:`` folder, or an inline
   ``clip_config`` (the model config open_clip reads, built with random weights: what tests and the
   demo use). The head reads ``[f]`` (``condition="none"``), or ``[f, f*g, (f-g)^2]`` with ``g`` the
-  reference image's (``"reference"``) or the prompt's (``"prompt"``) embedding.
+  reference image's (``"reference"``) or the prompt's (``"prompt"``) embedding (L2-normalised), and
+  with ``difference=True`` also the features of the difference image ``0.5 + (x - reference) / 2``
+  (a siamese model that also looks at what changed, pixel by pixel).
 * ``vlm``: a Qwen2-VL-family model (``AutoModelForImageTextToText``; the tiny builder of
   :mod:`visalign.models.tiny_vlm` for tests). The chat holds the reference image (``"reference"``),
   the image and the prompt; the head reads the last token's final hidden state (last-token pooling,
@@ -346,18 +348,21 @@ class RewardModel(nn.Module):
     """
 
     def __init__(self, backbone: ClipBackbone | VlmBackbone, condition: str = "none", head_hidden: int = 256,
-                 lora: Mapping[str, Any] | None = None) -> None:
+                 lora: Mapping[str, Any] | None = None, difference: bool = False) -> None:
         super().__init__()
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+        if difference and (condition != "reference" or not isinstance(backbone, ClipBackbone)):
+            raise ValueError("difference=True needs condition='reference' and the open_clip backbone")
         if condition == "prompt" and isinstance(backbone, ClipBackbone) and backbone.tokenizer is None:
             raise ValueError("condition='prompt' with open_clip needs the text tower (build with with_text=True)")
         self.backbone = backbone
         self.condition = condition
         self.head_hidden = int(head_hidden)
         self.lora = dict(lora) if lora else None
+        self.difference = bool(difference)
         d = backbone.feature_dim
-        n_in = d if (isinstance(backbone, VlmBackbone) or condition == "none") else 3 * d
+        n_in = d if (isinstance(backbone, VlmBackbone) or condition == "none") else (4 if difference else 3) * d
         self.head = nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, self.head_hidden), nn.GELU(),
                                   nn.Linear(self.head_hidden, 1))
         if self.lora:
@@ -367,7 +372,8 @@ class RewardModel(nn.Module):
     @classmethod
     def build(cls, backbone: str = "open_clip", model: str | None = None, pretrained: str | None = None,
               clip_config: Mapping[str, Any] | None = None, condition: str = "none", head_hidden: int = 256,
-              image_size: int | None = None, lora: Mapping[str, Any] | None = None, seed: int = 0) -> RewardModel:
+              image_size: int | None = None, lora: Mapping[str, Any] | None = None, seed: int = 0,
+              difference: bool = False) -> RewardModel:
         """A reward model from a backbone description (see :class:`RewardModelConfig`); the head (and a
         random backbone) is initialised from ``seed``."""
         torch.manual_seed(seed)
@@ -383,7 +389,7 @@ class RewardModel(nn.Module):
         else:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         torch.manual_seed(seed)
-        return cls(bb, condition, head_hidden, lora)
+        return cls(bb, condition, head_hidden, lora, difference)
 
     def _add_lora(self, lora: Mapping[str, Any]) -> None:
         from peft import LoraConfig, LoraModel
@@ -438,16 +444,24 @@ class RewardModel(nn.Module):
             refs = None if self.condition != "reference" else references.repeat(k, 1, 1, 1)
             scores = self.head(self.backbone.features(both, refs, text).to(dtype)).squeeze(-1)
         else:
-            extra = references if self.condition == "reference" else None
-            feats = self.backbone.encode_images(both if extra is None else torch.cat([both, extra])).to(dtype)
-            f = feats[: both.shape[0]]
+            m = both.shape[0]
+            parts = [both]
             if self.condition == "reference":
-                g = feats[both.shape[0]:].repeat(k, 1)
+                parts.append(references)
+                if self.difference:  # the signed difference image, 0 -> mid-gray
+                    parts.append(0.5 + 0.5 * (both - references.repeat(k, 1, 1, 1)))
+            feats = self.backbone.encode_images(torch.cat(parts)).to(dtype)
+            f = feats[:m]
+            if self.condition == "reference":
+                g = feats[m:m + n].repeat(k, 1)
             elif self.condition == "prompt":
                 g = self.backbone.encode_texts(prompts).to(dtype).repeat(k, 1)
             else:
                 g = None
-            scores = self.head(self._head_input(f, g)).squeeze(-1)
+            h = self._head_input(f, g)
+            if self.difference:
+                h = torch.cat([h, feats[m + n:]], dim=-1)
+            scores = self.head(h).squeeze(-1)
         return scores if rejected is None else (scores[:n], scores[n:])
 
     @torch.no_grad()
@@ -484,7 +498,7 @@ class RewardModel(nn.Module):
         save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
                   str(directory / HEAD_NAME))
         meta = {"format": "visalign-reward-model", "version": 1, "backbone": backbone.kind,
-                "condition": self.condition, "head_hidden": self.head_hidden, "image_size": backbone.image_size,
+                "condition": self.condition, "head_hidden": self.head_hidden, "difference": self.difference, "image_size": backbone.image_size,
                 "feature_dim": backbone.feature_dim}
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
         return directory
@@ -503,7 +517,7 @@ class RewardModel(nn.Module):
             bb: ClipBackbone | VlmBackbone = ClipBackbone.load(directory / "backbone", meta["condition"] == "prompt")
         else:
             bb = VlmBackbone.load(directory / "backbone", meta.get("image_size"))
-        model = cls(bb, meta["condition"], meta["head_hidden"])
+        model = cls(bb, meta["condition"], meta["head_hidden"], difference=bool(meta.get("difference", False)))
         model.head.load_state_dict(load_file(str(directory / HEAD_NAME)), strict=True)
         model.eval()
         return model.to(device) if device is not None else model
@@ -669,6 +683,8 @@ class RewardModelConfig:
     image_size: int | None = option(None, "input side in px (VLM: a multiple of patch * merge); None: the "
                                           "backbone's")
     head_hidden: int = option(256, "hidden width of the scalar head (LayerNorm, Linear, GELU, Linear)")
+    difference: bool = option(False, "open_clip + reference: also encode the difference image (image - reference) "
+                                     "and give its features to the head (pixel-level changes: values, positions)")
     train_data: str | list[str] | None = option(None, "preference pairs: .jsonl / .parquet / save_to_disk "
                                                       "directory (or a list); see visalign.data.load_pairs")
     eval_data: str | None = option(None, "held-out pairs for the evaluation (same formats)")
@@ -774,7 +790,8 @@ class RewardModelTrainer:
                 lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                         "target_modules": list(config.lora_target_modules) if config.lora_target_modules else None}
             model = RewardModel.build(config.backbone, config.model, config.pretrained, config.clip_config,
-                                      condition, config.head_hidden, config.image_size, lora, config.seed)
+                                      condition, config.head_hidden, config.image_size, lora, config.seed,
+                                      config.difference)
         elif config.condition != "auto" and model.condition != config.condition:
             raise ValueError(f"the given model has condition {model.condition!r}, the config {config.condition!r}")
         if config.freeze_backbone:
@@ -860,6 +877,8 @@ class RewardModelTrainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "reward_config.yaml")
+            if self.step == 0:  # a fresh run starts a fresh log; a resumed one appends
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         bar = tqdm(total=self.total_steps, initial=self.step, desc="reward",
                    disable=not (cfg.progress and acc.is_main_process))
