@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 from visalign.rewards import Sample, get_reward
 from visalign.trainers.config import load_config
 from visalign.trainers.reward_model import (
+    CLIP_MEAN,
+    CLIP_STD,
     RewardModel,
     RewardModelConfig,
     RewardModelTrainer,
@@ -222,6 +224,39 @@ def test_prompt_condition_and_unconditioned(tmp_path: Path) -> None:
     assert none(x).shape == (2,)
     with pytest.raises(ValueError, match="condition"):
         RewardModel.build(clip_config=TINY_CLIP, condition="text")
+
+
+def test_open_clip_backbone_from_a_name_checkpoint_or_local_dir(tmp_path: Path) -> None:
+    """The loading paths users take with real weights: an architecture name + a local checkpoint, and
+    an open_clip ``local-dir:`` folder (config + weights, the layout of a downloaded hub repo)."""
+    import open_clip
+
+    (tmp_path / "visalign-rm-test-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(tmp_path / "visalign-rm-test-clip.json")
+    torch.manual_seed(1)
+    clip = open_clip.create_model("visalign-rm-test-clip")
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    torch.save(clip.state_dict(), tmp_path / "dir" / "open_clip_pytorch_model.bin")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = clip.encode_image((x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1))
+        for m in (RewardModel.build(model="visalign-rm-test-clip", pretrained=str(tmp_path / "clip.pt")),
+                  RewardModel.build(model=f"local-dir:{tmp_path / 'dir'}")):
+            assert torch.allclose(m.backbone.encode_images(x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        RewardModel.build(model="no-such-clip")
+    # a model's own normalisation (SigLIP-style 0.5 / 0.5) is used, saved and read back
+    (tmp_path / "dir" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {
+        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    m = RewardModel.build(model=f"local-dir:{tmp_path / 'dir'}")
+    m.save_pretrained(tmp_path / "saved")
+    back = RewardModel.from_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        want = clip.encode_image((x - 0.5) / 0.5)
+        assert torch.allclose(m.backbone.encode_images(x), want, atol=1e-5)
+        assert torch.allclose(back.backbone.encode_images(x), want, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- the VLM backbone

@@ -175,8 +175,11 @@ class ClipBackbone(nn.Module):
 
     @classmethod
     def create(cls, model: str | None = None, pretrained: str | None = None,
-               clip_config: Mapping[str, Any] | None = None, with_text: bool = False) -> ClipBackbone:
-        """From an open_clip name + tag / checkpoint, a ``local-dir:`` folder, or an inline config."""
+               clip_config: Mapping[str, Any] | None = None, with_text: bool = False,
+               preprocess: Mapping[str, Any] | None = None) -> ClipBackbone:
+        """From an open_clip name + tag / checkpoint, a ``local-dir:`` folder, or an inline config. The
+        normalisation is the model's own (``visual.preprocess_cfg``: a pretrained tag's mean and std),
+        unless ``preprocess`` gives ``mean`` / ``std``."""
         import open_clip
 
         if clip_config is not None:
@@ -201,9 +204,17 @@ class ClipBackbone(nn.Module):
                 cfg = open_clip.get_model_config(model)
                 if cfg is None:
                     raise ValueError(f"unknown open_clip model {model!r}")
+                if pretrained is None:
+                    import logging
+
+                    logging.getLogger("visalign").warning(
+                        "open_clip %s without `pretrained`: the backbone starts from random weights", model)
                 net = open_clip.create_model(model, pretrained=pretrained)
         else:
             raise ValueError("an open_clip backbone needs `model` (a name or local-dir:PATH) or `clip_config`")
+        own = dict(getattr(getattr(net, "visual", None), "preprocess_cfg", None) or {})
+        own.update(preprocess or {})
+        mean, std = tuple(own.get("mean", CLIP_MEAN)), tuple(own.get("std", CLIP_STD))
         tokenizer = None
         if with_text:
             tokenizer = open_clip.get_tokenizer(model) if model and clip_config is None else \
@@ -219,7 +230,7 @@ class ClipBackbone(nn.Module):
         for name in ("logit_scale", "logit_bias"):  # contrastive-loss scalars: no part of a reward
             if isinstance(getattr(net, name, None), nn.Parameter):
                 getattr(net, name).requires_grad_(False)
-        return cls(net, cfg, tokenizer)
+        return cls(net, cfg, tokenizer, mean, std)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (_resize(pixels, self.image_size) - self.mean) / self.std
@@ -235,8 +246,9 @@ class ClipBackbone(nn.Module):
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
+        preprocess = {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
         (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": self.model_cfg,
-                                                                      "preprocess_cfg": {}}, indent=1))
+                                                                      "preprocess_cfg": preprocess}, indent=1))
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
         save_file(state, str(directory / "open_clip_model.safetensors"))
 
@@ -244,8 +256,9 @@ class ClipBackbone(nn.Module):
     def load(cls, directory: Path, with_text: bool) -> ClipBackbone:
         from safetensors.torch import load_file
 
-        cfg = json.loads((directory / "open_clip_config.json").read_text())["model_cfg"]
-        backbone = cls.create(clip_config=cfg, with_text=with_text)
+        saved = json.loads((directory / "open_clip_config.json").read_text())
+        backbone = cls.create(clip_config=saved["model_cfg"], with_text=with_text,
+                              preprocess=saved.get("preprocess_cfg"))
         backbone.net.load_state_dict(load_file(str(directory / "open_clip_model.safetensors")), strict=True)
         return backbone
 
