@@ -175,6 +175,21 @@ def test_load_pairs_formats(tmp_path: Path) -> None:
     got = load_pairs(pap)
     assert [r["chosen"].getpixel((0, 0)) for r in got] == [(0, 0, 0), (255, 255, 255)]
     assert [r["prompt"] for r in got] == ["a night", "a day"] and len(load_pairs(pap, keep_ties=True)) == 3
+    # HPDv2: image_path list + human_preference (train) or rank (test: 1 is best, every pair of ranks)
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "r.png")
+    Image.new("RGB", (4, 4), "blue").save(tmp_path / "b.png")
+    Image.new("RGB", (4, 4), "green").save(tmp_path / "g.png")
+    hpd = tmp_path / "hpd.jsonl"
+    hpd.write_text(json.dumps({"prompt": "p", "image_path": ["r.png", "b.png"], "human_preference": [0, 1]}) + "\n"
+                   + json.dumps({"prompt": "q", "image_path": ["r.png", "b.png", "g.png"], "rank": [2, 1, 3]}) + "\n")
+    got = load_pairs(hpd)
+    colours = [(r["chosen"].getpixel((0, 0)), r["rejected"].getpixel((0, 0))) for r in got]
+    red, blue, green = (255, 0, 0), (0, 0, 255), (0, 128, 0)
+    assert colours == [(blue, red), (red, green), (blue, red), (blue, green)]
+    assert len(load_pairs(hpd, limit=2)) == 2
+    hpd.write_text(json.dumps({"image_path": ["r.png", "b.png"], "human_preference": [1, 1]}) + "\n")
+    with pytest.raises(DataError, match=r"hpd\.jsonl:1: field 'human_preference' must mark one"):
+        load_pairs(hpd)
     # parquet with HF-datasets-style image structs
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -24,9 +24,10 @@ in (0, 1]: how much better the chosen image is. Rows written by :func:`write_pai
      "group": 3, "chosen_code": "...", "rejected_code": "..."}
 
 Image paths are relative to the JSONL file. :func:`load_pairs` reads them back, and also reads
-HPDv2 / Pick-a-Pic-style data: ``chosen`` / ``rejected`` columns (or ``image_0`` / ``image_1`` with a
-``label_0`` or ``preference`` column, Pick-a-Pic's layout), from JSONL, parquet, a ``datasets`` object or
-``save_to_disk`` directory, or a Python list. Errors name the file, the line (row) and the field.
+users' preference data: ``chosen`` / ``rejected`` columns, Pick-a-Pic's ``image_0`` / ``image_1`` with
+``label_0``, or HPDv2's ``image_path`` list with ``human_preference`` or ``rank``; from JSONL, parquet,
+a ``datasets`` object or ``save_to_disk`` directory, or a Python list. Errors name the file, the line
+(row) and the field.
 
 Example:
     >>> pairs = chart_pair_specs(2, seed=0, pairs_per_reference=2)
@@ -39,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -672,7 +674,7 @@ def write_pairs(rows: Iterable[Mapping[str, Any]], path: str | Path, image_dir: 
                     if image is None:
                         record[key] = None
                         continue
-                    digest = image.tobytes() + repr(image.size).encode()
+                    digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).digest()
                     if digest not in written:
                         file = images / f"{len(written):06d}.png"
                         image.save(file)
@@ -716,9 +718,10 @@ def load_pairs(source: Any, *, chosen_column: str = "chosen", rejected_column: s
 
     ``source``: a ``.jsonl`` (image paths relative to the file, base64 or ``data:`` URLs), a
     ``.parquet`` (image bytes or ``{"bytes", "path"}``), a ``datasets`` object or ``save_to_disk``
-    directory, or a list of dicts. Columns ``chosen`` / ``rejected`` (HPDv2-style pairs), or
-    Pick-a-Pic's ``image_0`` / ``image_1`` + ``label_0``; ties (``label_0`` 0.5) are skipped unless
-    ``keep_ties``. Errors name the file, the line (JSONL) or row, and the field.
+    directory, or a list of dicts. Columns ``chosen`` / ``rejected``; or Pick-a-Pic's ``image_0`` /
+    ``image_1`` + ``label_0`` (ties, ``label_0`` 0.5, are skipped unless ``keep_ties``); or HPDv2's
+    ``image_path`` list + ``human_preference`` (one pair per other image) or ``rank`` (every pair of
+    different ranks). Errors name the file, the line (JSONL) or row, and the field.
 
     Example:
         >>> from PIL import Image
@@ -767,7 +770,7 @@ def load_pairs(source: Any, *, chosen_column: str = "chosen", rejected_column: s
             for col in (chosen_column, rejected_column):
                 if row.get(col) is None:
                     raise DataError(f"{where}: field {col!r} is missing; fields present: {sorted(row)}")
-            chosen_raw, rejected_raw = row[chosen_column], row[rejected_column]
+            sides = [(row[chosen_column], row[rejected_column], chosen_column, rejected_column)]
         elif any(k in row for k in ("image_0", "image_1", "jpg_0", "jpg_1")):
             chosen_raw, rejected_raw, strength = _pick_a_pic(row, where)
             if strength is None and not keep_ties:
@@ -775,13 +778,15 @@ def load_pairs(source: Any, *, chosen_column: str = "chosen", rejected_column: s
             if chosen_raw is None or rejected_raw is None:
                 raise DataError(f"{where}: fields 'image_0' and 'image_1' are both needed; fields present: "
                                 f"{sorted(row)}")
+            sides = [(chosen_raw, rejected_raw, "image_0/1", "image_0/1")]
+        elif "image_path" in row or "images" in row:
+            sides = _hpd(row, where)
         else:
             raise DataError(f"{where}: field {rejected_column!r} is missing; fields present: {sorted(row)}"
                             if chosen_column in row else
                             f"{where}: no pair found: expected fields {chosen_column!r} / {rejected_column!r} "
-                            f"(or image_0 / image_1 / label_0); fields present: {sorted(row)}")
-        chosen = to_image(chosen_raw, base_dir, f"{where} field {chosen_column!r}")
-        rejected = to_image(rejected_raw, base_dir, f"{where} field {rejected_column!r}")
+                            f"(or image_0 / image_1 / label_0, or image_path + human_preference / rank); "
+                            f"fields present: {sorted(row)}")
         reference = to_image(row.get(reference_column), base_dir, f"{where} field {reference_column!r}")
         if row.get(margin_column) is not None:
             try:
@@ -794,11 +799,40 @@ def load_pairs(source: Any, *, chosen_column: str = "chosen", rejected_column: s
                                 f"got {margin}")
         prompt = row.get(prompt_column) or row.get("caption") or ""
         extra = {k: v for k, v in row.items() if k not in (chosen_column, rejected_column, reference_column,
-                                                           "image_0", "image_1", "jpg_0", "jpg_1")}
-        out.append({**extra, "id": row_id, "chosen": chosen, "rejected": rejected, "reference": reference,
-                    "prompt": str(prompt), "margin": margin if margin is not None else 0.0,
-                    "perturbation": str(row.get(perturbation_column) or "unknown")})
-    return out
+                                                           "image_0", "image_1", "jpg_0", "jpg_1", "image_path",
+                                                           "images")}
+        for chosen_raw, rejected_raw, c_field, r_field in sides:
+            chosen = to_image(chosen_raw, base_dir, f"{where} field {c_field!r}")
+            rejected = to_image(rejected_raw, base_dir, f"{where} field {r_field!r}")
+            out.append({**extra, "id": row_id if len(sides) == 1 else f"{row_id}-{c_field}-{r_field}",
+                        "chosen": chosen, "rejected": rejected, "reference": reference, "prompt": str(prompt),
+                        "margin": margin if margin is not None else 0.0,
+                        "perturbation": str(row.get(perturbation_column) or "unknown")})
+    return out[:limit] if limit is not None else out
+
+
+def _hpd(row: Mapping[str, Any], where: str) -> list[tuple[Any, Any, str, str]]:
+    """HPDv2's layout: ``image_path`` (or ``images``), a list of images of one prompt, and either
+    ``human_preference`` (the training set: 1 marks the preferred image of two) or ``rank`` (the test set:
+    1 is the best; every pair of different ranks becomes a pair)."""
+    key = "image_path" if "image_path" in row else "images"
+    images = row[key]
+    if not isinstance(images, (list, tuple)) or len(images) < 2:
+        raise DataError(f"{where}: field {key!r} must be a list of at least two images")
+    if row.get("human_preference") is not None:
+        pref = list(row["human_preference"])
+        if len(pref) != len(images) or sorted(pref) != [0] * (len(pref) - 1) + [1]:
+            raise DataError(f"{where}: field 'human_preference' must mark one of the {len(images)} images with 1, "
+                            f"got {pref!r}")
+        best = pref.index(1)
+        return [(images[best], images[j], f"{key}[{best}]", f"{key}[{j}]") for j in range(len(images)) if j != best]
+    if row.get("rank") is not None:
+        rank = list(row["rank"])
+        if len(rank) != len(images):
+            raise DataError(f"{where}: field 'rank' has {len(rank)} entries for {len(images)} images")
+        return [(images[a], images[b], f"{key}[{a}]", f"{key}[{b}]") for a in range(len(images))
+                for b in range(len(images)) if rank[a] < rank[b]]
+    raise DataError(f"{where}: field 'human_preference' (or 'rank') is missing: which image is preferred?")
 
 
 def _read_jsonl_lines(path: Path) -> tuple[list[Any], list[int]]:
