@@ -128,10 +128,7 @@ def test_result_blobs_are_split_by_the_header():
 @pytest.mark.parametrize("level", ["bubblewrap", "rlimits"])
 def test_shared_isolation_wipes_between_jobs(level):
     """Where user namespaces are unavailable, what a job wrote is gone before the next job starts."""
-    from conftest import requires_bwrap  # noqa: F401  (the bubblewrap case needs bwrap: skip below)
-    import shutil as _shutil
-
-    if level == "bubblewrap" and not _shutil.which("bwrap"):
+    if level == "bubblewrap" and not shutil.which("bwrap"):
         pytest.skip("bwrap missing")
     code = textwrap.dedent("""
         import os
