@@ -11,6 +11,8 @@ perturbations.
    every rung of every held-out perturbation ladder scored: does the score fall with the severity?
 
 Run: ``.venv/bin/python scripts/reward_demo.py --out out/demo-reward`` (a few minutes on 2 CPU cores).
+``--task html`` runs the same on DocReward-style document pairs (professional vs careless pages, no
+reference: the model judges a page alone; 128 px input; rendering the pages takes most of the time).
 """
 
 from __future__ import annotations
@@ -34,35 +36,54 @@ TINY_CLIP = {"embed_dim": 64,
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}
 
 
+def _reference_of(row: dict, rows: list[dict]) -> str:
+    """The program a pair row was made from: its reference (charts), or its professional page (documents,
+    the severity-0 side of any pair of its group)."""
+    if row.get("reference_code"):
+        return row["reference_code"]
+    return next(r["chosen_code"] for r in rows if r["group"] == row["group"] and r["chosen_severity"] == 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="out/demo-reward")
-    ap.add_argument("--train-refs", type=int, default=48, help="training reference charts (24 pairs each)")
-    ap.add_argument("--eval-refs", type=int, default=20, help="held-out reference charts (24 pairs each)")
-    ap.add_argument("--epochs", type=float, default=5.0)
+    ap.add_argument("--task", choices=("chart", "html"), default="chart")
+    ap.add_argument("--train-refs", type=int, default=None,
+                    help="training references (chart: 48, 24 pairs each; html: 16 documents, 30 pairs each)")
+    ap.add_argument("--eval-refs", type=int, default=None, help="held-out references (chart: 20; html: 6)")
+    ap.add_argument("--epochs", type=float, default=None, help="chart: 5, html: 6")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="render workers")
     args = ap.parse_args(argv)
+    chart = args.task == "chart"
+    per_ref = 24 if chart else 30  # every pair of every ladder: 4 (5) kinds x 6 pairs
+    train_refs = args.train_refs or (48 if chart else 16)
+    eval_refs = args.eval_refs or (20 if chart else 6)
+    epochs = args.epochs or (5.0 if chart else 6.0)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     t0 = time.perf_counter()
 
     train_path, eval_path = out / "data" / "train.jsonl", out / "data" / "heldout.jsonl"
     if not (train_path.exists() and eval_path.exists()):
-        # every pair of every ladder (4 kinds x 6 pairs from 13 renders): the fewest renders per pair
-        train = pair_dataset("chart", 24 * args.train_refs, seed=0, pairs_per_reference=24, workers=args.workers)
-        held = pair_dataset("chart", 24 * args.eval_refs, seed=1, pairs_per_reference=24, workers=args.workers)
-        seen = {r["reference_code"] for r in train}
-        held = [r for r in held if r["reference_code"] not in seen]  # held-out references only
+        # every pair of every ladder (chart: 4 kinds x 6 pairs from 13 renders): the fewest renders per pair
+        train = pair_dataset(args.task, per_ref * train_refs, seed=0, pairs_per_reference=per_ref,
+                             workers=args.workers)
+        held = pair_dataset(args.task, per_ref * eval_refs, seed=1, pairs_per_reference=per_ref,
+                            workers=args.workers)
+        seen = {_reference_of(r, train) for r in train}
+        held = [r for r in held if _reference_of(r, held) not in seen]  # held-out references only
         write_pairs(train, train_path)
         write_pairs(held, eval_path)
     t_data = time.perf_counter() - t0
     print(f"pairs: {len(load_pairs(train_path))} train, {len(load_pairs(eval_path))} held-out "
           f"({t_data:.0f} s)", flush=True)
 
+    clip = TINY_CLIP if chart else {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 128}}
     config = load_config(RewardModelConfig, {
-        "backbone": "open_clip", "clip_config": TINY_CLIP, "condition": "reference", "difference": True, "head_hidden": 128,
-        "train_data": str(train_path), "eval_data": str(eval_path), "epochs": args.epochs, "batch_size": 32,
+        "backbone": "open_clip", "clip_config": clip, "condition": "reference" if chart else "none",
+        "difference": chart, "head_hidden": 128,
+        "train_data": str(train_path), "eval_data": str(eval_path), "epochs": epochs, "batch_size": 32,
         "learning_rate": 5e-4, "warmup_steps": 10, "weight_decay": 0.01, "use_margin": True,
         "output_dir": str(out / "run"), "log_every": 5, "seed": 0, "progress": False})
     t1 = time.perf_counter()
@@ -74,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     reward = get_reward("model", path=result["model_dir"])  # the saved model, as every user loads it
     ranking = rank_ladders(reward.model, ladders)
     # the same model through the reward interface: a perfect render beats its worst perturbation
-    samples = [Sample(image=lad["images"][s], reference_image=lad["reference"]) for lad in ladders[:8] for s in (0, 3)]
+    samples = [Sample(image=lad["images"][s], reference_image=lad["reference"], prompt=lad["prompt"])
+               for lad in ladders[:8] for s in (0, 3)]
     scores = reward(samples).scores
     top_beats_worst = sum(scores[i] > scores[i + 1] for i in range(0, len(scores), 2)) / (len(scores) // 2)
 
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                "reward_interface_top_beats_worst": top_beats_worst, "steps": result["steps"],
                "seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
                            "total": round(time.perf_counter() - t0, 1)},
-               "threads": args.threads}
+               "threads": args.threads, "task": args.task}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lo, hi = ev["ci95"]
     print(f"held-out pairwise accuracy {ev['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (n={ev['n']})")
