@@ -270,6 +270,22 @@ def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
     assert set(a[0]).isdisjoint(b[0]) and sorted(a[0] + b[0]) == list(range(8))
 
 
+def test_class_unet_one_full_finetune_iteration_with_cfg_and_kl(tmp_path: Path) -> None:
+    """A full fine-tune of the class-conditional UNet (the frozen copy is the KL reference); the final
+    checkpoint loads back with the trained weights."""
+    policy = unet_policy()
+    trainer = FlowGRPOTrainer(config(tmp_path, lora=False, guidance_scale=3.0, beta=0.04), policy, Bright(), CLASSES)
+    assert not policy.lora and len(policy.trainable_parameters()) == len(list(policy.model.parameters()))
+    before = {n: p.detach().clone() for n, p in policy.named_trainable_parameters().items()}
+    (m,) = trainer.train()
+    assert m["ratio/first_update_max_abs_dev"] == 0.0 and m["nfe/rollout"] == 8 * 4 * 2  # 8 images x 4 steps x CFG
+    assert math.isfinite(m["loss"]) and math.isfinite(m["kl"]) and m["kl"] >= 0
+    after = policy.named_trainable_parameters()
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+    final = UNet2DModel.from_pretrained(str(tmp_path / "run" / "final"))
+    assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in final.state_dict().items())
+
+
 def test_sd15_pipeline_end_to_end_ddim_lora_cfg_kl(tmp_path: Path) -> None:
     tiny_sd15_pipeline(workdir=tmp_path / "tok").save_pretrained(tmp_path / "sd15")
     assert isinstance(load_flow_policy(tmp_path / "sd15", resolution=16), StableDiffusionPolicy)

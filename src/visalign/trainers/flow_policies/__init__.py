@@ -45,9 +45,10 @@ Implementations:
   embeddings and time ids as added conditions), sampled with DDIM like SD1.5.
 - :class:`QwenImagePolicy`: a diffusers ``QwenImagePipeline`` (Qwen2.5-VL prompt embeddings with masks,
   packed 2x2 latents, the pipeline's norm-preserving true CFG, exponential time shift).
-- :class:`Flux2KleinPolicy`: a diffusers ``Flux2KleinPipeline`` (Qwen3 hidden states 9/18/27, patchified and
-  batch-normed latents, two-pass CFG, the empirical ``mu``); :class:`Flux2Policy` (``Flux2Pipeline``, FLUX.2
-  dev, guidance embedded) is its base but not registered: no tiny Mistral-3 pipeline checks it yet.
+- :class:`Flux2Policy`: a diffusers ``Flux2Pipeline`` (FLUX.2 dev: Mistral-3 hidden states 10/20/30 through
+  the Pixtral processor's chat template, patchified and batch-normed latents, guidance embedded, 1 NFE, the
+  empirical ``mu``); :class:`Flux2KleinPolicy`, its subclass, a ``Flux2KleinPipeline`` (Qwen3 hidden states
+  9/18/27, two-pass CFG).
 - :class:`WanPolicy`: a diffusers ``WanPipeline`` (Wan 2.x text-to-video, one transformer): UMT5 prompts,
   5-D video latents, two-pass CFG; a sample's frames reach the rewards as ``Sample.frames``.
 
@@ -60,7 +61,7 @@ directory's ``model_index.json``. A new family is one module and one registry li
 from .base import NUM_TRAIN_TIMESTEPS, Conditioning, FlowPolicy, image_grid, vae_decode
 from .class_unet import ClassConditionalFlowPolicy
 from .flux import FluxPolicy, tiny_flux_pipeline
-from .flux2 import Flux2KleinPolicy, Flux2Policy, tiny_flux2_klein_pipeline
+from .flux2 import Flux2KleinPolicy, Flux2Policy, tiny_flux2_klein_pipeline, tiny_flux2_pipeline
 from .qwenimage import QwenImagePolicy, tiny_qwenimage_pipeline
 from .registry import POLICIES, flow_policy_class, load_flow_policy, policy_class_for_pipeline
 from .sana import SanaPolicy, tiny_sana_pipeline
@@ -89,6 +90,7 @@ __all__ = [
     "load_flow_policy",
     "policy_class_for_pipeline",
     "tiny_flux2_klein_pipeline",
+    "tiny_flux2_pipeline",
     "tiny_flux_pipeline",
     "tiny_qwenimage_pipeline",
     "tiny_sana_pipeline",

@@ -1,5 +1,5 @@
 """FLUX.2: ``Flux2Pipeline`` (:class:`Flux2Policy`, guidance-distilled) and ``Flux2KleinPipeline``
-(:class:`Flux2KleinPolicy`, classifier-free guidance), and the tiny offline Klein builder."""
+(:class:`Flux2KleinPolicy`, classifier-free guidance), and their tiny offline builders."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from .base import Conditioning, FlowPolicy
-from .tiny import qwen_chat_tokenizer
+from .tiny import mistral_chat_tokenizer, qwen_chat_tokenizer
 
-__all__ = ["Flux2KleinPolicy", "Flux2Policy", "tiny_flux2_klein_pipeline"]
+__all__ = ["Flux2KleinPolicy", "Flux2Policy", "tiny_flux2_klein_pipeline", "tiny_flux2_pipeline"]
 
 
 class Flux2Policy(FlowPolicy):
@@ -32,6 +32,13 @@ class Flux2Policy(FlowPolicy):
     ``set_timesteps(sigmas=..., mu=compute_empirical_mu(image_seq_len, n))``, plus the final 0, as the
     pipeline. ``decode`` undoes the VAE's batch norm (``bn.running_mean`` / ``running_var``), unpatchifies
     and decodes.
+
+    Example (a random tiny pipeline, no weights needed):
+        >>> policy = Flux2Policy(tiny_flux2_pipeline(), resolution=16, max_sequence_length=48)
+        >>> cond = policy.encode_prompts(["a red circle"])
+        >>> v = policy.velocity(torch.zeros(1, *policy.latent_shape), 1.0, cond, guidance_scale=4.0)
+        >>> tuple(v.shape), sorted(cond.cond), cond.uncond is None, policy.forwards_per_prediction(4.0)
+        ((1, 16, 4, 4), ['prompt_embeds', 'txt_ids'], True, 1)
     """
 
     config_options: ClassVar[tuple[str, ...]] = ("resolution", "max_sequence_length")
@@ -227,5 +234,73 @@ def tiny_flux2_klein_pipeline(transformer: dict[str, Any] | None = None, *, text
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               transformer=model, is_distilled=is_distilled)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux2_pipeline(transformer: dict[str, Any] | None = None, *, text_dim: int = 8, latent_channels: int = 4,
+                        vae_channels: Sequence[int] = (4, 8), max_length: int = 512, seed: int = 0) -> Any:
+    """A ``Flux2Pipeline`` (FLUX.2 dev) with random weights built from configs, offline.
+
+    Every component is real: ``Flux2Transformer2DModel`` with guidance embeddings (as dev; 4-axis RoPE),
+    ``AutoencoderKLFlux2`` (its batch norm over the patchified latents), a ``Mistral3ForConditionalGeneration``
+    text encoder (``Mistral3Config``: a ``MistralConfig`` text model with 31 layers of width ``text_dim``, so
+    that the pipeline's default hidden states 10, 20 and 30 exist, and a one-layer ``PixtralVisionConfig``
+    tower), a ``PixtralProcessor`` as the tokenizer (the pipeline calls its ``apply_chat_template`` with its
+    own system message) and ``FlowMatchEulerDiscreteScheduler`` with dynamic shifting (the pipeline passes
+    ``mu``), only tiny: :func:`~visalign.trainers.flow_policies.tiny.mistral_chat_tokenizer`, a BPE trained
+    here on the pipeline's system message and the small word list (the message takes 28 tokens, so prompts
+    fit in ``max_sequence_length=48``), ``model_max_length = max_length``. ``transformer`` overrides the
+    transformer config; ``in_channels`` is ``4 * latent_channels``.
+
+    Example:
+        >>> pipe = tiny_flux2_pipeline()
+        >>> type(pipe).__name__, type(pipe.tokenizer).__name__, pipe.transformer.config.guidance_embeds
+        ('Flux2Pipeline', 'PixtralProcessor', True)
+    """
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralImageProcessor,
+        PixtralProcessor,
+        PixtralVisionConfig,
+    )
+
+    cfg: dict[str, Any] = {"patch_size": 1, "in_channels": 4 * latent_channels, "num_layers": 1, "num_single_layers": 1,
+                           "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 3 * text_dim,
+                           "timestep_guidance_channels": 16, "axes_dims_rope": (4, 4, 4, 4), "guidance_embeds": True}
+    cfg.update(transformer or {})
+    tokenizer = mistral_chat_tokenizer([SYSTEM_MESSAGE], max_length)
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=4, size={"longest_edge": 16}),
+                                 tokenizer=tokenizer, patch_size=4, spatial_merge_size=2,
+                                 chat_template=tokenizer.chat_template)
+    ids = {name: tokenizer.convert_tokens_to_ids(t) for name, t in
+           (("bos_token_id", "<s>"), ("eos_token_id", "</s>"), ("pad_token_id", "<pad>"))}
+    torch.manual_seed(seed)
+    text_config = MistralConfig(vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=2 * text_dim,
+                                num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                max_position_embeddings=max(256, max_length), sliding_window=None, **ids)
+    vision_config = PixtralVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        head_dim=4, patch_size=4, image_size=16)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config=text_config, vision_config=vision_config, spatial_merge_size=2,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"))).eval()
+    n = len(vae_channels)
+    vae = AutoencoderKLFlux2(block_out_channels=tuple(vae_channels), down_block_types=("DownEncoderBlock2D",) * n,
+                             up_block_types=("UpDecoderBlock2D",) * n, layers_per_block=1, latent_channels=latent_channels,
+                             norm_num_groups=2, sample_size=32, mid_block_add_attention=False)
+    model = Flux2Transformer2DModel(**cfg)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=processor,
+                         transformer=model)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -26,6 +26,7 @@ POLICIES: dict[str, str] = {
     "StableDiffusionPipeline": "stable_diffusion:StableDiffusionPolicy",
     "StableDiffusionXLPipeline": "sdxl:StableDiffusionXLPolicy",
     "QwenImagePipeline": "qwenimage:QwenImagePolicy",
+    "Flux2Pipeline": "flux2:Flux2Policy",
     "Flux2KleinPipeline": "flux2:Flux2KleinPolicy",
     "WanPipeline": "wan:WanPolicy",
 }
