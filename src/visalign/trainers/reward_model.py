@@ -790,7 +790,11 @@ class RewardModelTrainer:
         evals = list(eval_rows) if eval_rows is not None else _load_pair_sources(config.eval_data, config.eval_limit)
         self.eval_rows = evals
         condition = config.condition
-        if condition == "auto":
+        if model is not None:
+            if condition not in ("auto", model.condition):
+                raise ValueError(f"the given model has condition {model.condition!r}, the config {condition!r}")
+            condition = model.condition
+        elif condition == "auto":
             condition = "reference" if all(r.get("reference") is not None for r in rows) else "none"
         if condition == "reference":
             missing = [r.get("id", i) for i, r in enumerate(rows + evals) if r.get("reference") is None]
@@ -805,8 +809,6 @@ class RewardModelTrainer:
             model = RewardModel.build(config.backbone, config.model, config.pretrained, config.clip_config,
                                       condition, config.head_hidden, config.image_size, lora, config.seed,
                                       config.difference)
-        elif config.condition != "auto" and model.condition != config.condition:
-            raise ValueError(f"the given model has condition {model.condition!r}, the config {config.condition!r}")
         if config.freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
