@@ -311,6 +311,37 @@ def test_vlm_backbone_last_token_lora_save_and_gradient(tiny_vlm, tmp_path: Path
     assert xg.grad.abs().sum() > 0
 
 
+def test_qwen25vl_backbone(tiny_vlm, tmp_path: Path) -> None:
+    """Qwen2.5-VL (window attention in the vision tower, a merger to the text width) takes the same path:
+    scores, gradients to the input, save and reload through AutoModelForImageTextToText."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    _, processor = tiny_vlm
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>",
+                                                     "<|vision_start|>", "<|vision_end|>")}
+    cfg = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                     "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"], "bos_token_id": None,
+                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 32,
+                       "fullatt_block_indexes": [0]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(0)
+    model = RewardModel(VlmBackbone(Qwen2_5_VLForConditionalGeneration(cfg), processor), "reference", 8).eval()
+    x, ref = torch.rand(2, 3, 32, 32, requires_grad=True), torch.rand(2, 3, 32, 32)
+    scores = model(x, ref, ["a", "a longer prompt"])
+    scores.sum().backward()
+    assert x.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "q25")
+    back = RewardModel.from_pretrained(tmp_path / "q25")
+    assert type(back.backbone.net).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert torch.allclose(back(x.detach(), ref, ["a", "a longer prompt"]), scores.detach(), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- config and CLI
 
 def test_config_yaml_cli_and_refusals(tmp_path: Path) -> None:
