@@ -162,3 +162,27 @@ def test_shared_isolation_wipes_between_jobs(level):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.startswith("shared True"), out.stdout + out.stderr
     assert "found: []" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("level", ["bubblewrap", "namespaces", "rlimits"])
+def test_read_only_paths_under_tmp_stay_visible_to_jobs(level, tmp_path):
+    """An install under /tmp (a checkout made with ``mktemp -d``, 0700) must not vanish under the job's
+    private /tmp: jobs read fonts and modules from it lazily. Once broke every render of a fresh clone."""
+    if level == "bubblewrap" and not shutil.which("bwrap"):
+        pytest.skip("bwrap missing")
+    data = tmp_path / "install" / "data.txt"
+    data.parent.mkdir()
+    data.write_text("visible-from-the-job")
+    os.chmod(tmp_path, 0o700)
+    code = textwrap.dedent(f"""
+        from visalign.renderers.pool import ZygotePool
+        pool = ZygotePool("mpl_handler", workers=1, timeout=10, extra_ro_paths=[{str(data.parent)!r}])
+        try:
+            res = pool.run_batch(["raise ValueError(open({str(data)!r}).read())"], {{}})
+            print(pool.isolation, res[0].error)
+        finally:
+            pool.close()
+    """)
+    env = {**os.environ, "VISALIGN_SANDBOX": level}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert "ValueError: visible-from-the-job" in out.stdout, out.stdout + out.stderr

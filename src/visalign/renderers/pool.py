@@ -90,9 +90,10 @@ class _Zygote:
                          "shared": os.environ.get("VISALIGN_JOB_ISOLATION") == "shared"},
                "drop_uid": None if early_drop else self.info.uid,
                "seed": dict(self.seed_dirs)}
+        ro = self.ro_paths + [HANDLER_DIR] + list(self.seed_dirs.values())
+        cfg["keep"] = ro  # a job's tmpfs over /tmp must not hide an install that lives there
         argv = [sys.executable, "-I", os.path.join(HANDLER_DIR, "zygote.py"), self.handler, "{workdir}",
                 json.dumps(cfg)]
-        ro = self.ro_paths + [HANDLER_DIR] + list(self.seed_dirs.values())
         full, inner = wrap_argv(argv, self.root, self.info, ro, drop=early_drop)
         full = [a.replace("{workdir}", inner) for a in full]
         env = clean_env(inner, {k: v.replace("{workdir}", inner) for k, v in self.extra_env.items()})

@@ -168,7 +168,34 @@ def _drop_capabilities() -> None:
     _check(_libc.capset(ctypes.c_char_p(header), data), "capset")
 
 
-def isolate(root: str, quota: dict) -> str:
+REPLACED = ("/tmp", "/var/tmp", "/dev/shm")  # what each job gets a private tmpfs for
+
+
+def stage_keep(root: str, paths, as_root: bool) -> dict[str, str]:
+    """Where each job finds the read-only paths it needs that lie under a :data:`REPLACED` place
+    (a virtualenv in a checkout under ``/tmp``): ``{path: where to bind it from}``.
+
+    Normally the path itself. At the fallback levels the zygote starts as root, and such a path may sit
+    below a directory only root can enter (``mktemp -d``): then, still root, the zygote binds it into a
+    private mount namespace of its own under its directory, which the unprivileged uid can enter.
+    """
+    keep = {p: p for p in _outermost(paths) if os.path.exists(p) and any(p.startswith(d + "/") for d in REPLACED)}
+    if not (as_root and keep):
+        return keep
+    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    for i, p in enumerate(sorted(keep)):
+        stage = os.path.join(root, f".keep-{i}")
+        if os.path.isdir(p):
+            os.mkdir(stage, 0o755)
+        else:
+            os.close(os.open(stage, os.O_CREAT | os.O_WRONLY, 0o644))
+        _check(_libc.mount(p.encode(), stage.encode(), None, MS_BIND | MS_REC, None), f"stage {p}")
+        keep[p] = stage
+    return keep
+
+
+def isolate(root: str, quota: dict, keep: dict[str, str] | None = None) -> str:
     """Give this (child) process a file system and IPC namespace of its own; returns how.
 
     ``"namespace"``: a new user, mount, IPC and PID namespace (the next fork is its init: the job, which
@@ -178,6 +205,8 @@ def isolate(root: str, quota: dict) -> str:
     nothing an earlier job wrote is visible and everything this job writes disappears with it. The
     mounts are locked (the job keeps no capability, and a nested namespace cannot unmount them).
     ``"shared"``: namespaces are unavailable here; the zygote wipes the writable places after each job.
+    ``keep``: read-only paths the job needs that lie under a replaced place (:func:`stage_keep`): they
+    are bound back, read-only, at the same path.
     Both deny the SysV IPC, message-queue and keyring syscalls (:func:`deny_syscalls`).
     """
     uid, gid = os.getuid(), os.getgid()
@@ -192,15 +221,26 @@ def isolate(root: str, quota: dict) -> str:
             _libc.prctl(4, 0, 0, 0, 0)
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
         read_only_mounts()
+        replaced = [d for d in REPLACED if os.path.isdir(d) and not os.path.islink(d)]
+        hidden = {p: os.open(src, os.O_PATH) for p, src in (keep or {}).items()}  # before they are hidden
         opts = f"size={int(quota['disk_mb'])}m,nr_inodes={int(quota['inodes'])},mode=0700".encode()
         _check(_libc.mount(b"visalign-job", root.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), "mount tmpfs")
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
-        for shared in ("/tmp", "/var/tmp", "/dev/shm"):
-            if os.path.isdir(shared) and not os.path.islink(shared):
-                name = "." + shared.strip("/").replace("/", "-")
-                os.mkdir(name, 0o700, dir_fd=root_fd)
-                src = f"/proc/self/fd/{root_fd}/{name}".encode()
-                _check(_libc.mount(src, shared.encode(), None, MS_BIND, None), f"bind {shared}")
+        for shared in replaced:
+            name = "." + shared.strip("/").replace("/", "-")
+            os.mkdir(name, 0o700, dir_fd=root_fd)
+            src = f"/proc/self/fd/{root_fd}/{name}".encode()
+            _check(_libc.mount(src, shared.encode(), None, MS_BIND, None), f"bind {shared}")
+        for path, fd in hidden.items():  # what the job needs from under a replaced place, read-only
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, 0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+            _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
+                   f"bind {path}")
+            os.close(fd)
+        read_only_mounts(set(hidden))
         if not (os.path.isdir(root) and os.path.samestat(os.stat(root), os.fstat(root_fd))):
             os.makedirs(root, 0o700)  # the worker's directory was under a place just replaced
             _check(_libc.mount(f"/proc/self/fd/{root_fd}".encode(), root.encode(), None, MS_BIND, None),
@@ -212,8 +252,9 @@ def isolate(root: str, quota: dict) -> str:
     return how
 
 
-def read_only_mounts() -> int:
-    """Remount every mount of this (new) mount namespace read-only; returns how many it could.
+def read_only_mounts(only: set[str] | None = None) -> int:
+    """Remount every mount of this (new) mount namespace (or those at the targets in ``only``)
+    read-only; returns how many it could.
 
     Run before the job's tmpfs goes up, so that the tmpfs is the only writable place left (at the
     fallback levels the host's world-writable directories, such as ``/run/lock``, included). Flags the
@@ -230,7 +271,7 @@ def read_only_mounts() -> int:
             continue
         target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
         opts = fields[5].split(",")
-        if "ro" in opts:
+        if "ro" in opts or (only is not None and target not in only):
             continue
         mask = MS_REMOUNT | MS_BIND | MS_RDONLY
         for opt in opts:
@@ -240,8 +281,17 @@ def read_only_mounts() -> int:
     return done
 
 
+def _outermost(paths) -> list[str]:
+    """Real paths with those nested inside another one dropped."""
+    out: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in paths}):
+        if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(p)
+    return out
+
+
 # The world-writable places of a Linux system a job could leave something in (sticky directories).
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+SHARED_WRITABLE = (*REPLACED, "/run/lock", "/dev/mqueue")
 
 
 def wipe_shared(root: str, own_uid: bool) -> None:
@@ -308,7 +358,7 @@ def child_main(handler, root: str, cfg: dict, result_fd: int, output_fd: int, st
     own PID namespace and wait for it, passing its end on to the zygote; the job takes one job."""
     os.setsid()
     try:
-        isolation = isolate(root, cfg["quota"])
+        isolation = isolate(root, cfg["quota"], _state.get("keep"))
     except Exception as exc:  # the job must not run half-isolated
         os.write(started_w, b"!" + f"{type(exc).__name__}: {exc}".encode()[:500])
         os._exit(1)
@@ -560,6 +610,7 @@ def main() -> None:
                 for d, _, files in os.walk(dest):
                     for path in [d] + [os.path.join(d, f) for f in files]:
                         os.chown(path, int(cfg["drop_uid"]), int(cfg["drop_uid"]))
+        _state["keep"] = stage_keep(root, cfg.get("keep") or (), cfg.get("drop_uid") is not None and os.geteuid() == 0)
         handler = importlib.import_module(handler_name)
         versions = handler.preload()
         if cfg.get("drop_uid") is not None:
