@@ -171,28 +171,44 @@ def _drop_capabilities() -> None:
 REPLACED = ("/tmp", "/var/tmp", "/dev/shm")  # what each job gets a private tmpfs for
 
 
-def stage_keep(root: str, paths, as_root: bool) -> dict[str, str]:
-    """Where each job finds the read-only paths it needs that lie under a :data:`REPLACED` place
-    (a virtualenv in a checkout under ``/tmp``): ``{path: where to bind it from}``.
+def expose_keep(root: str, paths, as_root: bool) -> dict[str, str]:
+    """Make the read-only paths jobs need reachable by the unprivileged uid; returns the ones under a
+    :data:`REPLACED` place (a virtualenv in a checkout under ``/tmp``), which each job binds back
+    over its private tmpfs, as ``{path: path}``.
 
-    Normally the path itself. At the fallback levels the zygote starts as root, and such a path may sit
-    below a directory only root can enter (``mktemp -d``): then, still root, the zygote binds it into a
-    private mount namespace of its own under its directory, which the unprivileged uid can enter.
+    At the fallback levels the zygote starts as root and the install may sit below a directory only
+    root can enter (``mktemp -d``, a 0700 home): then, still root, the zygote enters a mount namespace
+    of its own, mounts an empty 0755 tmpfs over each such directory and binds the needed paths back
+    into it, so the uid can reach them (and nothing else that was there).
     """
-    keep = {p: p for p in _outermost(paths) if os.path.exists(p) and any(p.startswith(d + "/") for d in REPLACED)}
-    if not (as_root and keep):
-        return keep
-    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-    for i, p in enumerate(sorted(keep)):
-        stage = os.path.join(root, f".keep-{i}")
-        if os.path.isdir(p):
-            os.mkdir(stage, 0o755)
-        else:
-            os.close(os.open(stage, os.O_CREAT | os.O_WRONLY, 0o644))
-        _check(_libc.mount(p.encode(), stage.encode(), None, MS_BIND | MS_REC, None), f"stage {p}")
-        keep[p] = stage
-    return keep
+    kept = [p for p in _outermost(paths) if os.path.exists(p)]
+    if as_root:
+        blocked = {}
+        for p in kept:
+            parts = p.strip("/").split("/")
+            for i in range(1, len(parts)):
+                a = "/" + "/".join(parts[:i])
+                if not os.stat(a).st_mode & 0o001 and not (root + "/").startswith(a + "/"):
+                    blocked[p] = a
+                    break
+        if blocked:
+            _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+            _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+            fds = {p: os.open(p, os.O_PATH) for p in blocked}
+            for a in _outermost(blocked.values()):
+                _check(_libc.mount(b"visalign-keep", a.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755"),
+                       f"cover {a}")
+            for p, fd in fds.items():
+                if os.path.isdir(f"/proc/self/fd/{fd}"):
+                    os.makedirs(p, 0o755, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
+                    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+                _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), p.encode(), None, MS_BIND | MS_REC, None),
+                       f"expose {p}")
+                os.close(fd)
+            read_only_mounts(set(fds))
+    return {p: p for p in kept if any(p.startswith(d + "/") for d in REPLACED)}
 
 
 def isolate(root: str, quota: dict, keep: dict[str, str] | None = None) -> str:
@@ -205,7 +221,7 @@ def isolate(root: str, quota: dict, keep: dict[str, str] | None = None) -> str:
     nothing an earlier job wrote is visible and everything this job writes disappears with it. The
     mounts are locked (the job keeps no capability, and a nested namespace cannot unmount them).
     ``"shared"``: namespaces are unavailable here; the zygote wipes the writable places after each job.
-    ``keep``: read-only paths the job needs that lie under a replaced place (:func:`stage_keep`): they
+    ``keep``: read-only paths the job needs that lie under a replaced place (:func:`expose_keep`): they
     are bound back, read-only, at the same path.
     Both deny the SysV IPC, message-queue and keyring syscalls (:func:`deny_syscalls`).
     """
@@ -610,7 +626,7 @@ def main() -> None:
                 for d, _, files in os.walk(dest):
                     for path in [d] + [os.path.join(d, f) for f in files]:
                         os.chown(path, int(cfg["drop_uid"]), int(cfg["drop_uid"]))
-        _state["keep"] = stage_keep(root, cfg.get("keep") or (), cfg.get("drop_uid") is not None and os.geteuid() == 0)
+        _state["keep"] = expose_keep(root, cfg.get("keep") or (), cfg.get("drop_uid") is not None and os.geteuid() == 0)
         handler = importlib.import_module(handler_name)
         versions = handler.preload()
         if cfg.get("drop_uid") is not None:
