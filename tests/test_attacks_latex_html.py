@@ -243,13 +243,23 @@ def html_small():
     r.close()
 
 
+def _children() -> list[psutil.Process]:
+    """This process's descendants; a listing raced by an exiting process is retried."""
+    for _ in range(20):
+        try:
+            return psutil.Process().children(recursive=True)
+        except (psutil.Error, OSError):
+            continue
+    return []
+
+
 def chromium_processes() -> list[psutil.Process]:
     out = []
-    for p in psutil.Process().children(recursive=True):
+    for p in _children():
         try:
             if "chrom" in p.name().lower() and p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
-        except psutil.NoSuchProcess:
+        except (psutil.Error, OSError):
             continue
     return out
 
@@ -329,8 +339,19 @@ def test_html_each_chromium_has_its_own_uid(html, html_small):
     seen = []
     for r in (html, html_small):
         assert r.render("<p>x</p>").ok
-        procs = [c for g in r._holder.engine.pgids for c in psutil.Process(g).children(recursive=True)]
-        seen.append({p.uids().real for p in procs if "chrom" in p.name().lower()})
+        uids = set()
+        for g in r._holder.engine.pgids:  # processes come and go while we look: skip the ones gone
+            try:
+                procs = psutil.Process(g).children(recursive=True)
+            except (psutil.Error, OSError):
+                continue
+            for p in procs:
+                try:
+                    if "chrom" in p.name().lower():
+                        uids.add(p.uids().real)
+                except (psutil.Error, OSError):
+                    continue
+        seen.append(uids)
     assert seen[0] and seen[1] and not seen[0] & seen[1], seen
     assert 0 not in seen[0] | seen[1]
 
@@ -342,11 +363,11 @@ UID_PROBE_SCRIPT = "id -u > latex.out; echo 1 > latex.rc"
 
 def chromium_uids() -> set[int]:
     uids = set()
-    for p in psutil.Process().children(recursive=True):
+    for p in _children():
         try:
             if "chrom" in p.name().lower():
                 uids.add(p.uids().real)
-        except psutil.NoSuchProcess:
+        except (psutil.Error, OSError):
             continue
     return uids
 
