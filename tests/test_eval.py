@@ -146,3 +146,94 @@ def test_text_to_image_eval_with_reward_options(tmp_path):
     assert (out / "report.html").exists()
     assert main(["eval", str(tmp_path / "t2i.jsonl"), "--task", "t2i", "--rewards", "identity", "--out", str(out),
                  "--reward-options", '{"clip": {}}']) == 2  # options for a reward not asked for
+
+
+SVG_OK = '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><circle cx="16" cy="16" r="9"/></svg>'
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_with_misnamed_fields_fails_naming_the_file_and_fields(tmp_path, capsys):
+    """Issue 13.2: ``{"answer": ..., "ref": ...}`` rows used to give ``nan n=0`` and exit 0."""
+    data = _jsonl(tmp_path / "data.jsonl", [{"answer": SVG_OK, "ref": SVG_OK}] * 3)
+    with pytest.raises(ValueError, match=r"data\.jsonl.*no row has .*completion.*answer"):
+        run_eval(data, "svg", ["execution"], tmp_path / "out", workers=1, progress=False)
+    assert main(["eval", str(data), "--task", "svg", "--out", str(tmp_path / "out2")]) == 2
+    assert "completion" in capsys.readouterr().err
+    assert not (tmp_path / "out2" / "results.jsonl").exists()  # nothing slow started
+
+
+def test_eval_counts_a_row_without_completion_as_a_failed_sample(tmp_path):
+    """Issue 13.2: a row with no completion dropped out of ``n`` and the execution rate stayed 100 %."""
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": "a", "completion": SVG_OK, "reference_code": SVG_OK},
+                                            {"id": "b", "reference_code": SVG_OK}])
+    summary = run_eval(data, "svg", ["execution", "render_similarity"], tmp_path / "out", workers=1, progress=False)
+    assert summary["rewards"]["execution"]["n"] == 2
+    assert summary["rewards"]["execution"]["mean"] == 0.5
+    assert summary["rewards"]["render_similarity"]["n"] == 2
+    assert summary["execution_rate"] == 0.5
+    by = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert by["b"]["render"]["error_kind"] == "missing_completion"
+
+
+def test_eval_missing_reference_image_names_file_line_row_and_field(tmp_path):
+    """Issue 13.2: a missing image was a bare FileNotFoundError traceback, found mid-run."""
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": "a", "completion": SVG_OK, "reference_code": SVG_OK},
+                                            {"id": "row-7", "completion": SVG_OK, "reference_image": "nope.png"}])
+    with pytest.raises(ValueError) as err:
+        run_eval(data, "svg", ["execution"], tmp_path / "out", workers=1, progress=False)
+    message = str(err.value)
+    assert "data.jsonl:2" in message and "row-7" in message and "reference_image" in message and "nope.png" in message
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_eval_rerun_computes_a_reward_added_later(tmp_path):
+    """Issue 13.3: a reward added on a rerun was never computed (``nan n=0``): resume per reward."""
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": str(i), "completion": SVG_OK, "reference_code": SVG_OK}
+                                            for i in range(3)])
+    out = tmp_path / "out"
+    run_eval(data, "svg", ["execution"], out, workers=1, progress=False)
+    summary = run_eval(data, "svg", ["execution", "render_similarity"], out, workers=1, progress=False)
+    assert summary["rewards"]["render_similarity"] == {"mean": 1.0, "ci95": [1.0, 1.0], "n": 3, "not_applicable": 0}
+    assert summary["rows"] == 3
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in records} == {"0", "1", "2"}
+
+
+def test_eval_keeps_every_scored_sample_when_interrupted(tmp_path, monkeypatch):
+    """Issue 13.3: Ctrl-C kept nothing (results written in batches of 32): write as samples finish."""
+    from visalign.rewards import Reward, RewardOutput
+
+    class Interrupting(Reward):
+        name = "interrupting"
+        seen = 0
+
+        def score(self, samples):
+            Interrupting.seen += len(samples)
+            if Interrupting.seen > 5:
+                raise KeyboardInterrupt
+            return RewardOutput([1.0] * len(samples), [{} for _ in samples])
+
+    import visalign.evaluate as ev
+
+    real = ev.build_rewards
+    monkeypatch.setattr(ev, "build_rewards", lambda names, service, options=None: {
+        **real([n for n in names if n != "interrupting"], service, options), "interrupting": Interrupting()})
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": str(i), "completion": SVG_OK, "reference_code": SVG_OK}
+                                            for i in range(40)])
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(data, "svg", ["execution", "interrupting"], tmp_path / "out", workers=1, progress=False)
+    kept = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert len(kept) >= 4  # every sample scored before the interrupt (at most one small batch is lost)
+
+
+def test_eval_cli_fails_when_a_reward_scores_no_row(tmp_path, capsys):
+    """A reward that applies to no row (here: no reference to compare with) is an error, not ``nan n=0``."""
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": "a", "completion": SVG_OK}])
+    rc = main(["eval", str(data), "--task", "svg", "--rewards", "execution,render_similarity",
+               "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert rc == 1
+    assert "'render_similarity' scored no row" in capsys.readouterr().err

@@ -158,14 +158,19 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError) as exc:
         print(f"visalign eval: {exc}", file=sys.stderr)
         return 2
-    if summary:
-        for name, s in summary["rewards"].items():
-            lo, hi = s["ci95"]
-            print(f"{name:<20} {s['mean']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  n={s['n']}")
-        if "execution_rate" in summary:
-            print(f"{'execution rate':<20} {summary['execution_rate']:.1%}")
-        print(f"report: {Path(args.out) / 'report.html'}")
-    return 0
+    if not summary:
+        return 0
+    for name, s in summary["rewards"].items():
+        lo, hi = s["ci95"]
+        print(f"{name:<20} {s['mean']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  n={s['n']}")
+    if "execution_rate" in summary:
+        print(f"{'execution rate':<20} {summary['execution_rate']:.1%}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    unscored = [n for n, s in summary["rewards"].items() if s["n"] == 0]
+    for name in unscored:  # a reward that applies to no row is a mistake, not a NaN to read past
+        print(f"visalign eval: reward {name!r} scored no row ({summary['rewards'][name]['not_applicable']} not "
+              f"applicable: see 'details' in results.jsonl for the reason)", file=sys.stderr)
+    return 1 if unscored else 0
 
 
 def _load_options(text: str | None) -> dict | None:

@@ -43,6 +43,12 @@ _KNOWN = {"id", "completion", "code", "image", "reference_image", "reference_cod
 
 def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """The rows of a JSONL file with an ``id`` each (the line number when missing)."""
+    return [row for _, row in read_numbered_rows(path, limit)]
+
+
+def read_numbered_rows(path: str | Path, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for the rows of a JSONL file, each with an ``id`` (the line index when
+    missing); a line that is not a JSON object is an error naming the file and line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -56,10 +62,40 @@ def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]
                 raise ValueError(f"{path}:{i + 1}: each line must be a JSON object")
             row.setdefault("id", str(i))
             row["id"] = str(row["id"])
-            rows.append(row)
+            rows.append((i + 1, row))
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+#: the field holding what the model produced, by task
+ANSWER_FIELDS = {"t2i": ("image",)}
+_IMAGE_FIELDS = ("image", "reference_image")
+
+
+def check_rows(path: str | Path, rows: Sequence[tuple[int, dict[str, Any]]], task: str) -> None:
+    """Fail before anything slow starts when the data cannot be what ``task`` expects: no row holds the
+    model's answer (``completion`` / ``code``, or ``image`` for ``t2i``: misnamed fields), or an image
+    field names a file that does not exist. Errors name the file, line, row id and field.
+
+    Example:
+        >>> check_rows("data.jsonl", [(1, {"id": "0", "answer": "x"})], "svg")
+        Traceback (most recent call last):
+        ...
+        ValueError: data.jsonl: no row has a 'completion' or 'code' field (the model's answer, task svg); the rows have: answer, id
+    """
+    answer = ANSWER_FIELDS.get(task, ("completion", "code"))
+    if rows and not any(row.get(f) is not None for _, row in rows for f in answer):
+        seen = sorted({k for _, row in rows for k in row})
+        raise ValueError(f"{path}: no row has a {' or '.join(repr(f) for f in answer)} field (the model's answer, "
+                         f"task {task}); the rows have: {', '.join(seen)}")
+    base = Path(path).parent
+    missing = [f"{path}:{line}: row {row['id']!r}: field {key!r}: no such file {base / row[key]}"
+               for line, row in rows for key in _IMAGE_FIELDS
+               if isinstance(row.get(key), str) and row[key] and not (base / row[key]).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ValueError("\n".join(missing[:5]) + more)
 
 
 def to_sample(row: dict[str, Any], kind: str | None, base: Path) -> Sample:
@@ -138,7 +174,8 @@ def _takes_service(name: str) -> bool:
 
 
 def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: str | Path, *,
-             workers: int | None = None, limit: int | None = None, timeout: float = 10.0, batch_size: int = 32,
+             workers: int | None = None, limit: int | None = None, timeout: float = 10.0,
+             batch_size: int | None = None,
              progress: bool = True, reward_options: dict[str, dict[str, Any]] | None = None,
              render_options: dict[str, dict[str, Any]] | None = None, title: str | None = None) -> dict[str, Any]:
     """Render and score every row of ``data``; write results, summary and report into ``out``.
@@ -163,29 +200,43 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     names = list(rewards or DEFAULT_REWARDS[task])
     data, out = Path(data), Path(out)
+    numbered = read_numbered_rows(data, limit)
+    check_rows(data, numbered, task)  # before anything slow: misnamed fields, missing images
     (out / "images").mkdir(parents=True, exist_ok=True)
     rank, world = _rank_world()
     results_path = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
-    done = {r["id"] for r in _read_results(out)}
-    rows = [r for r in read_rows(data, limit) if r["id"] not in done]
-    mine = rows[rank::world]
+    previous = {r["id"]: r for r in _read_results(out)}
+    todo = []  # (row, the rewards it still lacks): a reward added on a rerun is computed for every row
+    for _, row in numbered:
+        have = previous.get(row["id"], {}).get("scores", {})
+        missing = [n for n in names if n not in have]
+        if missing:
+            todo.append((row, missing))
+    mine = todo[rank::world]
     kind = TASKS[task]
-    if done:
-        log.info("resuming: %d samples already scored, %d to go", len(done), len(rows))
+    if previous:
+        log.info("resuming: %d samples already scored, %d to score", len(numbered) - len(todo), len(todo))
+    if batch_size is None:  # small batches: an interrupted run keeps every batch it finished
+        batch_size = max(2, min(32, 2 * (workers or os.cpu_count() or 1)))
     with RenderService(timeout=timeout, workers=workers, options=render_options) as service:
-        built = build_rewards(names, service, reward_options)
+        built = build_rewards([n for n in names if any(n in m for _, m in mine)], service, reward_options)
         try:
             bar = tqdm(total=len(mine), desc=f"eval {task}", unit="sample", disable=not progress or None)
             _end_with_newline(results_path)
             with open(results_path, "a", encoding="utf-8") as f:
                 for batch in _batches(mine, batch_size):
-                    samples = [to_sample(r, kind, data.parent) for r in batch]
+                    samples = [to_sample(_answered(r, kind), kind, data.parent) for r, _ in batch]
                     service.render(samples)
                     service.render([s for s in samples if s.reference_image is None], reference=True)
-                    outputs = {name: rw(samples) for name, rw in built.items()}
-                    for i, (row, s) in enumerate(zip(batch, samples, strict=True)):
-                        record = _record(row, s, {n: o.scores[i] for n, o in outputs.items()},
-                                         {n: o.details[i] for n, o in outputs.items()}, out)
+                    need = [n for n in built if any(n in m for _, m in batch)]
+                    outputs = {name: built[name](samples) for name in need}
+                    for i, ((row, missing), s) in enumerate(zip(batch, samples, strict=True)):
+                        record = _record(row, s, {n: outputs[n].scores[i] for n in missing},
+                                         {n: outputs[n].details[i] for n in missing}, out, kind)
+                        old = previous.get(row["id"])
+                        if old:  # keep the rewards scored before
+                            record["scores"] = {**old.get("scores", {}), **record["scores"]}
+                            record["details"] = {**old.get("details", {}), **record["details"]}
                         f.write(json.dumps(record) + "\n")
                     f.flush()
                     bar.update(len(batch))
@@ -199,6 +250,7 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     if world > 1:
         _merge_shards(out, world)
     records = _read_results(out)
+    _compact(out, records)
     summary = summarize(records, names)
     summary.update(task=task, data=str(data))
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
@@ -209,13 +261,25 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     return summary
 
 
+def _answered(row: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    """A row with no answer scores as a failed sample (an empty completion), never as an absent one."""
+    if kind is not None and row.get("code") is None and row.get("completion") is None:
+        return dict(row, completion="")
+    return row
+
+
 def _record(row: dict[str, Any], s: Sample, scores: dict[str, float | None], details: dict[str, Any],
-            out: Path) -> dict[str, Any]:
+            out: Path, kind: str | None = None) -> dict[str, Any]:
     rid = row["id"]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in rid)[:100]
     record: dict[str, Any] = {"id": rid, "scores": _json_safe(scores), "details": _json_safe(details)}
     if s.rendered is not None:
         record["render"] = s.rendered.to_json()
+    elif kind is not None and s.code is None:  # nothing to render: a failure of the sample, counted as one
+        absent = row.get("completion") is None and row.get("code") is None
+        record["render"] = {"ok": False, "error_kind": "missing_completion" if absent else "no_code",
+                            "error": "the row has no 'completion' or 'code' field" if absent
+                            else f"no {kind} code found in the completion", "seconds": 0.0}
     gen = s.generated_image
     if gen is not None:
         gen.save(out / "images" / f"{safe}.png")
@@ -248,17 +312,31 @@ def _load(out: Path, rel: str | None) -> Image.Image | None:
 
 
 def _read_results(out: Path) -> list[dict[str, Any]]:
+    """The records of ``out/results.jsonl``, the last one of each id (a rerun that adds a reward appends
+    the merged record), in the order the ids first appear."""
     path = out / "results.jsonl"
     if not path.exists():
         return []
-    records = []
+    records: dict[str, dict[str, Any]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:  # a line cut short by an interrupted run: it is scored again
                 continue
-    return records
+            if isinstance(record, dict) and "id" in record:
+                records[str(record["id"])] = record
+    return list(records.values())
+
+
+def _compact(out: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Rewrite ``results.jsonl`` with one record per id when a rerun appended newer ones."""
+    path = out / "results.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    if len(lines) != len(records):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _merge_shards(out: Path, world: int) -> None:
