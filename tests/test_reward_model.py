@@ -368,3 +368,17 @@ def test_config_yaml_cli_and_refusals(tmp_path: Path) -> None:
     summary = train_reward_from_config(tmp_path / "rm.yaml", output_dir=str(tmp_path / "cli2"), condition="none")
     assert summary["steps"] == 2
     assert main(["train", "reward", str(tmp_path / "rm.yaml"), "--mode", "judge"]) == 2
+
+
+def test_an_answer_without_code_scores_the_failure_score() -> None:
+    """A policy must not escape the failed-render penalty by writing no code at all (it scored None, a
+    NaN reward that GRPO leaves out of the advantage): seen in chart GRPO with a BT reward."""
+    torch.manual_seed(0)
+    model = RewardModel.build(clip_config=TINY_CLIP, condition="reference", head_hidden=16, difference=True)
+    reward = get_reward("model", model=model, device="cpu", failed_score=-7.0)
+    ref = Image.new("RGB", (32, 32), "white")
+    out = reward([Sample(completion="I cannot draw that.", kind="matplotlib", reference_image=ref),
+                  Sample(image=None, reference_image=ref)])
+    assert out.scores == [-7.0, None]
+    assert out.details[0] == {"error": "no matplotlib code found"}
+    assert out.details[1] == {"reason": "no generated image"}

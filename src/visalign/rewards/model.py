@@ -105,6 +105,11 @@ class ModelReward(Reward):
                 if s.rendered is not None:
                     scores[i] = self.failed_score
                     details[i] = {"error": f"render failed ({s.rendered.error_kind})"}
+                elif s.completion is not None and s.kind is not None and s.code is None:
+                    # an answer without code is a failure: scoring it None would let a policy escape the
+                    # penalty of a bad render by writing no code at all
+                    scores[i] = self.failed_score
+                    details[i] = {"error": f"no {s.kind} code found"}
                 else:
                     details[i] = {"reason": "no generated image"}
                 continue
