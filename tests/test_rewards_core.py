@@ -581,3 +581,21 @@ def test_registry() -> None:
     assert isinstance(get_reward("composite", rewards=[TedsReward()]), CompositeReward)
     with pytest.raises(ValueError, match="unknown reward"):
         get_reward("nope")
+
+
+@pytest.mark.parametrize("name, options, expected", [
+    ("ocr", {"failed_score": -1.0}, -1.0),
+    ("identity", {"no_face_score": -2.0}, -2.0),
+])
+def test_image_rewards_score_an_answer_without_code_as_a_failure(name, options, expected):
+    """A code-writing answer with no code must score the failure score, not None: None is left out of
+    GRPO's advantages, so a policy could escape a failed render's penalty by writing no code."""
+    from PIL import Image
+    from skimage import data
+
+    face = Image.fromarray(data.astronaut()).resize((256, 256))
+    s = Sample(prompt='a sign that says "hello"', completion="Sorry, I cannot.", kind="svg", reference_image=face,
+               metadata={"text": "hello"})
+    out = get_reward(name, **options)([s])
+    assert out.scores == [expected]
+    assert "no svg code found" in str(out.details[0])

@@ -64,6 +64,27 @@ class Sample:
         return None
 
     @property
+    def failed_output(self) -> str | None:
+        """Why a code-writing sample has no image to score, else None: its render failed, or its
+        completion holds no code of its ``kind``. Image rewards score such a sample with their failure
+        score, never None: a None reward is left out of GRPO's advantages, and writing no code would
+        then escape the penalty of a failed render.
+
+        Example:
+            >>> Sample(completion="Sorry, I cannot.", kind="svg").failed_output
+            'no svg code found'
+            >>> Sample(prompt="a red circle").failed_output is None  # text-to-image: nothing generated yet
+            True
+        """
+        if self.generated_image is not None:
+            return None
+        if self.rendered is not None and not self.rendered.ok:
+            return f"render failed ({self.rendered.error_kind})"
+        if self.code is None and self.completion is not None and self.kind is not None:
+            return f"no {self.kind} code found"
+        return None
+
+    @property
     def target_image(self) -> Image.Image | None:
         """The reference image: ``reference_image`` if given, else the render of ``reference_code``."""
         if self.reference_image is not None:

@@ -246,10 +246,10 @@ class IdentityReward(Reward):
                 continue
             img = s.generated_image
             if img is None:
-                if s.rendered is not None:
+                why = s.failed_output
+                if why:
                     scores.append(self.no_face_score)
-                    details.append({"face": "none", "n_faces": 0,
-                                    "error": f"render failed ({s.rendered.error_kind})"})
+                    details.append({"face": "none", "n_faces": 0, "error": why})
                 else:
                     scores.append(None)
                     details.append({"reason": "no generated image"})

@@ -102,14 +102,10 @@ class ModelReward(Reward):
                 details[i] = {"reason": "no prompt"}
                 continue
             if s.generated_image is None:
-                if s.rendered is not None:
+                why = s.failed_output
+                if why:
                     scores[i] = self.failed_score
-                    details[i] = {"error": f"render failed ({s.rendered.error_kind})"}
-                elif s.completion is not None and s.kind is not None and s.code is None:
-                    # an answer without code is a failure: scoring it None would let a policy escape the
-                    # penalty of a bad render by writing no code at all
-                    scores[i] = self.failed_score
-                    details[i] = {"error": f"no {s.kind} code found"}
+                    details[i] = {"error": why}
                 else:
                     details[i] = {"reason": "no generated image"}
                 continue

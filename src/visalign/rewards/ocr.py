@@ -162,10 +162,11 @@ class OcrReward(Reward):
                 continue
             img = s.generated_image
             if img is None:
-                if s.rendered is not None:
+                why = s.failed_output
+                if why:
                     n_errors += 1
                     scores.append(self.failed_score)
-                    details.append({"target": target, "error": f"render failed ({s.rendered.error_kind})"})
+                    details.append({"target": target, "error": why})
                 else:
                     scores.append(None)
                     details.append({"reason": "no generated image"})
