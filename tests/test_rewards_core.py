@@ -532,6 +532,14 @@ def test_trl_adapter_string_completions() -> None:
     assert f.last_output is not None and f.last_output.details[2]["reason"] == "no code"
 
 
+def test_trl_adapter_without_a_renderer_kind_fails_loudly() -> None:
+    """Issue 13.8: ``as_trl_reward(get_reward("render_similarity"))`` returned ``[None, None]`` (TRL reads
+    not applicable) when neither ``kind=`` nor a ``kind`` column was given."""
+    f = as_trl_reward(RenderSimilarityReward())
+    with pytest.raises(ValueError, match=r"render_similarity: .*no renderer kind.*kind='matplotlib'"):
+        f(prompts=["Draw it"] * 2, completions=["```python\nimport matplotlib\n```"] * 2, completion_ids=[[1]] * 2)
+
+
 def test_trl_adapter_chat_messages_and_images(service: CountingService) -> None:
     ref_a, ref_b = chart((1, 2, 3)), chart((3, 2, 1))
     refs = [Sample(code=ref_a, kind="matplotlib"), Sample(code=ref_b, kind="matplotlib")]

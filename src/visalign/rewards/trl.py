@@ -163,7 +163,15 @@ class TrlReward:
 
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
                  **kwargs: Any) -> list[float | None]:
-        self.last_output = self.reward(self.samples(prompts, completions, **kwargs))
+        samples = self.samples(prompts, completions, **kwargs)
+        if getattr(self.reward, "needs_render", False):
+            unknown = [i for i, s in enumerate(samples) if s.completion is not None and s.kind is None]
+            if unknown:  # every score would be None: say why instead of training on nothing
+                raise ValueError(
+                    f"{self.__name__}: the reward renders code but completion {unknown[0]} has no renderer kind; "
+                    f"pass as_trl_reward(..., kind='matplotlib' | 'latex' | 'svg' | 'html') or give the dataset "
+                    f"a {self.kind_column or 'kind'!r} column")
+        self.last_output = self.reward(samples)
         return [None if s is None else float(s) for s in self.last_output.scores]
 
     def close(self) -> None:
@@ -194,7 +202,9 @@ def as_trl_reward(reward: Reward, *, kind: str | None = None, kind_column: str |
     - ``metadata``: every other dataset column's value for that completion.
 
     TRL's own arguments (``completion_ids``, ``trainer_state``) and columns that are not one value
-    per completion are ignored. Missing columns are None. The returned function has ``__name__``
+    per completion are ignored. A reward that renders code (``render_similarity``, ``execution``, ...)
+    needs the renderer kind: a call where a completion has none raises ``ValueError`` (it would
+    otherwise score every completion None, which TRL reads as "not applicable"). Missing columns are None. The returned function has ``__name__``
     (``name`` or the reward's name), ``last_output`` (the last :class:`RewardOutput`, for logging
     details) and ``close()``.
 
