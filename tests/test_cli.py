@@ -49,6 +49,27 @@ def test_render_auto_by_extension_with_gallery(tmp_path):
     assert page.count('class="card"') == 3 and "a-1.png" in page and "3 rendered" in page
 
 
+def test_render_expands_directories_and_skips_what_it_cannot_render(tmp_path, capsys):
+    """Issue 13.9: the README's ``visalign render auto examples/* ...`` exited 2 because ``examples/eval`` is
+    a directory; one bad path stopped the whole batch."""
+    (tmp_path / "a.svg").write_text(SVG)
+    (tmp_path / "notes.md").write_text("# not a program")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "rows.jsonl").write_text("{}\n")  # nothing renderable: skipped with a warning
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "b.svg").write_text(SVG)  # a directory stands for its renderable files
+    out = tmp_path / "out"
+    rc = main(["render", "auto", str(tmp_path / "a.svg"), str(tmp_path / "notes.md"), str(tmp_path / "eval"),
+               str(tmp_path / "more"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert {p.name for p in out.glob("*.png")} == {"a.png", "b.png"}
+    assert "skipping directory" in err and "skipping" in err and "notes.md" in err
+    rc = main(["render", "auto", str(tmp_path / "a.svg"), str(tmp_path / "typo.svg"), "-o", str(tmp_path / "o2")])
+    assert rc == 1 and (tmp_path / "o2" / "a.png").exists()  # the others render; the missing path is an error
+    assert "no such file" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_nonzero(tmp_path):
     assert _run("render", "matplotlib", str(tmp_path / "missing.py"), "-o", str(tmp_path)).returncode == 2
     (tmp_path / "x.unknown").write_text("?")

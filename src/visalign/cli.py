@@ -27,17 +27,11 @@ def _render_cmd(args: argparse.Namespace) -> int:
 
     from .renderers import EXTENSIONS, RENDERERS, renderer_class
 
-    inputs = [Path(p) for p in args.inputs]
-    missing = [str(p) for p in inputs if not p.is_file()]
-    if missing:
-        print(f"visalign render: no such file: {', '.join(missing)}", file=sys.stderr)
+    inputs, missing = _expand_inputs(args.inputs, args.kind, EXTENSIONS)
+    if not inputs:
+        print("visalign render: nothing to render", file=sys.stderr)
         return 2
     if args.kind == "auto":
-        unknown = [str(p) for p in inputs if p.suffix.lower() not in EXTENSIONS]
-        if unknown:
-            print(f"visalign render: cannot tell the renderer of {', '.join(unknown)} "
-                  f"(known extensions: {' '.join(sorted(EXTENSIONS))}); name the kind", file=sys.stderr)
-            return 2
         kinds = [EXTENSIONS[p.suffix.lower()] for p in inputs]
     else:
         kinds = [args.kind] * len(inputs)
@@ -90,7 +84,34 @@ def _render_cmd(args: argparse.Namespace) -> int:
             print(f"FAIL {rec['input']}: {rec['error_kind']}: {rec['error']}", file=sys.stderr)
     if not args.json:
         print(f"rendered {ok}/{len(records)} into {outdir}", file=sys.stderr)
-    return 0
+    return 1 if missing else 0
+
+
+def _expand_inputs(paths: Sequence[str], kind: str, extensions: dict[str, str]) -> tuple[list[Path], list[str]]:
+    """The files to render: a directory stands for its files of a known extension (of ``kind``'s, when
+    named); a file of an unknown extension (with ``auto``) or a directory with nothing to render is
+    skipped with a warning, so one bad path never stops the others. Returns the files and the paths
+    that do not exist (also warned about)."""
+    wanted = {e for e, k in extensions.items() if kind in ("auto", k)}
+    files: list[Path] = []
+    missing: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in wanted)
+            if not found:
+                print(f"visalign render: skipping directory {p}: no {' '.join(sorted(wanted))} files in it",
+                      file=sys.stderr)
+            files += found
+        elif not p.is_file():
+            print(f"visalign render: no such file: {p}", file=sys.stderr)
+            missing.append(raw)
+        elif kind == "auto" and p.suffix.lower() not in extensions:
+            print(f"visalign render: skipping {p}: cannot tell its renderer (known extensions: "
+                  f"{' '.join(sorted(extensions))}); name the kind to render it", file=sys.stderr)
+        else:
+            files.append(p)
+    return files, missing
 
 
 def _read(path: Path) -> str:
