@@ -205,3 +205,40 @@ def test_check_model_refuses_an_unsupported_model(tmp_path: Path, capsys: pytest
     assert main(["train", "grpo", "--check-model", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "model_type 'qwen2' is not a supported VLM family" in out and "supported: no" in out
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_multi_image_prompts(saved: Any, family: str) -> None:
+    """Prompts showing two images (a pairwise judge's), batched with a one-image prompt: each image gets
+    its own image tokens, the one-image prompt encodes as it does alone, and sampler log-probs equal
+    training log-probs on the left-padded batch."""
+    model, processor = saved(family)["model"], saved(family)["processor"]
+    image_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
+    one = encode_prompts(processor, [IMAGES[0]], [TEXTS[1]])
+    two = encode_prompts(processor, [[IMAGES[0], IMAGES[1]]], [TEXTS[1]])
+    n_one, n_two = int((one["input_ids"] == image_id).sum()), int((two["input_ids"] == image_id).sum())
+    assert n_one > 0 and n_two > 0
+    if family == "llava_onevision":  # several images: base features only, no anyres tiles (transformers' rule)
+        assert n_two < 2 * n_one
+    else:  # the second image has tokens of its own
+        assert n_two > n_one
+    batch = encode_prompts(processor, [[IMAGES[0], IMAGES[1]], IMAGES[0]], [TEXTS[0], TEXTS[1]])
+    lengths = batch["attention_mask"].sum(1).tolist()
+    row = batch["input_ids"][1][batch["attention_mask"][1].bool()]
+    assert torch.equal(row, one["input_ids"][0])  # a one-image prompt is unchanged by its batch-mate's two images
+    temperature, top_k, top_p = PROCESSING
+    suppress = suppressed(model, processor)
+    groups = sample_groups(model, batch, TreeSampling(2), max_new_tokens=5,
+                           eos_token_ids=[model.generation_config.eos_token_id],
+                           generators=[torch.Generator().manual_seed(5 + p) for p in range(2)],
+                           temperature=temperature, top_k=top_k, top_p=top_p, suppress_tokens=suppress)
+    completions = [c for g in groups for c in g.completions]
+    sampled = [lp for g in groups for lp in g.logprobs]
+    prompt = encode_prompts(processor, [[IMAGES[0], IMAGES[1]]] * 2 + [IMAGES[0]] * 2, [TEXTS[0]] * 2 + [TEXTS[1]] * 2)
+    ids, mask = padded(completions)
+    with torch.no_grad():
+        logps, _ = completion_logps(model, dict(prompt), ids, mask, temperature, top_k=top_k, top_p=top_p,
+                                    suppress=suppress)
+    assert lengths[0] != lengths[1]
+    for i, lp in enumerate(sampled):
+        torch.testing.assert_close(logps[i, :len(lp)], torch.tensor(lp), rtol=0, atol=2e-4)

@@ -51,6 +51,8 @@ REWARDS: dict[str, tuple[str, str]] = {
     "frame_mean": ("visalign.rewards.video", "FrameMeanReward"),
     "temporal_consistency": ("visalign.rewards.video", "TemporalConsistencyReward"),
     "model": ("visalign.rewards.model", "ModelReward"),
+    "verdict": ("visalign.rewards.verdict", "VerdictReward"),
+    "verdict_format": ("visalign.rewards.verdict", "VerdictFormatReward"),
 }
 
 

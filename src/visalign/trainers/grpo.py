@@ -1,4 +1,5 @@
-"""GRPO math: group advantages and the clipped policy loss, with TRL 1.16's semantics.
+"""GRPO math: group advantages and the clipped policy loss, with TRL 1.16's semantics, and R1-Reward's
+StableReinforce options (a pre-clip of the log-ratio before exponentiation, an advantage outlier filter).
 
 Small public functions that the trainers call and the tests hold to reference numbers; no model, no
 data, no loop here.
@@ -6,10 +7,15 @@ data, no loop here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+#: R1-Reward's pre-clip of the log-ratio: ``clamp(log_diff, log(1e-3), log(1e3))`` (their ``PolicyLoss``).
+R1_REWARD_LOG_RATIO_BOUND = math.log(1e3)
 
 Scale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -112,7 +118,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
                 beta: float = 0.0, ref_logps: torch.Tensor | None = None,
                 importance_sampling_level: Literal["token", "sequence"] = "token",
                 max_completion_length: int | None = None, num_items_in_batch: float | None = None,
-                num_processes: int = 1, kl_importance_weighting: bool = True) -> torch.Tensor:
+                num_processes: int = 1, kl_importance_weighting: bool = True,
+                log_ratio_clip: float | None = None) -> torch.Tensor:
     """The clipped GRPO surrogate loss, aggregated as TRL 1.16 does.
 
     Per token, the importance ratio ``r = exp(logp - old_logp)`` (``"sequence"``: GSPO, the masked mean
@@ -147,6 +154,10 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         log_w = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
     else:
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    if log_ratio_clip is not None:
+        if not log_ratio_clip > 0:
+            raise ValueError(f"log_ratio_clip must be > 0, got {log_ratio_clip!r}")
+        log_w = torch.clamp(log_w, min=-log_ratio_clip, max=log_ratio_clip)
     ratio = torch.exp(log_w)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + (epsilon if epsilon_high is None else epsilon_high))
     adv = advantages.unsqueeze(1) if advantages.ndim == 1 else advantages
@@ -169,3 +180,64 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         items = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=logps.dtype)
         return (per_token * mask).sum() / (items / num_processes).clamp(min=1.0)
     raise ValueError(f"loss_type must be one of grpo, bnpo, dr_grpo, dapo; got {loss_type!r}")
+
+
+@dataclass
+class FilteredAdvantages:
+    """What :func:`filter_advantages` returns: the advantages to train on, which active tokens were
+    zeroed as outliers, and the statistics used."""
+
+    advantages: torch.Tensor
+    dropped: torch.Tensor
+    mean: float
+    std: float
+
+    @property
+    def dropped_share(self) -> float:
+        """Share of the active tokens that were zeroed (0.0 when none were given)."""
+        n = self.dropped.numel()
+        return float(self.dropped.float().sum()) / n if n else 0.0
+
+
+def filter_advantages(advantages: torch.Tensor, mask: torch.Tensor | None = None, *, sigma: float = 3.0,
+                      max_abs: float = 10.0, mean: float | None = None, std: float | None = None,
+                      bounds: Literal["standardized", "r1_reward_code"] = "standardized") -> FilteredAdvantages:
+    """StableReinforce's advantage filter (R1-Reward): standardise over the batch, drop outliers.
+
+    As R1-Reward's ``NaiveReplayBuffer.normalize`` does: over the active tokens (``mask``; all when
+    None) ``mean`` and the population ``std`` (``sqrt(max(var, 1e-8))``: their ``rstd`` clamps the variance), then
+    ``z = (a - mean) / std + 1e-8``; a token whose ``z`` lies outside ``[-sigma, sigma]`` (the 3-sigma
+    rule, R1-Reward: 3), or beyond ``max_abs`` (their 10), or is not finite, gets advantage 0. Inactive
+    tokens come back as 0. ``mean`` / ``std`` may be given (statistics gathered over all processes).
+
+    ``bounds="r1_reward_code"`` compares ``z`` with ``[mean - sigma, mean + sigma]`` using the *raw*
+    mean, exactly as their code does; the two agree when the raw mean is 0, as it nearly is after GRPO's
+    group centring. The default follows the paper's 3-sigma rule.
+
+    Example:
+        >>> f = filter_advantages(torch.tensor([[1.0, -1.0, 1.0, -1.0]]))
+        >>> [round(x, 4) for x in f.advantages[0].tolist()], f.std
+        ([1.0, -1.0, 1.0, -1.0], 1.0)
+    """
+    if bounds not in ("standardized", "r1_reward_code"):
+        raise ValueError(f"bounds must be 'standardized' or 'r1_reward_code', got {bounds!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    a = advantages.double()
+    m = torch.ones_like(a) if mask is None else mask.to(a.dtype)
+    if m.shape != a.shape:
+        raise ValueError(f"mask shape {tuple(m.shape)} differs from advantages shape {tuple(a.shape)}")
+    count = m.sum().clamp(min=1.0)
+    mu = float((a * m).sum() / count) if mean is None else float(mean)
+    if std is None:
+        var = float((((a - mu) ** 2) * m).sum() / count)
+        sd = math.sqrt(max(var, 1e-8))
+    else:
+        sd = float(std)
+    z = (a - mu) / sd + 1e-8
+    centre = mu if bounds == "r1_reward_code" else 0.0
+    outlier = (z < centre - sigma) | (z > centre + sigma) | ~torch.isfinite(z) | (z.abs() > max_abs)
+    active = m > 0
+    out = torch.where(outlier | ~active, torch.zeros_like(z), z)
+    dtype = advantages.dtype if advantages.is_floating_point() else torch.float32
+    return FilteredAdvantages(advantages=out.to(dtype), dropped=(outlier & active)[active], mean=mu, std=sd)

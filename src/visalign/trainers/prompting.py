@@ -14,11 +14,14 @@ trainer needs.
 its family (:data:`~visalign.models.support.SUPPORTED_VLMS`) and the processor path the trainer takes.
 
 The conversation is the one every chart-to-code recipe uses: one user turn holding the image and the
-instruction, then the assistant's answer (the code).
+instruction, then the assistant's answer (the code). A row may show several images (a pairwise judge
+sees two, or a reference and two candidates): they come first, in order, then the instruction.
 
 Example:
     >>> chat_messages("Write matplotlib code for this chart.")[0]["content"]
     [{'type': 'image'}, {'type': 'text', 'text': 'Write matplotlib code for this chart.'}]
+    >>> [part["type"] for part in chat_messages("Which is better?", with_image=2)[0]["content"]]
+    ['image', 'image', 'text']
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ from PIL import Image
 from ..models.support import SUPPORTED_VLMS, VLMFamily
 from ..models.tokens import vision_token_ids
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "ModelCheck", "PromptTooLongError", "chat_messages", "check_prompts", "check_vlm",
-           "encode_prompts", "format_check", "prompt_texts", "vision_token_ids"]
+__all__ = ["DEFAULT_INSTRUCTIONS", "ModelCheck", "PromptImages", "PromptTooLongError", "chat_messages", "check_prompts",
+           "check_vlm", "encode_prompts", "format_check", "image_list", "prompt_texts", "vision_token_ids"]
+
+#: The images of one prompt: none, one, or a list shown in order (pairwise judging shows two).
+PromptImages = Image.Image | Sequence[Image.Image] | None
 
 #: The instruction used when a dataset row has none, per renderer kind.
 DEFAULT_INSTRUCTIONS = {
@@ -49,14 +55,43 @@ class PromptTooLongError(ValueError):
     """A prompt does not fit ``max_prompt_length``; it is rejected, never truncated."""
 
 
-def chat_messages(instruction: str, with_image: bool = True, system: str | None = None) -> list[dict[str, Any]]:
-    """The user turn (image first, then the instruction), after an optional system turn.
+def image_list(images: PromptImages, where: Any = None) -> list[Image.Image]:
+    """The images of one prompt as a list: ``None`` -> ``[]``, one image -> ``[image]``, a list as is.
+
+    ``where`` names the row in the error raised for anything else.
+
+    Example:
+        >>> im = Image.new("RGB", (4, 4))
+        >>> len(image_list(None)), len(image_list(im)), len(image_list([im, im]))
+        (0, 1, 2)
+    """
+    if images is None:
+        return []
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+        raise TypeError(f"prompt {where!r}: images must be a PIL image, a list of them or None, "
+                        f"got {type(images).__name__}")
+    out = list(images)
+    for k, im in enumerate(out):
+        if not isinstance(im, Image.Image):
+            raise TypeError(f"prompt {where!r}: image {k} is a {type(im).__name__}, not a PIL image")
+    return out
+
+
+def chat_messages(instruction: str, with_image: bool | int = True, system: str | None = None) -> list[dict[str, Any]]:
+    """The user turn (image(s) first, then the instruction), after an optional system turn.
+
+    ``with_image``: True / False for one image or none, or the number of images (shown in order).
 
     Example:
         >>> [m["role"] for m in chat_messages("Draw it.", system="You write code.")]
         ['system', 'user']
     """
-    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+    n_images = int(with_image)
+    if n_images < 0:
+        raise ValueError(f"with_image must be a bool or a count >= 0, got {with_image!r}")
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
     content.append({"type": "text", "text": instruction})
     messages: list[dict[str, Any]] = []
     if system:
@@ -65,11 +100,17 @@ def chat_messages(instruction: str, with_image: bool = True, system: str | None 
     return messages
 
 
-def prompt_texts(processor: Any, instructions: Sequence[str], with_image: bool = True,
+def prompt_texts(processor: Any, instructions: Sequence[str], with_image: bool | int | Sequence[int] = True,
                  system: str | None = None) -> list[str]:
-    """The chat-templated prompt strings, ending where the assistant starts answering."""
-    return [processor.apply_chat_template(chat_messages(i, with_image, system), tokenize=False,
-                                          add_generation_prompt=True) for i in instructions]
+    """The chat-templated prompt strings, ending where the assistant starts answering.
+
+    ``with_image``: as in :func:`chat_messages` for every prompt, or one image count per prompt.
+    """
+    counts = list(with_image) if isinstance(with_image, Sequence) else [with_image] * len(instructions)
+    if len(counts) != len(instructions):
+        raise ValueError(f"{len(counts)} image counts but {len(instructions)} instructions")
+    return [processor.apply_chat_template(chat_messages(i, n, system), tokenize=False, add_generation_prompt=True)
+            for i, n in zip(instructions, counts, strict=True)]
 
 
 def _image_token_id(processor: Any) -> int | None:
@@ -81,10 +122,14 @@ def _image_token_id(processor: Any) -> int | None:
     return tid if isinstance(tid, int) and tid >= 0 else None
 
 
-def encode_prompts(processor: Any, images: Sequence[Image.Image | None], instructions: Sequence[str], *,
+def encode_prompts(processor: Any, images: Sequence[PromptImages], instructions: Sequence[str], *,
                    max_prompt_length: int | None = None, system: str | None = None,
                    row_ids: Sequence[Any] | None = None) -> Any:
-    """Encode a batch of (image, instruction) prompts, left-padded for generation.
+    """Encode a batch of (image(s), instruction) prompts, left-padded for generation.
+
+    ``images`` holds, per prompt, one PIL image, a list of them (shown in order before the
+    instruction: pairwise judging), or None; prompts of one batch may show different numbers of images
+    but either all or none of them show one.
 
     Returns the processor's ``BatchFeature`` (``input_ids``, ``attention_mask``, ``pixel_values``,
     ``image_grid_thw``, ...). Raises :class:`PromptTooLongError` when a prompt is longer than
@@ -92,15 +137,16 @@ def encode_prompts(processor: Any, images: Sequence[Image.Image | None], instruc
     """
     if len(images) != len(instructions):
         raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
-    with_image = [im is not None for im in images]
+    per_prompt = [image_list(im, row_ids[i] if row_ids is not None else i) for i, im in enumerate(images)]
+    with_image = [bool(p) for p in per_prompt]
     if any(with_image) and not all(with_image):
         raise ValueError("a batch mixes prompts with and without an image; batch them apart")
     tok = getattr(processor, "tokenizer", processor)
     tok.padding_side = "left"
-    texts = prompt_texts(processor, instructions, with_image=all(with_image), system=system)
+    texts = prompt_texts(processor, instructions, with_image=[len(p) for p in per_prompt], system=system)
     # one list of images per prompt: SmolVLM / Idefics3 / Gemma 3 processors refuse a flat list for a batch
     # of two or more prompts, and every other processor flattens the nested form to the same tensors
-    pics = [[im.convert("RGB")] for im in images if im is not None]
+    pics = [[im.convert("RGB") for im in p] for p in per_prompt if p]
     inputs = processor(text=texts, images=pics or None, return_tensors="pt", padding=True)
     if max_prompt_length is not None:
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
@@ -116,9 +162,10 @@ def encode_prompts(processor: Any, images: Sequence[Image.Image | None], instruc
     return inputs
 
 
-def check_prompts(processor: Any, images: Sequence[Image.Image | None], instructions: Sequence[str],
+def check_prompts(processor: Any, images: Sequence[PromptImages], instructions: Sequence[str],
                   max_prompt_length: int, system: str | None = None) -> list[tuple[int, str]]:
-    """``(index, reason)`` of every prompt :func:`encode_prompts` would reject (one at a time)."""
+    """``(index, reason)`` of every prompt :func:`encode_prompts` would reject (one at a time); a
+    prompt's images are one image, a list of them, or None."""
     bad = []
     for i, (im, text) in enumerate(zip(images, instructions, strict=True)):
         try:

@@ -48,8 +48,8 @@ import torch
 from ..rewards import CompositeReward, RenderService, Reward, Sample
 from ..rewards.code import fill_code
 from .config import config_to_dict, load_config, option, save_config
-from .grpo import group_advantages, policy_loss
-from .prompting import DEFAULT_INSTRUCTIONS, check_prompts, encode_prompts, vision_token_ids
+from .grpo import R1_REWARD_LOG_RATIO_BOUND, filter_advantages, group_advantages, policy_loss
+from .prompting import DEFAULT_INSTRUCTIONS, PromptImages, check_prompts, encode_prompts, vision_token_ids
 from .tree import SampledGroup, TreeSampling, filter_logits, sample_groups, tree_token_advantages
 
 log = logging.getLogger("visalign.train")
@@ -108,6 +108,13 @@ class VLMGRPOConfig:
     mask_truncated_completions: bool = option(False, "leave completions without EOS out of the loss", source="TRL 1.16")
     dynamic_sampling: bool = option(False, "drop groups whose rewards are all equal and refill", source="DAPO")
     dynamic_sampling_rounds: int = option(3, "extra sampling rounds at most when refilling")
+    pre_clip_log_ratio: bool = option(False, "clamp log(pi / pi_old) to [-pre_clip_bound, pre_clip_bound] before exp "
+                                      "(StableReinforce; on in the judge preset)", source="R1-Reward")
+    pre_clip_bound: float = option(R1_REWARD_LOG_RATIO_BOUND, "the pre-clip's bound: log(1e3) = 6.91",
+                                   source="R1-Reward")
+    advantage_filter: bool = option(False, "standardise advantages over the batch's tokens and zero outliers "
+                                    "(StableReinforce; on in the judge preset)", source="R1-Reward")
+    advantage_filter_sigma: float = option(3.0, "the filter keeps |z| <= sigma (the 3-sigma rule)", source="R1-Reward")
     # optimisation
     learning_rate: float = option(1e-6, "AdamW learning rate", source="TRL 1.16")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -150,6 +157,8 @@ class VLMGRPOConfig:
             raise ValueError("num_generations must be >= 2 (a group of one has no advantage)")
         if self.num_iterations < 1 or self.prompts_per_step < 1 or self.generation_batch_size < 1:
             raise ValueError("num_iterations, prompts_per_step and generation_batch_size must be >= 1")
+        if not self.pre_clip_bound > 0 or not self.advantage_filter_sigma > 0:
+            raise ValueError("pre_clip_bound and advantage_filter_sigma must be > 0")
 
 
 @dataclass
@@ -356,10 +365,16 @@ class VLMGRPOTrainer:
     def _instruction(self, row: dict[str, Any]) -> str:
         return row.get("prompt") or DEFAULT_INSTRUCTIONS.get(self.config.kind, "Write the code of this image.")
 
+    @staticmethod
+    def _images(row: dict[str, Any]) -> PromptImages:
+        """What a prompt shows: the row's ``images`` (a list, e.g. a pairwise judge's) or its ``image``."""
+        images = row.get("images")
+        return images if images is not None else row.get("image")
+
     def _checked(self, rows: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
         """Rows whose prompt fits ``max_prompt_length``; the others are rejected with the reason."""
         rows = [dict(r, id=str(r.get("id", i))) for i, r in enumerate(rows)]
-        bad = check_prompts(self.processor, [r.get("image") for r in rows], [self._instruction(r) for r in rows],
+        bad = check_prompts(self.processor, [self._images(r) for r in rows], [self._instruction(r) for r in rows],
                             self.config.max_prompt_length, self.config.system_prompt)
         for i, reason in bad:
             log.warning("%s row %s rejected: %s", split, rows[i]["id"], reason)
@@ -381,7 +396,7 @@ class VLMGRPOTrainer:
 
     # -------------------------------------------------------------------------------------- rollouts
     def _encode(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        inputs = encode_prompts(self.processor, [r.get("image") for r in rows], [self._instruction(r) for r in rows],
+        inputs = encode_prompts(self.processor, [self._images(r) for r in rows], [self._instruction(r) for r in rows],
                                 max_prompt_length=self.config.max_prompt_length, system=self.config.system_prompt,
                                 row_ids=[r["id"] for r in rows])
         return {k: v.to(self.accelerator.device) for k, v in inputs.items()}
@@ -505,6 +520,23 @@ class VLMGRPOTrainer:
             return adv
         return group_advantages(rollout.rewards, c.num_generations, scale=c.scale_rewards).unsqueeze(1).expand(-1, T).clone()
 
+    def _filter_advantages(self, rollout: Rollout, adv: torch.Tensor) -> Any:
+        """StableReinforce's filter over the active tokens of the whole generation batch (statistics
+        gathered from every process, as R1-Reward all-reduces them)."""
+        c, acc = self.config, self.accelerator
+        mask = torch.zeros(adv.shape, dtype=torch.float64)
+        for i, ids in enumerate(rollout.completion_ids):
+            if not (c.mask_truncated_completions and rollout.truncated[i]):
+                mask[i, :len(ids)] = 1.0
+        a = adv.detach().double().cpu()
+        sums = torch.tensor([float((a * mask).sum()), float(mask.sum())], dtype=torch.float64, device=acc.device)
+        total, count = acc.gather(sums.unsqueeze(0)).sum(0).tolist()
+        mean = total / max(count, 1.0)
+        sq = torch.tensor([float((((a - mean) ** 2) * mask).sum())], dtype=torch.float64, device=acc.device)
+        var = float(acc.gather(sq).sum()) / max(count, 1.0)
+        return filter_advantages(adv.cpu(), mask, sigma=c.advantage_filter_sigma, mean=mean,
+                                 std=math.sqrt(max(var, 1e-8)))
+
     def _micro_batches(self, rollout: Rollout) -> list[dict[str, Any]]:
         c, G, dev = self.config, self.config.num_generations, self.accelerator.device
         B = len(rollout.completion_ids)
@@ -529,6 +561,9 @@ class VLMGRPOTrainer:
         """``num_iterations`` optimizer steps on the rollout; returns loss and ratio statistics."""
         c, acc = self.config, self.accelerator
         adv_full = self.advantages(rollout).to(acc.device)
+        filtered = self._filter_advantages(rollout, adv_full) if c.advantage_filter else None
+        if filtered is not None:
+            adv_full = filtered.advantages.to(acc.device)
         batches = self._micro_batches(rollout)
         B = len(rollout.completion_ids)
         active = sum(float(b["mask"].sum()) for b in batches)
@@ -555,7 +590,8 @@ class VLMGRPOTrainer:
                                        epsilon_high=c.epsilon_high, beta=c.beta, ref_logps=b.get("ref"),
                                        importance_sampling_level=c.importance_sampling_level,
                                        max_completion_length=c.max_completion_length,
-                                       num_items_in_batch=total_active, num_processes=acc.num_processes) * scale
+                                       num_items_in_batch=total_active, num_processes=acc.num_processes,
+                                       log_ratio_clip=c.pre_clip_bound if c.pre_clip_log_ratio else None) * scale
                     acc.backward(loss)
                 stats["loss"] += float(loss.detach())
                 _ratio_stats(stats, logps.detach(), old, b["mask"].float(), b["adv"], c, entropy, b.get("ref"))
@@ -576,6 +612,9 @@ class VLMGRPOTrainer:
         for k in ("clip/low", "clip/high", "clip/region", "ratio/mean", "entropy", "kl"):
             if k in stats:
                 out[k] = stats[k] / n_tok
+        if filtered is not None:
+            out["advantage/filtered_share"] = filtered.dropped_share
+            out["advantage/filter_std"] = filtered.std
         if gap_n:
             out["logprob/sampler_gap_max"] = gap_max
             out["logprob/sampler_gap_mean"] = gap_sum / gap_n
