@@ -24,6 +24,12 @@ on the first call; :meth:`ClipReward.close` releases it.
 Embeddings are computed under ``torch.no_grad`` in batches of ``batch_size``, after open_clip's
 inference transform (resize the shorter side, centre crop, normalise). Prompts repeated in a batch (a
 GRPO group shares one) are encoded once, and so are reference images passed as the same object.
+
+:meth:`ClipReward.differentiable` is the same score on image tensors with a graph to the input (for
+ReFL / DRaFT): the transform in torch (bicubic resize of the shorter side with antialiasing, centre
+crop, the model's mean / std), and no clamp at 0 (a clamp has no gradient where the cosine is
+negative): ``100 * cos`` / ``cos`` by ``scale`` for ``text_image``, ``cos`` for ``image_image``. On an
+image already at the model's input size it equals :meth:`ClipReward.score` up to float rounding.
 """
 
 from __future__ import annotations
@@ -204,6 +210,66 @@ class ClipReward(Reward):
             tokens = self._tokenizer(list(texts[i:i + self.batch_size])).to(self.device)
             out.append(F.normalize(self._model.encode_text(tokens).float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty(0, 0)
+
+    # ------------------------------------------------------------------ differentiable path
+
+    def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean / std of the model's transform (its ``Normalize``), OpenAI CLIP's when it has none."""
+        for t in getattr(self._preprocess, "transforms", []):
+            if type(t).__name__ == "Normalize":
+                return torch.tensor(t.mean, dtype=torch.float32), torch.tensor(t.std, dtype=torch.float32)
+        return (torch.tensor((0.48145466, 0.4578275, 0.40821073)), torch.tensor((0.26862954, 0.26130258, 0.27577711)))
+
+    def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """open_clip's inference transform on ``(B, 3, H, W)`` floats in ``[0, 1]``, differentiably: resize
+        the shorter side to the model's input size (bicubic, antialiased), centre crop, normalise."""
+        self._load()
+        assert self._model is not None and self.device is not None
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        size = getattr(getattr(self._model, "visual", None), "image_size", 224)
+        side = int(size[0] if isinstance(size, (tuple, list)) else size)
+        x = images.to(self.device, torch.float32)
+        h, w = x.shape[-2:]
+        if min(h, w) != side:
+            scale = side / min(h, w)
+            x = F.interpolate(x, size=(max(side, round(h * scale)), max(side, round(w * scale))), mode="bicubic",
+                              align_corners=False, antialias=True)
+        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        x = x[..., top:top + side, left:left + side]
+        mean, std = (t.to(self.device).view(1, 3, 1, 1) for t in self._normalisation())
+        return ((x - mean) / std).to(_INPUT_DTYPES.get(self.precision, torch.float32))
+
+    def differentiable(self, images: torch.Tensor, references: torch.Tensor | Sequence[Image.Image] | None = None,
+                       prompts: Sequence[str] | None = None) -> torch.Tensor:
+        """Scores ``(B,)`` of ``(B, 3, H, W)`` images in ``[0, 1]`` with a graph to ``images`` (the model is
+        frozen): ``text_image`` needs ``prompts``, ``image_image`` ``references`` (a tensor like ``images``
+        or PIL images). No clamp at 0 (module docstring).
+
+        Example:
+            >>> reward = ClipReward("ViT-L-14", pretrained="openai")  # doctest: +SKIP
+            >>> x = torch.rand(2, 3, 256, 256, requires_grad=True)  # doctest: +SKIP
+            >>> reward.differentiable(x, prompts=["a cat", "a dog"]).sum().backward()  # doctest: +SKIP
+        """
+        self._load()
+        assert self._model is not None
+        self._model.requires_grad_(False)  # a reward is a fixed function: gradients go to the input only
+        emb = F.normalize(self._model.encode_image(self.preprocess_tensor(images)).float(), dim=-1)
+        n = images.shape[0]
+        if self.mode == "text_image":
+            if prompts is None or len(prompts) != n:
+                raise ValueError(f"clip text_image: give {n} prompts")
+            other = self.embed_texts(list(prompts)).to(emb.device)
+            cos = (emb * other).sum(-1)
+            return 100.0 * cos if self.scale == "0-100" else cos
+        if references is None or len(references) != n:
+            raise ValueError(f"clip image_image: give {n} references")
+        if isinstance(references, torch.Tensor):
+            with torch.no_grad():
+                other = F.normalize(self._model.encode_image(self.preprocess_tensor(references)).float(), dim=-1)
+        else:
+            other = self.embed_images(list(references)).to(emb.device)
+        return (emb * other).sum(-1)
 
     # ------------------------------------------------------------------ scoring
 

@@ -35,20 +35,27 @@ that one (the other factor is 1; the coverage term always applies). Details per 
 ``target_colour``; or ``reason`` when not applicable.
 
 Speed: about 1.5 ms per 32x32 image (numpy + ``scipy.ndimage.label``).
+
+:meth:`ShapeColourReward.differentiable` (:func:`soft_shape_colour`) is a smooth surrogate on image
+tensors for ReFL / DRaFT, not the same function: no blob labelling, no box search, and colour is a
+Gaussian of the RGB distance to the prompt colour instead of hue bands (see its docstring). The plain
+reward stays the evaluator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
 
 from ..data.shapes import COLOURS, SHAPES, parse_caption
 from .base import Reward, RewardOutput, Sample
 
-__all__ = ["ShapeColourReward", "analyse_image", "classify_shape_colour"]
+__all__ = ["ShapeColourReward", "analyse_image", "classify_shape_colour", "soft_shape_colour"]
 
 _IOU_TEMPERATURE = 0.04
 _MAX_SIDE = 64  # larger images are box-downsampled by an integer factor first
@@ -192,6 +199,87 @@ def _coverage_score(coverage: float, low: tuple[float, float], high: tuple[float
         return (high[1] - coverage) / (high[1] - high[0])
     return 1.0
 
+#: bounding-box fill ratio of each shape (a triangle standing on its base fills half its square box)
+_FILL = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
+
+
+def soft_shape_colour(images: torch.Tensor, targets: Sequence[tuple[str | None, str | None]], *,
+                      coverage_low: tuple[float, float] = (0.01, 0.035),
+                      coverage_high: tuple[float, float] = (0.5, 0.75), temperature: float = _IOU_TEMPERATURE,
+                      iou_floor: float = 0.4, colour_width: float = 60.0) -> torch.Tensor:
+    """A differentiable surrogate of :class:`ShapeColourReward`: ``(B, 3, H, W)`` images in ``[0, 1]`` and
+    one ``(shape, colour)`` target per image -> ``(B,)`` scores in ``[0, 1]`` with a graph to ``images``.
+
+    ``score = purity * shape_score * coverage_score``, each smooth in the pixels (what is read off the
+    image to *place* things, the background, the opacity scale, the centroid and the size, is detached):
+
+    * opacity ``alpha = clip(|rgb - background| / d90, 0, 1)`` (background: the border median; ``d90``:
+      the 90th percentile of the distances above 60, at least 60, as the reward reads it);
+    * ``purity = sum(alpha * exp(-|rgb - colour|^2 / (2 colour_width^2))) / sum(alpha)`` in 0-255 units
+      (the reward uses hue bands and chroma; a Gaussian around the caption's RGB has a gradient everywhere);
+    * shape: the soft IoU ``sum min(alpha, T) / sum max(alpha, T)`` of ``alpha`` with each shape's template
+      (:func:`_template_masks`) centred on the alpha centroid (a triangle's box centre sits ``side / 6``
+      above it) with the side whose fill matches the foreground area; ``shape_score = softmax(IoU /
+      temperature)[target] * clip((IoU_target - iou_floor) / 0.4, 0, 1)``;
+    * ``coverage_score``: the reward's piecewise-linear window on ``mean(alpha)``.
+
+    Example:
+        >>> from visalign.data.shapes import draw_shape
+        >>> image = torch.from_numpy(np.asarray(draw_shape("circle", "red", seed=0), dtype=np.float32) / 255)
+        >>> x = image.permute(2, 0, 1)[None].repeat(3, 1, 1, 1).requires_grad_(True)
+        >>> s = soft_shape_colour(x, [("circle", "red"), ("circle", "blue"), ("square", "red")])
+        >>> [round(v, 2) for v in s.tolist()]
+        [0.92, 0.0, 0.02]
+        >>> s[0].backward(); bool(x.grad.abs().sum() > 0)
+        True
+    """
+    from ..data.shapes import COLOURS as RGB
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    if len(targets) != images.shape[0]:
+        raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
+    x = images.float() * 255.0
+    h, w = x.shape[-2:]
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=-1)
+    background = border.detach().median(dim=-1).values[:, :, None, None]
+    dist = torch.sqrt(((x - background) ** 2).sum(1) + 1e-6)  # (B, H, W)
+    scale = []
+    for d in dist.detach():
+        strong = d[d > _MIN_DISTANCE]
+        scale.append(max(float(torch.quantile(strong, 0.9)) if strong.numel() else 0.0, _MIN_DISTANCE))
+    alpha = (dist / torch.tensor(scale, device=x.device)[:, None, None]).clamp(0, 1)
+    mass = alpha.sum((1, 2))
+    coverage = mass / (h * w)
+    up = ((coverage - coverage_low[0]) / (coverage_low[1] - coverage_low[0])).clamp(0, 1)
+    down = ((coverage_high[1] - coverage) / (coverage_high[1] - coverage_high[0])).clamp(0, 1)
+    coverage_score = torch.minimum(up, down)
+
+    a = alpha.detach().cpu().numpy().astype(np.float64)
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    m = np.maximum(a.sum((1, 2)), 1e-6)
+    cx, cy = (a * xs).sum((1, 2)) / m, (a * ys).sum((1, 2)) / m
+    scores = []
+    for i, (shape, colour) in enumerate(targets):
+        purity = torch.ones((), device=x.device)
+        if colour is not None:
+            c = torch.tensor(RGB[colour], dtype=x.dtype, device=x.device)[:, None, None]
+            credit = torch.exp(-((x[i] - c) ** 2).sum(0) / (2 * colour_width**2))
+            purity = (alpha[i] * credit).sum() / mass[i].clamp(min=1e-6)
+        shape_score = torch.ones((), device=x.device)
+        if shape is not None:
+            ious = []
+            for name in SHAPES:
+                side = np.array([np.sqrt(m[i] / _FILL[name])])
+                centre_y = cy[i : i + 1] - (side / 6 if name == "triangle" else 0.0)
+                t = torch.from_numpy(_template_masks(h, w, cx[i : i + 1], centre_y, side)[name][0]).to(x)
+                ious.append(torch.minimum(alpha[i], t).sum() / torch.maximum(alpha[i], t).sum().clamp(min=1e-6))
+            iou = torch.stack(ious)
+            p = torch.softmax(iou / temperature, 0)[SHAPES.index(shape)]
+            shape_score = p * ((iou[SHAPES.index(shape)] - iou_floor) / 0.4).clamp(0, 1)
+        scores.append(purity * shape_score)
+    return torch.stack(scores) * coverage_score
+
 
 class ShapeColourReward(Reward):
     """Colour purity x shape agreement x a plausible size, read from the image (see the module doc).
@@ -267,6 +355,20 @@ class ShapeColourReward(Reward):
                    "shape_iou": a["shape_iou"], "predicted_shape": a["predicted_shape"],
                    "predicted_colour": a["predicted_colour"], "target_shape": shape, "target_colour": colour}
         return score, details
+
+    def differentiable(self, images: torch.Tensor, references: Any = None,
+                       prompts: Sequence[str] | None = None) -> torch.Tensor:
+        """:func:`soft_shape_colour` of ``(B, 3, H, W)`` images in ``[0, 1]`` against ``prompts`` (with this
+        reward's coverage window, temperature and IoU floor): the surrogate ReFL / DRaFT back-propagate.
+        A prompt naming neither a shape nor a colour raises ``ValueError`` (no gradient to give)."""
+        if prompts is None or len(prompts) != images.shape[0]:
+            raise ValueError("shape_colour: give one prompt per image")
+        targets = [self._targets(Sample(prompt=p)) for p in prompts]
+        if any(t == (None, None) for t in targets):
+            raise ValueError(f"shape_colour: a prompt names no shape or colour: {list(prompts)}")
+        return soft_shape_colour(images, targets, coverage_low=self.coverage_low,  # type: ignore[arg-type]
+                                 coverage_high=self.coverage_high, temperature=self.temperature,  # type: ignore[arg-type]
+                                 iou_floor=self.iou_floor)
 
     def score(self, samples: list[Sample]) -> RewardOutput:
         scores: list[float | None] = []
