@@ -6,6 +6,7 @@ hand-derived numbers; the verdict / format / consistency rewards against hand-de
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -262,3 +263,160 @@ def test_rewards_are_registered() -> None:
     assert get_reward("verdict_format")([Sample(completion="<think></think><answer>1</answer>")]).scores == [1.0]
     with pytest.raises(ValueError, match="consistency"):
         VerdictReward(consistency="model")
+
+
+# ------------------------------------------------------------------------- rows, trainer, CLI, preset
+def _pairs(n: int, seed: int = 0) -> list[dict]:
+    """Pairs of tiny images: the chosen one equals the reference, the rejected one is another colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        ref = tuple(int(x) for x in rng.integers(0, 255, 3))
+        bad = tuple(int(x) for x in rng.integers(0, 255, 3))
+        out.append({"id": f"p{i}", "chosen": Image.new("RGB", (32, 32), ref),
+                    "rejected": Image.new("RGB", (32, 32), bad), "reference": Image.new("RGB", (32, 32), ref),
+                    "prompt": "a square", "margin": 1.0, "perturbation": "colour",
+                    "chosen_severity": 0, "rejected_severity": 3})
+    return out
+
+
+def test_judge_rows_pairwise_and_pointwise() -> None:
+    from visalign.trainers.judge import judge_rows
+
+    pairs = _pairs(40)
+    rows = judge_rows(pairs, mode="pairwise", seed=0)
+    assert len(rows) == 40 and all(len(r["images"]) == 3 for r in rows)
+    assert {r["label"] for r in rows} == {"1", "2"}
+    for r, p in zip(rows, pairs, strict=True):  # the label names where the chosen image went
+        chosen_at = 1 if r["label"] == "1" else 2
+        assert r["images"][chosen_at] is p["chosen"] and r["images"][0] is p["reference"]
+    assert [r["label"] for r in judge_rows(pairs, mode="pairwise", seed=0)] == [r["label"] for r in rows]
+    assert [r["label"] for r in judge_rows(pairs, mode="pairwise", seed=1)] != [r["label"] for r in rows]
+    point = judge_rows(pairs + [dict(pairs[0], id="dup")], mode="pointwise", reference="never")
+    assert Counter(r["label"] for r in point) == {"good": 40, "bad": 40} and len(point[0]["images"]) == 1
+    assert "{prompt}" not in point[0]["prompt"] and "a square" in point[0]["prompt"]
+    with pytest.raises(ValueError, match=r"pair 'x' \(row 0\): field 'rejected' must be an image"):
+        judge_rows([{"id": "x", "chosen": pairs[0]["chosen"]}])
+    with pytest.raises(ValueError, match="field 'reference' is missing"):
+        judge_rows([dict(pairs[0], reference=None)], reference="always")
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from visalign.models.tiny_vlm import build_tiny_vlm
+    from visalign.trainers.judge import judge_instruction
+
+    corpus = [judge_instruction(m, r) for m in ("pairwise", "pointwise") for r in (True, False)]
+    corpus += ["<think>the colours match</think><answer>good</answer>", "<think>image 2</think><answer>2</answer>"]
+    model, processor = build_tiny_vlm("qwen2_vl", corpus * 3)
+    path = tmp_path_factory.mktemp("tiny-judge")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def _judge_options(tmp_path, model: str, **extra) -> dict:
+    return {"model": model, "num_generations": 2, "prompts_per_step": 2, "generation_batch_size": 2,
+            "max_completion_length": 6, "max_steps": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 4,
+            "output_dir": str(tmp_path / "run"), "progress": False, "log_with": "none", "render_workers": 1,
+            "max_prompt_length": 1024, "num_threads": 1, **extra}
+
+
+def test_judge_trainer_steps_evaluates_and_plugs_into_vlm_judge(tmp_path, tiny_judge: str) -> None:
+    """Two GRPO steps of a pointwise judge (StableReinforce on), held-out accuracy before / after, the
+    saved judge loaded by the local backend and asked through the trained_judge preset."""
+    import json
+
+    from visalign.rewards.judge import TransformersJudgeBackend, VlmJudgeReward, trained_judge_preset
+    from visalign.trainers.config import load_config
+    from visalign.trainers.judge import JudgeGRPOConfig, JudgeGRPOTrainer, judge_rows
+
+    cfg = load_config(JudgeGRPOConfig, _judge_options(tmp_path, tiny_judge, judge_mode="pointwise"))
+    assert cfg.pre_clip_log_ratio and cfg.advantage_filter and cfg.rewards[0]["name"] == "verdict"
+    pairs = _pairs(6)
+    trainer = JudgeGRPOTrainer(cfg, train_rows=judge_rows(pairs[:4], mode="pointwise"),
+                               eval_rows=judge_rows(pairs[4:], mode="pointwise"))
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
+    assert len(history) == 2 and "reward/verdict/mean" in history[0] and "advantage/filtered_share" in history[0]
+    assert not any(k.startswith("render/") for k in history[0])
+    assert len(trainer.eval_results) == 2 and trainer.eval_results[0].n == 4
+    summary = json.loads((tmp_path / "run" / "judge_eval.json").read_text())
+    assert summary["difference"]["paired"] == 4
+    model_dir = tmp_path / "run" / (tmp_path / "run" / "final.txt").read_text().strip()
+    spec = json.loads((model_dir / "judge.json").read_text())
+    assert spec["judge_mode"] == "pointwise" and spec["reference"] is True
+    seen = []
+    backend = TransformersJudgeBackend(str(model_dir), max_new_tokens=6, batch_size=2, device="cpu")
+    original = backend._generate_batch
+
+    def spy(batch):
+        seen.extend(len(r.images) for r in batch)
+        return original(batch)
+
+    backend._generate_batch = spy
+    reward = VlmJudgeReward(backend, preset=trained_judge_preset(model_dir))
+    ref = pairs[0]["reference"]
+    out = reward([Sample(image=pairs[0]["chosen"], reference_image=ref),
+                  Sample(image=pairs[0]["rejected"], reference_image=ref)])
+    reward.close()
+    assert seen == [2, 2]  # reference + generated, as trained
+    assert all(s in (0.0, 1.0) for s in out.scores) and all(d["judged"] for d in out.details)
+    # the request is the trained prompt: the images alone, then the instruction
+    request = trained_judge_preset(model_dir).prepare(Sample(image=ref, reference_image=ref))
+    assert [type(p).__name__ for p in request.parts] == ["Image", "Image", "str"]
+    assert request.parts[-1] == spec["instruction"]
+
+
+def test_trained_judge_preset_refuses_pairwise_and_missing(tmp_path) -> None:
+    from visalign.rewards.judge import trained_judge_preset
+
+    with pytest.raises(ValueError, match="cannot read the judge's spec"):
+        trained_judge_preset(tmp_path)
+    (tmp_path / "judge.json").write_text('{"judge_mode": "pairwise", "instruction": "x"}')
+    with pytest.raises(ValueError, match="judge_mode: pointwise"):
+        trained_judge_preset(tmp_path)
+
+
+def test_cli_train_reward_mode_judge(tmp_path, tiny_judge: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from visalign.cli import main
+    from visalign.data.pairs import write_pairs
+
+    write_pairs(_pairs(4), tmp_path / "train.jsonl")
+    write_pairs(_pairs(2, seed=1), tmp_path / "eval.jsonl")
+    config = {"reward": _judge_options(tmp_path, tiny_judge, train_data=str(tmp_path / "train.jsonl"),
+                                       eval_data=str(tmp_path / "eval.jsonl"), max_steps=1)}
+    (tmp_path / "judge.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "reward", str(tmp_path / "judge.yaml"), "--mode", "judge"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out verdict accuracy" in out and "model:" in out
+    assert (tmp_path / "run" / "judge_eval.json").exists()
+    assert main(["train", "reward", "--describe", "--mode", "judge"]) == 0
+    assert "advantage_filter" in capsys.readouterr().out
+    bad = {"reward": {**config["reward"], "judge_mode": "listwise"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["train", "reward", str(tmp_path / "bad.yaml"), "--mode", "judge"]) == 2
+    assert "judge_mode must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "gemma3"])
+def test_transformers_backend_sends_several_images(family: str) -> None:
+    """Processors that need one image list per prompt (SmolVLM, Gemma 3) take a batch of two-image
+    requests, mixed with a text-only one."""
+    from PIL import Image
+
+    from visalign.models.tiny_vlm import build_tiny_vlm
+    from visalign.rewards.judge import JudgeRequest, TransformersJudgeBackend
+
+    model, processor = build_tiny_vlm(family, ["Which image is better?", "<answer>1</answer>"] * 4)
+    backend = TransformersJudgeBackend(model, processor, max_new_tokens=3, batch_size=4)
+    a, b = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    out = backend.generate([JudgeRequest(parts=[a, b, "Which image is better?"]), JudgeRequest(parts=["Hi"]),
+                            JudgeRequest(parts=[b, a, "Which is better?"])])
+    assert [r.error for r in out] == [None, None, None] and all(isinstance(r.text, str) for r in out)

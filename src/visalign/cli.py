@@ -248,14 +248,35 @@ def _train_cmd(args: argparse.Namespace) -> int:
         print(format_check(check))
         return 0 if check.supported else 1
     module, config_name, entry = TRAINERS[args.trainer]
+    refl = False
+    if args.trainer == "flow":  # --algorithm, else the config's algorithm key: grpo (Flow-GRPO) or refl (ReFL / DRaFT)
+        from .trainers.flow import flow_algorithm
+
+        try:
+            config_file = args.config if args.config and Path(args.config).is_file() else None
+            refl = flow_algorithm(config_file, args.algorithm) == "refl"
+        except (ValueError, OSError) as exc:
+            print(f"visalign train flow: {exc}", file=sys.stderr)
+            return 2
+        if refl:
+            module, config_name, entry = "visalign.trainers.refl", "ReFLConfig", "train_refl_from_config"
+    elif args.algorithm:
+        print(f"visalign train {args.trainer}: --algorithm is an option of `train flow`", file=sys.stderr)
+        return 2
     mod = importlib.import_module(module)
     if args.describe:
         if args.trainer == "flow" and (args.config or args.set):  # resolved values and where each came from
             try:
-                print(mod.describe_flow_options(args.config, **_parse_sets(args.set)))
+                describe = mod.describe_refl_options if refl else mod.describe_flow_options
+                print(describe(args.config, **_parse_sets(args.set)))
             except (ValueError, OSError) as exc:
                 print(f"visalign train flow: {exc}", file=sys.stderr)
                 return 2
+            return 0
+        if args.trainer == "reward" and args.mode == "judge":  # the judge's options are GRPO's + its own
+            from .trainers.judge import JudgeGRPOConfig
+
+            print(describe_config(JudgeGRPOConfig))
             return 0
         print(describe_config(getattr(mod, config_name)))
         return 0
@@ -269,6 +290,8 @@ def _train_cmd(args: argparse.Namespace) -> int:
         overrides = _parse_sets(args.set)
         if args.mode:
             overrides["mode"] = args.mode
+        if refl:
+            overrides["algorithm"] = "refl"
         getattr(mod, entry)(args.config, **overrides)
     except ValueError as exc:  # bad options or data: one line; anything else keeps its traceback
         print(f"visalign train {args.trainer}: {exc}", file=sys.stderr)
@@ -358,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML file with the trainer's options")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
     t.add_argument("--describe", action="store_true", help="print the trainer's options and defaults")
-    t.add_argument("--mode", help="reward: 'bt' (Bradley-Terry reward model)")
+    t.add_argument("--algorithm", choices=("grpo", "refl"), help="flow: grpo (Flow-GRPO, the default) or refl (ReFL / "
+                   "DRaFT: back-propagate a differentiable reward; --mode refl|draft); also `algorithm:` in the config")
+    t.add_argument("--mode", help="reward: 'bt' (Bradley-Terry reward model) or 'judge' (a generative VLM judge "
+                   "trained with GRPO)")
     t.add_argument("--check-model", metavar="PATH", help="grpo: say whether PATH's VLM family is supported and which "
                    "processor path it takes (reads config and processor, no weights); exit 1 if not supported")
     t.set_defaults(func=_train_cmd)

@@ -78,6 +78,7 @@ __all__ = [
     "parse_score",
     "pointwise_preset",
     "strip_reasoning",
+    "trained_judge_preset",
     "visual_erm_preset",
 ]
 
@@ -378,6 +379,8 @@ class JudgePreset:
         needs_prompt: the instruction uses the sample's prompt (None without one).
         system: an optional system prompt.
         scale: the scale of the score the judge gives (pointwise), for ``{scale}``.
+        labels: put a short text label before each image (False: the images alone, then the
+            instruction, as the GRPO judge trainer prompts a judge).
     """
 
     name: str
@@ -390,6 +393,7 @@ class JudgePreset:
     needs_prompt: bool = False
     system: str | None = None
     scale: float | None = None
+    labels: bool = True
 
     def prepare(self, sample: Sample) -> JudgeRequest | Skip:
         """The request for ``sample``, or a :class:`Skip` with its score and reason.
@@ -419,7 +423,9 @@ class JudgePreset:
             return Skip(self.no_output_score, "blank image (one flat colour): not judged")
         parts: list[str | Image.Image] = []
         for role in self.images:
-            parts += [_LABELS[role], reference if role == "reference" else generated]
+            if self.labels:
+                parts.append(_LABELS[role])
+            parts.append(reference if role == "reference" else generated)
         instruction = self.instruction.replace("{scale}", f"{self.scale:g}" if self.scale is not None else "")
         parts.append(instruction.replace("{prompt}", sample.prompt or ""))
         return JudgeRequest(parts=parts, system=self.system)
@@ -526,10 +532,53 @@ def pointwise_preset(scale: int = 10) -> JudgePreset:
                        scale=float(scale))
 
 
+def trained_judge_preset(path: str | os.PathLike[str]) -> JudgePreset:
+    """A judge trained by ``visalign train reward --mode judge``, asked exactly as it was trained.
+
+    Reads ``judge.json`` from the model directory ``path`` (the trainer writes it into every saved
+    model): the instruction, whether the reference image comes first, the verdicts and the system turn.
+    The request is the images alone (reference, then the generated image) followed by the instruction,
+    as the trainer's prompt; the answer ``<think>...</think><answer>good|bad</answer>`` scores 1.0 /
+    0.0; an answer without a readable verdict is a parse failure scored 0.0. Only pointwise judges
+    fit ``vlm_judge`` (one sample, one score); a pairwise judge raises ``ValueError``.
+
+    Example:
+        >>> preset = trained_judge_preset("out/judge/checkpoint-000100/model")  # doctest: +SKIP
+    """
+    from .verdict import parse_verdict
+
+    file = os.path.join(os.fspath(path), "judge.json")
+    try:
+        with open(file, encoding="utf-8") as f:
+            spec = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"{file}: cannot read the judge's spec ({exc}); is {path} a model saved by "
+                         "`visalign train reward --mode judge`?") from None
+    if spec.get("judge_mode") != "pointwise":
+        raise ValueError(f"{file}: a {spec.get('judge_mode')!r} judge compares two images; vlm_judge scores one "
+                         "sample at a time: train with judge_mode: pointwise")
+    choices = [str(c) for c in spec.get("choices") or ["good", "bad"]]
+    good = choices[0]
+
+    def parse(text: str) -> Judgement:
+        v = parse_verdict(text, choices)
+        if v.answer is None:
+            return Judgement(0.0, True, parsed={"format_ok": v.format_ok}, error=v.error)
+        return Judgement(1.0 if v.answer == good else 0.0, parsed={"verdict": v.answer, "format_ok": v.format_ok})
+
+    reference = bool(spec.get("reference"))
+    instruction = str(spec["instruction"])
+    return JudgePreset(name="trained_judge", instruction=instruction,
+                       images=("reference", "generated") if reference else ("generated",), parse=parse,
+                       parse_failure_score=0.0, skip_blank=False, needs_prompt="{prompt}" in instruction,
+                       system=spec.get("system"), labels=False)
+
+
 PRESETS: dict[str, Callable[..., JudgePreset]] = {
     "visual_erm": visual_erm_preset,
     "chartmimic": chartmimic_preset,
     "pointwise": pointwise_preset,
+    "trained_judge": trained_judge_preset,
 }
 
 
@@ -947,8 +996,11 @@ class TransformersJudgeBackend(JudgeBackend):
 
     Each request becomes a chat (an optional system turn and a user turn whose content lists
     ``{"type": "image"}`` and ``{"type": "text"}`` parts in the request's order) rendered with the
-    processor's chat template; a batch is padded on the left and decoded greedily. The images of a
-    batch go to the processor as one flat list, in order (the Qwen-VL / LLaVA convention). Vision
+    processor's chat template; a batch is padded on the left and decoded greedily. The images go to the
+    processor as one list per request, in order (what SmolVLM / Idefics3 / Gemma 3 need for batches of
+    several prompts; Qwen-VL / LLaVA processors flatten it), so a request may show several images
+    (reference and generated, or a pairwise judge's two); requests with and without images are
+    generated in separate batches. Vision
     special tokens (image / video pads, vision start / end) are suppressed during generation, since a
     generated image token breaks the model's next forward ("image features and image tokens do not
     match"). A batch whose ``generate`` raises fails its requests (``error`` set), not the call.
@@ -1011,10 +1063,14 @@ class TransformersJudgeBackend(JudgeBackend):
 
     def generate(self, requests: Sequence[JudgeRequest]) -> list[JudgeResponse]:
         requests = list(requests)
-        out: list[JudgeResponse] = []
-        for b in range(0, len(requests), self.batch_size):
-            out += self._generate_batch(requests[b:b + self.batch_size])
-        return out
+        out: list[JudgeResponse | None] = [None] * len(requests)
+        for with_images in (True, False):  # a processor takes images for all prompts of a batch or for none
+            index = [i for i, r in enumerate(requests) if bool(r.images) == with_images]
+            for b in range(0, len(index), self.batch_size):
+                chunk = index[b:b + self.batch_size]
+                for i, response in zip(chunk, self._generate_batch([requests[i] for i in chunk]), strict=True):
+                    out[i] = response
+        return [r for r in out if r is not None]
 
     def _generate_batch(self, batch: list[JudgeRequest]) -> list[JudgeResponse]:
         import torch
@@ -1023,7 +1079,7 @@ class TransformersJudgeBackend(JudgeBackend):
         try:
             texts = [self.processor.apply_chat_template(self._messages(r), tokenize=False,
                                                         add_generation_prompt=True) for r in batch]
-            images = [im.convert("RGB") for r in batch for im in r.images]
+            images = [[im.convert("RGB") for im in r.images] for r in batch if r.images]
             inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
             inputs = inputs.to(self.model.device)
             inner = getattr(self.model, "model", None)

@@ -683,7 +683,8 @@ def rank_ladders(model: RewardModel, ladders: Sequence[Mapping[str, Any]], batch
 class RewardModelConfig:
     """Options of :class:`RewardModelTrainer` (``visalign train reward CONFIG --mode bt``)."""
 
-    mode: str = option("bt", "'bt': Bradley-Terry reward model (a scalar head); 'judge' is not built yet")
+    mode: str = option("bt", "'bt': Bradley-Terry reward model (a scalar head); 'judge': a generative VLM judge "
+                             "trained with GRPO (visalign.trainers.judge.JudgeGRPOConfig)")
     backbone: str = option("open_clip", "'open_clip' (image tower + head) or 'vlm' (Qwen2-VL family, last token)")
     model: str | None = option(None, "open_clip: an architecture name or 'local-dir:PATH'; vlm: a model path "
                                      "or hub id (AutoModelForImageTextToText)")
@@ -1021,7 +1022,13 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path,
 
 def train_reward_from_config(source: str | Path | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
     """``visalign train reward CONFIG``: load a :class:`RewardModelConfig` (options at the top level or
-    under ``reward:``), train, evaluate, and return :meth:`RewardModelTrainer.train`'s summary."""
+    under ``reward:``), train, evaluate, and return :meth:`RewardModelTrainer.train`'s summary. With
+    ``mode: judge`` (in the file or as an override) a generative judge is trained with GRPO instead
+    (:func:`visalign.trainers.judge.train_judge_from_config`)."""
+    if _mode_of(source, overrides) == "judge":
+        from .judge import train_judge_from_config
+
+        return train_judge_from_config(source, **overrides)
     config = load_config(RewardModelConfig, source, section="reward", **overrides)
     result = RewardModelTrainer(config).train()
     ev = result.get("eval")
@@ -1030,3 +1037,22 @@ def train_reward_from_config(source: str | Path | Mapping[str, Any], **overrides
               f"(n={ev['n']}); " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in ev["by_perturbation"].items()))
     print(f"model: {result['model_dir']}")
     return result
+
+
+def _mode_of(source: str | Path | Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """The ``mode`` asked for: the override, else the file's (top level, or under ``reward:`` /
+    ``judge:``), else ``bt``."""
+    if overrides.get("mode"):
+        return str(overrides["mode"])
+    if isinstance(source, Mapping):
+        data: Any = source
+    else:
+        import yaml
+
+        data = yaml.safe_load(Path(source).read_text()) or {}
+    if not isinstance(data, Mapping):
+        return "bt"
+    if isinstance(data.get("judge"), Mapping):
+        return "judge"
+    section = data.get("reward") if isinstance(data.get("reward"), Mapping) else data
+    return str(section.get("mode") or "bt")
