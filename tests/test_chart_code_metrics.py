@@ -121,7 +121,7 @@ def test_reference_against_itself_scores_one(renderer):
         assert a["text"] and a["layout"] and a["type"], name
     bar, grid, pie, heat = first[:4]
     assert bar["type"] == {"bar": 1} and len(bar["color"]["bar"]) == 5
-    assert bar["version"] == 2 and bar["data"] == [
+    assert bar["version"] == 3 and bar["data"] == [
         {"kind": "bar", "axes": 0, "x": [0.0, 1.0, 2.0, 3.0, 4.0], "y": [482.0, 365.0, 529.0, 301.0, 414.0],
          "truncated": False}]
     assert [d["kind"] for d in grid["data"]] == ["plot", "bar", "scatter"]  # hist: no data series
@@ -190,7 +190,7 @@ def test_nested_calls_counted_once_and_render_dedup(renderer):
             ax3.plot_surface(*np.meshgrid(np.arange(3.0), np.arange(3.0)), np.eye(3), cmap="viridis")
             ax3.scatter3D([1, 2], [1, 2], [1, 2], color="red")
         """),
-        # two figures, the first saved and closed: both count
+        # two figures, the first saved and closed: the image shows the second, and so does the trace
         prog("""
             for title in ("One", "Two"):
                 fig, ax = plt.subplots()
@@ -212,8 +212,8 @@ def test_nested_calls_counted_once_and_render_dedup(renderer):
     assert mixed["type"] == {"plot": 1, "3d.plot_surface": 1, "3d.scatter": 1}
     assert mixed["color"]["3d.plot_surface"] == ["viridis"] and mixed["color"]["3d.scatter"] == ["#ff0000"]
     assert sorted(map(tuple, mixed["layout"])) == [(0, 0, 1, 9, 1, 9), (2, 2, 1, 1, 1, 1)]
-    assert two_figs["text"] == ["One", "Two"] and two_figs["type"] == {"plot": 2}
-    assert two_figs["layout"] == [[1, 1, 0, 0, 0, 0]] * 2
+    assert two_figs["text"] == ["Two"] and two_figs["type"] == {"plot": 1}
+    assert two_figs["layout"] == [[1, 1, 0, 0, 0, 0]]
 
 
 def test_no_state_leaks_between_samples(renderer):
@@ -384,7 +384,8 @@ def test_data_recorded_and_scored_on_renders(renderer):
             b.pie([1, 2, 1])
             b.hist([1, 2, 2])
             fig.add_subplot(2, 2, 4, projection="3d").scatter([1], [2], [3])
-            plt.figure()
+        """),
+        prog("""
             plt.plot(np.arange(1500.0))
             plt.scatter(["a", "b"], [1, 2])
         """),
@@ -402,18 +403,20 @@ def test_data_recorded_and_scored_on_renders(renderer):
             plt.bar([1], [2])
         """),
     ]
-    mixed, pie_a, pie_flat, pie_ref, odd = traces(renderer, sources)
+    mixed, longer, pie_a, pie_flat, pie_ref, odd = traces(renderer, sources)
     by_kind = [(d["kind"], d["axes"]) for d in mixed["data"]]
-    assert by_kind == [("bar", 0), ("barh", 0), ("plot", 0), ("plot", 0), ("scatter", 1), ("pie", 1),
-                       ("plot", 2), ("scatter", 2)]  # no hist, no 3D series
-    bar, barh, line, flat, scatter, pie, long, cats = mixed["data"]
+    assert by_kind == [("bar", 0), ("barh", 0), ("plot", 0), ("plot", 0), ("scatter", 1), ("pie", 1)]  # no hist, 3D
+    assert [(d["kind"], d["axes"]) for d in longer["data"]] == [("plot", 0), ("scatter", 0)]
+    bar, barh, line, flat, scatter, pie = mixed["data"]
+    long, cats = longer["data"]
     assert bar["y"] == [5.0, 2.0, None] and bar["x"] == [0.0, 1.0, 2.0]  # heights, not tops; NaN → null
     assert barh["y"] == [-3.0, 4.0] and barh["x"] == [1.0, 2.0]
     assert line == {"kind": "plot", "axes": 0, "x": [1.0, 2.0, 3.0], "y": [3.0, None, 1.0], "truncated": False}
     assert flat["y"] == [0.0, 0.0]
     assert scatter["x"] == [1.0, None, 3.0] and scatter["y"] == [3.0, None, 1.0]  # a masked point
     assert pie["y"] == pytest.approx([0.25, 0.5, 0.25]) and "x" not in pie
-    assert long["truncated"] is True and len(long["y"]) == 1000 and mixed["truncated"] is True
+    assert long["truncated"] is True and len(long["y"]) == 1000 and longer["truncated"] is True
+    assert mixed["truncated"] is False
     assert cats["x"] == [0.0, 1.0] and cats["y"] == [1.0, 2.0]  # categories as numbers
     assert mixed["errors"] == 0
     assert not any(d["truncated"] for d in pie_a["data"])
@@ -475,7 +478,8 @@ def test_chart_code_reward(renderer):
     assert out.scores[0] == 1.0 and out.scores[4] is None and out.scores[5] is None
     assert all(0.0 <= s <= 1.0 for s in out.scores[:4])
     assert out.scores[2] == 0.0 and out.details[2]["error_kind"] == "runtime"
-    assert 0.4 < out.scores[1] < 0.6 and out.details[1]["type_f1"] == 0.0  # text, layout 1; type, colour 0
+    # barh for bar: text, layout and colour (bar and barh share a colour group) 1; type 0
+    assert out.scores[1] == 0.75 and out.details[1]["type_f1"] == 0.0 and out.details[1]["color_f1"] == 1.0
     assert 0.9 < out.scores[3] < 1.0
     assert set(SCORE_KEYS) <= set(out.details[3]) and out.details[3]["data"] == 1.0  # same values
     assert len(service.rendered) == 5  # four predictions, one shared reference
@@ -490,7 +494,7 @@ def test_chart_code_reward(renderer):
     assert with_data.weights == {"text_f1": 1.0, "layout_f1": 1.0, "type_f1": 1.0, "color_f1": 1.0, "data": 4.0}
     res = with_data(samples[:4])
     assert res.scores[0] == 1.0 and res.scores[2] == 0.0 and res.details[2]["data"] == 0.0
-    assert res.scores[1] == pytest.approx(2 / 8)  # barh: text, layout 1; type, colour, data (kind) 0
+    assert res.scores[1] == pytest.approx(3 / 8)  # barh: text, layout, colour 1; type, data (kind) 0
     assert res.details[1]["data"] == 0.0 and res.details[1]["metric"] == "mean_f1"
     assert res.scores[3] == pytest.approx((out.details[3]["text_f1"] + 3 + 4) / 8)  # the values are right
     assert ChartCodeReward(service).weights["data"] == 0.0  # default: ChartMimic's four F1 only

@@ -20,13 +20,28 @@ Differences from the original, on purpose:
 - the trace is untrusted data (the program shares the process that records it): it is validated
   (types, lengths) and never evaluated; the original reads result files back with ``eval()``.
 
+Kinds a reader sees. The trace names calls as the program made them; the scores compare what a
+reader of the chart sees. Type counts calls by :func:`reader_kind` (:data:`READER_KINDS`:
+``matshow`` draws the same image as ``imshow``, ``loglog`` / ``semilogx`` / ``semilogy`` / ``step``
+draw lines as ``plot`` does, ``pcolormesh`` / ``pcolorfast`` the grid ``pcolor`` draws, seaborn's
+``bxp`` / ``violin`` the ``boxplot`` / ``violinplot``); ``bar`` and ``barh`` stay two types (the
+orientation is part of the chart type). Colours are grouped by :func:`color_group`
+(:data:`COLOR_GROUPS`): the reader kinds, with ``bar`` and ``barh`` together, ``fill_between`` and
+``fill_betweenx`` together and ``errorbar`` with the lines, as ChartMimic's colour evaluator groups
+them, so a chart-type error is not punished twice; every other kind stays apart (a line colour
+never matches a bar colour). Projections stay apart too (``polar.bar`` is not ``bar``).
+
+The colour unit: **each distinct colour once per colour group** (a hex colour or a colormap name),
+whatever the number of calls or artists that drew it: eighteen ``imshow(cmap="viridis")`` panels
+are one colour, as one is. ChartMimic counts the same way (a set of (call, colour) pairs).
+
 Scores. Text and layout: multiset match, matched = Σ_item min(count_pred, count_ref),
-P = matched / |pred|, R = matched / |ref|. Type: matched = Σ_kind min(n_pred, n_ref),
-P = matched / Σ n_pred, R = matched / Σ n_ref. Colour: within each call kind, the optimal
+P = matched / |pred|, R = matched / |ref|. Type: matched = Σ_kind min(n_pred, n_ref) over reader
+kinds, P = matched / Σ n_pred, R = matched / Σ n_ref. Colour: within each colour group, the optimal
 one-to-one matching of predicted to reference colours maximising the total similarity, where two
 hex colours score ``max(0, 1 - ΔE2000 / 100)`` (CIEDE2000 in CIELAB, D65) and colormap names score
-1 when equal, else 0; matched = the sum of matched similarities over kinds, P = matched / #pred
-colours, R = matched / #ref colours. F1 = 2PR / (P + R), 0 when P + R = 0.
+1 when equal, else 0; matched = the sum of matched similarities over groups, P = matched / #pred
+colours, R = matched / #ref colours (distinct per group). F1 = 2PR / (P + R), 0 when P + R = 0.
 
 Empty sides: both empty → P = R = F1 = 1 (nothing to draw, nothing drawn); one side empty → 0.
 A missing or malformed predicted trace scores 0 everywhere; a missing or malformed reference trace
@@ -73,6 +88,13 @@ MAX_VALUES = 1000  # values per coordinate of one series
 # whose x coordinates are data too (for the others only y is compared: see series_similarity).
 ZERO_BASED_KINDS = frozenset({"bar", "barh", "pie"})
 XY_KINDS = frozenset({"scatter"})
+# Calls that draw what another call draws (for type, data and colour): name → the reader's kind.
+READER_KINDS: dict[str, str] = {
+    "matshow": "imshow", "loglog": "plot", "semilogx": "plot", "semilogy": "plot", "step": "plot",
+    "pcolormesh": "pcolor", "pcolorfast": "pcolor", "bxp": "boxplot", "violin": "violinplot",
+}
+# Reader kinds whose colours are matched together (ChartMimic's colour groups): kind → group.
+COLOR_GROUPS: dict[str, str] = {"barh": "bar", "fill_betweenx": "fill_between", "errorbar": "plot"}
 _HEX = re.compile(r"#[0-9a-f]{6}")
 _NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,100}")
 _LAYOUT_BOUND = 1_000_000
@@ -320,6 +342,59 @@ def _base_kind(kind: str) -> str:
     return kind.rsplit(".", 1)[-1]
 
 
+def _map_base(kind: str, table: Mapping[str, str]) -> str:
+    prefix, _, base = kind.rpartition(".")
+    base = table.get(base, base)
+    return f"{prefix}.{base}" if prefix else base
+
+
+def reader_kind(kind: str) -> str:
+    """The kind of chart a reader sees for a recorded call kind (:data:`READER_KINDS`), projection kept.
+
+    Example:
+        >>> reader_kind("matshow"), reader_kind("polar.semilogy"), reader_kind("barh")
+        ('imshow', 'polar.plot', 'barh')
+    """
+    return _map_base(kind, READER_KINDS)
+
+
+def color_group(kind: str) -> str:
+    """The group whose colours are matched together for a recorded call kind (:data:`COLOR_GROUPS`).
+
+    Example:
+        >>> color_group("barh"), color_group("matshow"), color_group("plot"), color_group("3d.bar")
+        ('bar', 'imshow', 'plot', '3d.bar')
+    """
+    return _map_base(reader_kind(kind), COLOR_GROUPS)
+
+
+def reader_types(types: Mapping[str, int]) -> dict[str, int]:
+    """Call counts by :func:`reader_kind`.
+
+    Example:
+        >>> reader_types({"imshow": 2, "matshow": 1, "bar": 1})
+        {'imshow': 3, 'bar': 1}
+    """
+    out: dict[str, int] = {}
+    for kind, n in types.items():
+        out[reader_kind(kind)] = out.get(reader_kind(kind), 0) + n
+    return out
+
+
+def grouped_colors(colors: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Colours by :func:`color_group`, each distinct colour once per group (the colour unit).
+
+    Example:
+        >>> grouped_colors({"imshow": ["viridis"] * 18, "matshow": ["viridis"], "barh": ["#1f77b4"]})
+        {'imshow': ['viridis'], 'bar': ['#1f77b4']}
+    """
+    out: dict[str, list[str]] = {}
+    for kind, values in colors.items():
+        group = out.setdefault(color_group(kind), [])
+        group.extend(c for c in dict.fromkeys(values) if c not in group)
+    return out
+
+
 def _scale(ref: np.ndarray, zero_based: bool) -> float:
     """The reference's value range (including 0 when ``zero_based``), else max |r|, else 1."""
     finite = ref[np.isfinite(ref)]
@@ -369,7 +444,7 @@ def _channel_matrix(pred: Sequence[Sequence[float]], ref: Sequence[Sequence[floa
 def data_similarity_matrix(pred: Sequence[DataSeries], ref: Sequence[DataSeries]) -> np.ndarray:
     """:func:`series_similarity` of every predicted to every reference series, ``(len(pred), len(ref))``.
 
-    Series of different kinds score 0.
+    Series of different reader kinds (:func:`reader_kind`) score 0.
 
     Example:
         >>> bars = [DataSeries("bar", (5.0, 2.0, 6.0)), DataSeries("plot", (1.0, 2.0))]
@@ -377,9 +452,10 @@ def data_similarity_matrix(pred: Sequence[DataSeries], ref: Sequence[DataSeries]
         [[0.8889, 0.0]]
     """
     out = np.zeros((len(pred), len(ref)))
-    for kind in {s.kind for s in pred} & {s.kind for s in ref}:
-        pi = [i for i, s in enumerate(pred) if s.kind == kind]
-        ri = [j for j, s in enumerate(ref) if s.kind == kind]
+    pk, rk = [reader_kind(s.kind) for s in pred], [reader_kind(s.kind) for s in ref]
+    for kind in set(pk) & set(rk):
+        pi = [i for i, k in enumerate(pk) if k == kind]
+        ri = [j for j, k in enumerate(rk) if k == kind]
         zero_based = _base_kind(kind) in ZERO_BASED_KINDS
         sim = _channel_matrix([pred[i].y for i in pi], [ref[j].y for j in ri], zero_based)
         if _base_kind(kind) in XY_KINDS:
@@ -392,7 +468,7 @@ def data_similarity_matrix(pred: Sequence[DataSeries], ref: Sequence[DataSeries]
 def series_similarity(pred: DataSeries, ref: DataSeries) -> float:
     """How close one predicted series is to one reference series, in [0, 1].
 
-    Series of different kinds score 0. Otherwise, for a list of predicted values ``p`` (length
+    Series of different reader kinds (:func:`reader_kind`) score 0. Otherwise, for a list of predicted values ``p`` (length
     ``n_p``) and reference values ``r`` (length ``n_r``), aligned by index::
 
         S   = max(r ∪ {0}) - min(r ∪ {0})   for bar, barh and pie (lengths from a zero baseline),
@@ -449,6 +525,7 @@ def _multiset_match(pred: Sequence[Any], ref: Sequence[Any]) -> float:
 
 
 def _color_match(pred: Mapping[str, Sequence[str]], ref: Mapping[str, Sequence[str]]) -> float:
+    """Σ over colour groups of the best one-to-one matching (arguments already grouped)."""
     matched = 0.0
     for kind in pred.keys() & ref.keys():
         sim = color_similarity_matrix(pred[kind], ref[kind])
@@ -489,8 +566,8 @@ def compare_chart_traces(pred_trace: Mapping[str, Any] | ChartTrace | None,
         >>> pred = {"text": ["Sales", "Q4"], "layout": [[1, 1, 0, 0, 0, 0]],
         ...         "type": {"barh": 1}, "color": {"barh": ["#1f77b4"]}}
         >>> m = compare_chart_traces(pred, ref)
-        >>> m["text_f1"], m["layout_f1"], m["type_f1"], m["color_f1"]
-        (0.5, 1.0, 0.0, 0.0)
+        >>> m["text_f1"], m["layout_f1"], m["type_f1"], m["color_f1"]  # barh's colour matches bar's
+        (0.5, 1.0, 0.0, 1.0)
         >>> compare_chart_traces(ref, ref)["color_f1"]
         1.0
         >>> ref["data"] = [{"kind": "bar", "y": [5, 2, 6]}]
@@ -513,13 +590,15 @@ def compare_chart_traces(pred_trace: Mapping[str, Any] | ChartTrace | None,
         except ValueError:
             return zero_metrics()
     out: dict[str, float] = {}
+    pred_types, ref_types = reader_types(pred.types), reader_types(ref.types)
+    pred_colors, ref_colors = grouped_colors(pred.colors), grouped_colors(ref.colors)
     groups = {
         "text": (_multiset_match(pred.text, ref.text), len(pred.text), len(ref.text)),
         "layout": (_multiset_match(pred.layout, ref.layout), len(pred.layout), len(ref.layout)),
-        "type": (float(sum(min(n, ref.types.get(k, 0)) for k, n in pred.types.items())),
-                 sum(pred.types.values()), sum(ref.types.values())),
-        "color": (_color_match(pred.colors, ref.colors),
-                  sum(len(v) for v in pred.colors.values()), sum(len(v) for v in ref.colors.values())),
+        "type": (float(sum(min(n, ref_types.get(k, 0)) for k, n in pred_types.items())),
+                 sum(pred_types.values()), sum(ref_types.values())),
+        "color": (_color_match(pred_colors, ref_colors),
+                  sum(len(v) for v in pred_colors.values()), sum(len(v) for v in ref_colors.values())),
     }
     for group, (matched, n_pred, n_ref) in groups.items():
         p, r, f = _prf(matched, n_pred, n_ref)

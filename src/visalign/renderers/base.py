@@ -44,6 +44,9 @@ class RenderResult:
         seconds: wall-clock seconds spent on this source (queueing excluded).
         trace: optional instrumentation recorded while rendering (e.g. the matplotlib calls a
             program made), for metrics that read the program rather than the pixels.
+        shims: names of the compatibility shims the program used (matplotlib renderer, option
+            ``compat``: APIs matplotlib 3.9+ or numpy 2 removed, such as ``"cm.get_cmap"``), sorted;
+            empty when it used none or the renderer has no such layer.
     """
 
     ok: bool
@@ -52,6 +55,7 @@ class RenderResult:
     error: str | None = None
     seconds: float = 0.0
     trace: dict[str, Any] | None = field(default=None, repr=False)
+    shims: tuple[str, ...] = ()
 
     @classmethod
     def failure(cls, kind: str, error: str, seconds: float = 0.0) -> RenderResult:
@@ -64,7 +68,7 @@ class RenderResult:
         """The result without the image, as a JSON-ready dict."""
         return {"ok": self.ok, "error_kind": self.error_kind, "error": self.error,
                 "seconds": round(self.seconds, 4),
-                "size": list(self.image.size) if self.image is not None else None}
+                "size": list(self.image.size) if self.image is not None else None, "shims": list(self.shims)}
 
 
 def is_blank(image: Image.Image) -> bool:

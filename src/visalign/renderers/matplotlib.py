@@ -19,6 +19,9 @@ from .pool import ZygotePool
 from .sandbox import SandboxLimits
 
 FIGURE_POLICIES = ("last", "first", "all")
+# The compatibility shims of ``_sandboxed/mpl_compat.py`` (kept in step with its ``SHIMS``; a test checks).
+COMPAT_SHIMS: tuple[str, ...] = ("boxplot.labels", "cm.get_cmap", "cm.register_cmap", "legend.legendHandles",
+                                 "numpy.aliases")
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,7 +70,15 @@ class MatplotlibRenderer(Renderer):
         memory_mb: address-space limit per program.
         max_pixels: a figure larger than this fails with ``memory`` before it is drawn.
         instrument: names of instrumentation hooks (see ``_sandboxed/mpl_handler.py``) whose
-            records come back in ``RenderResult.trace``.
+            records come back in ``RenderResult.trace``; they describe the figure(s) the image shows.
+        compat: restore the names matplotlib 3.9+ and numpy 2 removed that chart code still uses
+            (``matplotlib.cm.get_cmap``, ``boxplot(labels=...)``, ``Legend.legendHandles``,
+            ``np.NaN`` / ``np.float_`` ...: :data:`COMPAT_SHIMS`, ``_sandboxed/mpl_compat.py``), each a
+            pure rename, so a program written for matplotlib 3.8 / numpy 1.26 (ChartMimic's pinned
+            environment) draws what it drew there. On by default: a model is scored on its chart,
+            not on which matplotlib release it learnt, and execution rates stay comparable with
+            published ChartMimic numbers. The shims a program used are listed in
+            ``RenderResult.shims``; ``compat=False`` fails such programs as current matplotlib does.
 
     Example:
         >>> with MatplotlibRenderer(timeout=10, workers=1) as r:
@@ -81,7 +92,7 @@ class MatplotlibRenderer(Renderer):
     def __init__(self, timeout: float = 10.0, workers: int | None = None, dpi: float = 100.0,
                  figsize: tuple[float, float] | None = None, figures: str = "last", tight: bool = False,
                  memory_mb: int = 2048, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 instrument: tuple[str, ...] = ()) -> None:
+                 instrument: tuple[str, ...] = (), compat: bool = True) -> None:
         super().__init__(timeout)
         if figures not in FIGURE_POLICIES:
             raise ValueError(f"figures must be one of {FIGURE_POLICIES}, got {figures!r}")
@@ -89,7 +100,7 @@ class MatplotlibRenderer(Renderer):
             raise ValueError(f"dpi must be positive, got {dpi}")
         self.options: dict[str, Any] = {"dpi": dpi, "figsize": list(figsize) if figsize else None,
                                         "figures": figures, "tight": tight, "max_pixels": max_pixels,
-                                        "instrument": list(instrument)}
+                                        "instrument": list(instrument), "compat": bool(compat)}
         # matplotlib insists on a writable config dir: each worker gets a copy of the prebuilt cache.
         cache = font_cache_dir()
         self.pool = ZygotePool("mpl_handler", workers=workers, timeout=timeout,
@@ -99,7 +110,10 @@ class MatplotlibRenderer(Renderer):
 
     def _render_batch(self, sources: list[str], progress: Callable[[int], None] | None = None
                       ) -> list[RenderResult]:
-        return self.pool.run_batch(sources, self.options, progress)
+        results = self.pool.run_batch(sources, self.options, progress)
+        for res in results:
+            _take_shims(res, keep_trace=bool(self.options["instrument"]))
+        return results
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "backend": "matplotlib (Agg) in sandboxed fork servers",
@@ -108,3 +122,18 @@ class MatplotlibRenderer(Renderer):
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _take_shims(res: RenderResult, keep_trace: bool) -> None:
+    """Move the job's report of the shims it used from its trace to ``res.shims``.
+
+    The report is the program's to tamper with: only known names count, each once, sorted.
+    """
+    trace = res.trace if isinstance(res.trace, dict) else None
+    if trace is None:
+        return
+    used = trace.pop("compat", None)
+    if isinstance(used, list):
+        res.shims = tuple(sorted({n for n in used if isinstance(n, str) and n in COMPAT_SHIMS}))
+    if not trace and not keep_trace:
+        res.trace = None

@@ -67,7 +67,7 @@ class ChartCodeReward(Reward):
         >>> with ChartCodeReward(workers=1) as reward:
         ...     out = reward(samples)
         >>> [None if s is None else round(s, 2) for s in out.scores]
-        [1.0, 0.5, 0.0, None]
+        [1.0, 0.75, 0.0, None]
         >>> out.details[2]["error_kind"]
         'syntax'
     """

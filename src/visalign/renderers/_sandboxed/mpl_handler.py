@@ -10,7 +10,20 @@ object with ``install()`` (called before the program runs) and ``collect() -> di
 their JSON-able results travel with the result (as bytes the parent parses) and reach the caller as
 ``RenderResult.trace``.
 Hooks are collected last, after the final capture of the figures, so that hooks recording at draw
-time see every render. ``chart`` (``mpl_instrument.py``) feeds the chart-code metrics.
+time see every render; a hook with ``select(figures)`` is told first which figures the image shows
+(so that its record describes the same figures as the image). ``chart`` (``mpl_instrument.py``)
+feeds the chart-code metrics.
+
+One drawing per figure: a figure is drawn when the program saves or shows it, or at the end if it was
+neither, and drawn again only if the program changed it since (matplotlib marks it stale; the
+drawing itself may leave it stale, as ``constrained_layout`` does, so the mark is cleared after each
+capture). A second drawing of an unchanged figure can differ from the first (layout engines start
+from the positions the first one left), and plain Python, where ``show`` draws nothing under Agg,
+saves it once.
+
+Compatibility (``options["compat"]``, on unless False): ``mpl_compat.py`` restores the names
+matplotlib 3.9+ and numpy 2 removed; the ones the program used travel in the trace under
+``"compat"`` (the renderer moves them to ``RenderResult.shims``).
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import os
 import traceback
 
 INSTRUMENTS: dict[str, object] = {}
+# Importable libraries of the plotting stack, pre-imported (their versions reach ``renderer.info()``).
+STACK: tuple[str, ...] = ("pandas", "seaborn", "squarify", "matplotlib_venn", "networkx")
 
 _state: dict = {}
 
@@ -31,6 +46,7 @@ def preload() -> dict:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    import mpl_compat
     import numpy as np
     from mpl_instrument import ChartInstrument
     from PIL import Image  # noqa: F401  (used by the "all" policy)
@@ -38,10 +54,17 @@ def preload() -> dict:
 
     INSTRUMENTS["chart"] = ChartInstrument()  # installed only in the forked child, per job
 
-    # Optional libraries chart code often imports: import them now if present so jobs pay nothing.
+    # The plotting stack chart code imports (ChartMimic's environment: pandas, seaborn, squarify,
+    # matplotlib-venn, networkx), and optional matplotlib modules: import them now so jobs pay nothing.
     # At the fallback levels these are also all a job can import from an install the unprivileged uid
     # cannot read (a 0700 home): the worker drops to its uid after this.
-    for name in ("pandas", "seaborn", "matplotlib.patches", "matplotlib.colors", "matplotlib.ticker",
+    versions = {"matplotlib": matplotlib.__version__, "numpy": np.__version__}
+    for name in STACK:
+        try:
+            versions[name] = str(getattr(__import__(name), "__version__", "?"))
+        except Exception:
+            pass
+    for name in ("matplotlib.patches", "matplotlib.colors", "matplotlib.ticker",
                  "mpl_toolkits.mplot3d", "matplotlib.gridspec", "matplotlib.dates", "mpl_toolkits.axes_grid1",
                  "mpl_toolkits.axes_grid1.inset_locator", "matplotlib.patheffects", "matplotlib.animation",
                  "matplotlib.cm", "matplotlib.lines", "matplotlib.collections", "matplotlib.path",
@@ -53,8 +76,9 @@ def preload() -> dict:
         except Exception:
             pass
     _warm_up(plt, np)
-    _state.update(classify_exception=classify_exception, write_result=write_result, dumps=json.dumps)
-    return {"matplotlib": matplotlib.__version__, "numpy": np.__version__}
+    _state.update(classify_exception=classify_exception, write_result=write_result, dumps=json.dumps,
+                  compat=mpl_compat)
+    return versions
 
 
 def _warm_up(plt, np) -> None:
@@ -124,10 +148,14 @@ def _stack(pngs: list[bytes]) -> bytes:
 
 
 def _trace(names: list[str], hooks: list) -> bytes | None:
-    """Every hook's records as JSON bytes; None without hooks."""
-    if not hooks:
+    """Every hook's records (and the compatibility shims used) as JSON bytes; None when there are none."""
+    try:
+        used = [str(n)[:40] for n in list(_state["compat"].USED)[:20]] if _state.get("compat_on") else []
+    except Exception:  # the program replaced the list: report nothing, the renderer validates anyway
+        used = []
+    if not hooks and not used:
         return None
-    trace = {}
+    trace: dict = {"compat": used} if used else {}
     for name, hook in zip(names, hooks, strict=True):
         try:
             trace[name] = hook.collect()
@@ -145,32 +173,46 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     from matplotlib.figure import Figure
 
     write_result = _state["write_result"]
-    snapshots: dict[int, bytes] = {}
+    snapshots: dict[int, tuple[bytes, object]] = {}  # figure number → (PNG, the figure drawn)
     _state["orig_savefig"] = Figure.savefig
 
-    def snapshot(fig) -> None:
+    def capture(fig) -> None:
+        """Draw ``fig`` unless its current state is already captured (see the module docstring)."""
         num = getattr(fig, "number", None)
         if num is None:
             return
-        snapshots[num] = _render(fig, opts)
+        done = snapshots.get(num)
+        if done is not None and done[1] is fig and not fig.stale:
+            return
+        snapshots[num] = (_render(fig, opts), fig)
+        fig.stale = False  # changes after this mark it stale again (artists tell their figure)
 
-    def savefig(self, *args, **kwargs):  # the program's own savefig: snapshot, write nothing
-        snapshot(self)
+    def savefig(self, *args, **kwargs):  # the program's own savefig: capture, write nothing
+        capture(self)
 
     def show(*args, **kwargs):
         for num in plt.get_fignums():
-            snapshot(plt.figure(num))
+            capture(plt.figure(num))
 
     Figure.savefig = savefig
     plt.show = show
     matplotlib.use = lambda *a, **k: None
     plt.switch_backend = lambda *a, **k: None
+    if opts.get("compat", True) is not False:
+        _state["compat_on"] = True
+        _state["compat"].install()
     names = [n for n in opts.get("instrument") or () if n in INSTRUMENTS]
     hooks = [INSTRUMENTS[n] for n in names]
     for hook in hooks:
         hook.install()
 
-    def finish(**result) -> None:  # traces last: a hook recording at draw time sees the final renders
+    def finish(shown=None, **result) -> None:  # traces last: draw-time hooks see the final renders
+        for hook in hooks:
+            if shown is not None and hasattr(hook, "select"):
+                try:
+                    hook.select(shown)
+                except Exception:
+                    pass
         write_result(trace=_trace(names, hooks), **result)
 
     try:
@@ -193,9 +235,7 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         return
     try:
         for num in plt.get_fignums():
-            fig = plt.figure(num)
-            if num not in snapshots or fig.stale:  # not saved yet, or changed since it was saved
-                snapshots[num] = _render(fig, opts)
+            capture(plt.figure(num))  # not saved or shown yet, or changed since
     except MemoryError as exc:
         finish(error_kind="memory", error=str(exc) or "MemoryError")
         return
@@ -208,9 +248,10 @@ def run(source: str, opts: dict, jobdir: str) -> None:
     order = sorted(snapshots)
     policy = opts.get("figures") or "last"
     if policy == "first":
-        png = snapshots[order[0]]
-    elif policy == "all" and len(order) > 1:
-        png = _stack([snapshots[n] for n in order])
+        shown = [order[0]]
+    elif policy == "all":
+        shown = order
     else:
-        png = snapshots[order[-1]]
-    finish(error_kind=None, error=None, png=png, figures=len(order))
+        shown = [order[-1]]
+    png = snapshots[shown[0]][0] if len(shown) == 1 else _stack([snapshots[n][0] for n in shown])
+    finish(shown=[snapshots[n][1] for n in shown], error_kind=None, error=None, png=png, figures=len(order))

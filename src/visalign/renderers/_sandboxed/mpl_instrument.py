@@ -4,7 +4,7 @@ Runs inside the sandbox, in the forked child, before the untrusted program (stan
 numpy and matplotlib only, never visalign). ``install()`` patches matplotlib classes; ``collect()``
 returns a small JSON-able dict read by ``visalign.metrics.chart_code``:
 
-    {"version": 2,
+    {"version": 3,
      "text":   ["Q3 Sales", "Region", ...],            # strings drawn, tick labels excluded
      "layout": [[nrows, ncols, row0, row1, col0, col1], ...],   # one per Axes
      "type":   {"bar": 1, "plot": 2, "polar.plot": 1},  # outermost whitelisted plotting calls
@@ -14,7 +14,13 @@ returns a small JSON-able dict read by ``visalign.metrics.chart_code``:
      "truncated": false}
 
 Version 2 added ``data``; the other keys are as in version 1 (a version-1 trace reads as one without
-data series).
+data series). Version 3: colours are read from the artists' final state and listed once per kind;
+everything describes only the figure(s) the image shows; ``squarify`` and ``venn`` calls.
+
+Which figures: the handler tells the hook (:meth:`ChartInstrument.select`) which figures its image
+shows (the last one by default); text, layout, calls, colours and data of any other figure (a draft
+the program drew first, a figure it saved and closed) are left out, so the metrics and the image
+describe the same figure(s). Without a selection (a program that failed) everything is kept.
 
 What is recorded, and where:
 
@@ -36,11 +42,18 @@ What is recorded, and where:
   other whitelisted call is running (``hist`` → ``bar``, ``errorbar`` → ``plot``, ``boxplot`` →
   ``bxp`` → ``plot`` count once, as the outer call). Calls on non-rectilinear axes are named after
   the projection: ``polar.plot``, ``3d.scatter``. Colorbars draw their gradient with
-  ``pcolormesh``: that is matplotlib's doing, not the program's, and is not counted.
-- color: for each counted call, the distinct colours of the artists it returned (lines: colour;
+  ``pcolormesh``: that is matplotlib's doing, not the program's, and is not counted. Library calls
+  that draw a chart of their own kind count as that kind, and the calls they make inside do not:
+  ``squarify.plot`` (kind ``squarify``, a treemap, drawn with ``bar``) and matplotlib-venn's
+  ``venn2`` / ``venn3`` (and their ``_unweighted`` forms: kind ``venn``). Names are recorded as
+  called (``matshow``, ``barh``); the metrics map them to the kinds a reader sees.
+- color: for each counted call, the distinct colours of the artists it made (lines: colour;
   patches: face, or edge when the face is transparent; collections: face colours, or edge colours
   when faces are transparent), as ``#rrggbb`` without alpha, or the colormap name when the artist
   is colour-mapped (an anonymous ``ListedColormap`` from ``colors=[...]`` gives its colours).
+  They are read when the figure is drawn for its capture (its last drawing), so colours the program
+  set after the call (``bar.set_color``, ``patch.set_facecolor``) count. Each distinct colour is
+  listed once per kind, in the order first seen.
 
 - data: the values plotted by each counted call of :data:`DATA_METHODS` on 2D (rectilinear or polar)
   axes, recorded when the call returns, in calling order. One series per ``bar`` / ``barh`` call
@@ -72,6 +85,7 @@ MAX_COLORS = 500          # colours in one trace (the parent matches them in O(n
 MAX_TEXT_LEN = 500        # characters kept of one string
 MAX_COLORS_PER_CALL = 100  # distinct colours kept from one plotting call
 MAX_KINDS = 200           # distinct call kinds
+MAX_CALLS = 20_000        # counted plotting calls kept (their artists are read again at each capture)
 MAX_SERIES = 200          # data series in one trace
 MAX_VALUES = 1000         # values kept per coordinate of one series
 MAX_DATA_VALUES = 100_000  # numbers (x and y together) in all the data series of one trace
@@ -120,13 +134,13 @@ class ChartInstrument:
 
     def __init__(self) -> None:
         self.depth = 0                      # > 0 while a whitelisted (or suppressed) call runs
-        self.types: dict[str, int] = {}
-        self.colors: dict[str, list[str]] = {}
-        self.n_colors = 0
+        self.calls: list[dict] = []         # counted calls: kind, figure key, artists, colours
         self.truncated = False
         self.errors = 0                     # our own failures while recording (never raised)
         self.renders: dict[int, tuple[list[str], list[list[int]]]] = {}  # figure key → last render
-        self.data: list[dict] = []          # plotted series, in calling order
+        self.data: list[dict] = []          # plotted series, in calling order (with their figure key)
+        self.selected: set[int] | None = None  # keys of the figures the image shows (None: all)
+        self._inner: list | None = None     # results of the calls a library call makes inside
         self.n_values = 0                   # numbers in ``data``
         self._next_axes = 0
         self._stack: list[dict[int, list[str]]] = []
@@ -157,6 +171,16 @@ class ChartInstrument:
         if Axes3D is not None:
             for name in PLOT_METHODS_3D:
                 self._wrap_method(Axes3D, name)
+        for module, names, kind in (("squarify", ("plot",), "squarify"),
+                                    ("matplotlib_venn", ("venn2", "venn3", "venn2_unweighted",
+                                                         "venn3_unweighted"), "venn")):
+            try:
+                mod = __import__(module)
+            except Exception:
+                continue
+            for name in names:
+                if callable(getattr(mod, name, None)):
+                    setattr(mod, name, self._library_call(getattr(mod, name), kind))
         try:
             from matplotlib.colorbar import Colorbar
         except Exception:
@@ -206,12 +230,12 @@ class ChartInstrument:
             finally:
                 inst._stack.pop()
                 try:
-                    key = getattr(fig, _FIGURE_KEY, None)
-                    if not isinstance(key, int):  # a key of our own: ids of closed figures get reused
-                        key = inst._next_key = inst._next_key + 1
-                        setattr(fig, _FIGURE_KEY, key)
+                    key = inst._figure_key(fig)
                     lines = [line for group in texts.values() for line in group][:MAX_ITEMS]
                     inst.renders[key] = (lines, _figure_layout(fig))
+                    for call in inst.calls:  # colours as drawn: what the program set after the call too
+                        if call["figure"] == key:
+                            call["colors"] = _call_colors(call["artists"])
                 except Exception:
                     inst.errors += 1
 
@@ -227,14 +251,17 @@ class ChartInstrument:
         @functools.wraps(func)
         def wrapper(ax, *args, **kwargs):
             if inst.depth:  # called from inside another plotting call: not the program's own call
-                return func(ax, *args, **kwargs)
+                result = func(ax, *args, **kwargs)
+                if inst._inner is not None and len(inst._inner) < _MAX_ARTISTS_PER_CALL:
+                    inst._inner.append(result)
+                return result
             inst.depth += 1
             try:
                 result = func(ax, *args, **kwargs)
             finally:
                 inst.depth -= 1
             try:
-                inst._record_call(_kind(ax, base), result)
+                inst._record_call(_kind(ax, base), result, _root_figure(ax))
             except Exception:
                 inst.errors += 1
             if base in DATA_METHODS:
@@ -245,6 +272,40 @@ class ChartInstrument:
             return result
 
         setattr(cls, name, wrapper)
+
+    def _library_call(self, func, kind: str):
+        """Wrap a library's chart function (``squarify.plot``, ``venn3``): one call of ``kind``,
+        whose artists are those of the plotting calls it makes inside, or those it returns."""
+        inst = self
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            if inst.depth:
+                return func(*args, **kwargs)
+            inst.depth += 1
+            outer, inst._inner = inst._inner, []
+            try:
+                result = func(*args, **kwargs)
+            finally:
+                inst.depth -= 1
+                inner, inst._inner = inst._inner, outer
+            try:
+                patches = getattr(result, "patches", None)  # a VennDiagram: its region patches
+                made = [p for p in patches if p is not None] if isinstance(patches, list) else inner
+                inst._record_call(kind, made, _owner_figure(made))
+            except Exception:
+                inst.errors += 1
+            return result
+
+        return wrapper
+
+    def _figure_key(self, fig) -> int:
+        """A key of our own for a (root) figure: ids of closed figures get reused."""
+        key = getattr(fig, _FIGURE_KEY, None)
+        if not isinstance(key, int) or isinstance(key, bool):
+            key = self._next_key = self._next_key + 1
+            setattr(fig, _FIGURE_KEY, key)
+        return key
 
     def _suppressed(self, func):
         inst = self
@@ -272,28 +333,13 @@ class ChartInstrument:
             return
         current[id(text)] = [line[:MAX_TEXT_LEN] for line in s.split("\n") if line.strip()]
 
-    def _record_call(self, kind: str, result) -> None:
-        if kind not in self.types and len(self.types) >= MAX_KINDS:
+    def _record_call(self, kind: str, result, fig) -> None:
+        if len(self.calls) >= MAX_CALLS:
             self.truncated = True
             return
-        self.types[kind] = self.types.get(kind, 0) + 1
-        colors: list[str] = []
-        seen: set[str] = set()
-        for artist in _artists(result):
-            for c in _artist_colors(artist):
-                if c not in seen:
-                    seen.add(c)
-                    colors.append(c)
-        if len(colors) > MAX_COLORS_PER_CALL:
-            colors = colors[:MAX_COLORS_PER_CALL]
-            self.truncated = True
-        room = MAX_COLORS - self.n_colors
-        if len(colors) > room:
-            colors = colors[:max(room, 0)]
-            self.truncated = True
-        if colors:
-            self.colors.setdefault(kind, []).extend(colors)
-            self.n_colors += len(colors)
+        artists = list(_artists(result))
+        key = self._figure_key(fig) if fig is not None else None
+        self.calls.append({"kind": kind, "figure": key, "artists": artists, "colors": _call_colors(artists)})
 
     def _record_data(self, ax, base: str, result) -> None:
         kind = _kind(ax, base)
@@ -311,7 +357,7 @@ class ChartInstrument:
             if len(self.data) >= MAX_SERIES:
                 self.truncated = True
                 return
-            entry: dict = {"kind": kind, "axes": key}
+            entry: dict = {"kind": kind, "axes": key, "_figure": self._figure_key(_root_figure(ax))}
             cut = False
             for name in ("x", "y"):
                 values = channels.get(name)
@@ -327,17 +373,46 @@ class ChartInstrument:
                 self.truncated = True
             self.data.append(entry)
 
+    def select(self, figures) -> None:
+        """Keep only what the given figures (those the image shows) drew."""
+        self.selected = {self._figure_key(_root_figure(f) or f) for f in figures}
+
+    def _shown(self, key) -> bool:
+        return self.selected is None or key in self.selected
+
     def collect(self) -> dict:
-        """The JSON-able record of everything drawn so far (see the module docstring)."""
+        """The JSON-able record of the shown figures, as last drawn (see the module docstring)."""
         text: list[str] = []
         layout: list[list[int]] = []
-        for lines, rows in self.renders.values():
-            text.extend(lines)
-            layout.extend(rows)
+        for key, (lines, rows) in self.renders.items():
+            if self._shown(key):
+                text.extend(lines)
+                layout.extend(rows)
+        types: dict[str, int] = {}
+        colors: dict[str, list[str]] = {}
+        seen: dict[str, set[str]] = {}
+        n_colors = 0
         truncated = self.truncated or len(text) > MAX_ITEMS or len(layout) > MAX_ITEMS
-        return {"version": 2, "text": text[:MAX_ITEMS], "layout": layout[:MAX_ITEMS],
-                "type": dict(self.types), "color": {k: list(v) for k, v in self.colors.items()},
-                "data": [dict(d) for d in self.data],
+        for call in self.calls:
+            if not self._shown(call["figure"]):
+                continue
+            kind = call["kind"]
+            if kind not in types and len(types) >= MAX_KINDS:
+                truncated = True
+                continue
+            types[kind] = types.get(kind, 0) + 1
+            for c in call["colors"]:
+                if c in seen.setdefault(kind, set()):
+                    continue
+                if n_colors >= MAX_COLORS:
+                    truncated = True
+                    break
+                seen[kind].add(c)
+                colors.setdefault(kind, []).append(c)
+                n_colors += 1
+        data = [{k: v for k, v in d.items() if k != "_figure"} for d in self.data if self._shown(d["_figure"])]
+        return {"version": 3, "text": text[:MAX_ITEMS], "layout": layout[:MAX_ITEMS],
+                "type": types, "color": colors, "data": data,
                 "truncated": bool(truncated), "errors": self.errors}
 
 
@@ -353,6 +428,45 @@ def _kind(ax, base: str) -> str:
     if not isinstance(proj, str) or proj == "rectilinear":
         return base
     return f"{_safe_name(proj)}.{base}"
+
+
+def _root_figure(artist):
+    """The top-level Figure an Axes or artist belongs to (not a SubFigure), or None."""
+    try:
+        fig = artist.get_figure(root=True)  # matplotlib >= 3.10
+    except TypeError:
+        fig = artist.get_figure() if hasattr(artist, "get_figure") else getattr(artist, "figure", None)
+        for _ in range(10):
+            parent = getattr(fig, "_parent", None)
+            if parent is None or parent is fig:
+                break
+            fig = parent
+    except Exception:
+        return None
+    return fig
+
+
+def _owner_figure(artists):
+    """The figure of the first artist in ``artists`` (a call's results) that has one."""
+    for artist in _artists(artists):
+        fig = _root_figure(artist)
+        if fig is not None:
+            return fig
+    return None
+
+
+def _call_colors(artists) -> list[str]:
+    """The distinct colours of a call's artists, in order first seen, at most MAX_COLORS_PER_CALL."""
+    colors: list[str] = []
+    seen: set[str] = set()
+    for artist in _artists(artists):
+        for c in _artist_colors(artist):
+            if c not in seen:
+                seen.add(c)
+                colors.append(c)
+                if len(colors) >= MAX_COLORS_PER_CALL:
+                    return colors
+    return colors
 
 
 def _all_axes(fig, depth: int = 0) -> list:
