@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
 import time
 import urllib.request
@@ -370,3 +372,27 @@ def test_chromium_runs_inside_bubblewrap_unprivileged():
             except (psutil.NoSuchProcess, FileNotFoundError):  # a helper process that just exited
                 continue
         assert seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", ["bubblewrap", "namespaces"])
+def test_html_renders_with_tmpdir_outside_tmp(tmp_path, level):
+    """Issue 13.11: with ``TMPDIR`` outside ``/tmp`` (clusters set it) Chromium could not start: its
+    profile lay under a directory the bubblewrap launcher created 0700 (``/var``)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if level == "bubblewrap" and detect_sandbox().level != "bubblewrap":
+        pytest.skip("needs the bubblewrap sandbox level")
+    page = tmp_path / "p.html"
+    page.write_text("<html><body style='background:#123'><h1 style='color:white'>hello</h1></body></html>")
+    tmpdir = tempfile.mkdtemp(prefix="visalign-test-", dir="/var/tmp")
+    try:
+        env = dict(os.environ, TMPDIR=tmpdir, VISALIGN_SANDBOX=level)
+        proc = subprocess.run([sys.executable, "-m", "visalign.cli", "render", "html", str(page), "-o",
+                               str(tmp_path / "out"), "--json"], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["ok"], proc.stdout
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -89,8 +89,9 @@ def sandboxed_launcher(exe: str, info: SandboxInfo, directory: str, disk_mb: int
 
     Playwright starts the launcher as if it were Chromium (same arguments, the DevTools pipe on fds
     3 and 4). The browser then sees a read-only ``/usr`` and ``/etc`` and nothing else of the host
-    (no homes, no repository, not even the profile directory Playwright made: the profile, ``/tmp``
-    and ``/dev/shm`` are private tmpfs mounts of ``disk_mb`` MiB each, so no page can fill a disk);
+    (no homes, no repository, not even the profile directory Playwright made: the profile, ``/tmp``,
+    ``/var/tmp`` and ``/dev/shm`` are private tmpfs mounts of ``disk_mb`` MiB each, so no page can fill
+    a disk; the profile lies wherever the user's ``TMPDIR`` puts it, its parents traversable);
     it has no network namespace to talk through (the DevTools pipe needs none); and, when we are
     root, it runs as ``info.uid`` (a uid of this browser's own), which lets Chromium's own sandbox
     run inside ours.
@@ -119,8 +120,9 @@ ulimit -c 0
 exec {q(info.bwrap or "bwrap")} --unshare-net --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try \
   --die-with-parent {"" if uid is not None else "--unshare-user"} \
   --ro-bind /usr /usr --ro-bind /etc /etc {" ".join(lib_links)} {" ".join(extra)} \
-  --ro-bind-try /var/cache/fontconfig /var/cache/fontconfig \
-  --proc /proc --dev /dev --perms 1777 --size {size} --tmpfs /tmp --perms 1777 --size {size} --tmpfs /dev/shm \
+  --perms 0755 --dir /var --perms 0755 --dir /var/cache --ro-bind-try /var/cache/fontconfig /var/cache/fontconfig \
+  --proc /proc --dev /dev --perms 1777 --size {size} --tmpfs /tmp --perms 1777 --size {size} --tmpfs /var/tmp \
+  --perms 1777 --size {size} --tmpfs /dev/shm \
   ${{profile:+--perms 1777 --size {size} --tmpfs "$profile"}} \
   --clearenv --setenv PATH /usr/bin:/bin --setenv HOME "${{profile:-/tmp}}" --setenv LANG C.UTF-8 \
   -- {drop} {q(exe)} "$@"
