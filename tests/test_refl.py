@@ -398,3 +398,24 @@ def _tiny_clip_state(open_clip, tmp_path: Path) -> dict:
     (tmp_path / "refl-tiny-clip2.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "refl-tiny-clip2.json")
     return open_clip.create_model("refl-tiny-clip2").state_dict()
+
+
+def test_cli_train_flow_algorithm_refl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from visalign.cli import main
+
+    tiny_unet().save_pretrained(tmp_path / "unet")
+    (tmp_path / "unet" / "classes.json").write_text(json.dumps(CLASSES))
+    options = {"pretrained": str(tmp_path / "unet"), "prompts": CLASSES, "rewards": {"shape_colour": 1.0},
+               "num_steps": 3, "guidance_scale": 1.0, "prompts_per_iteration": 2, "lora_rank": 4, "num_iterations": 1,
+               "eval_every": 0, "log_with": "none", "output_dir": str(tmp_path / "run")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"flow": options}))
+    assert main(["train", "flow", str(tmp_path / "c.yaml"), "--algorithm", "refl", "--describe"]) == 0
+    assert "| `mode` | `'refl'` | default |" in capsys.readouterr().out
+    assert main(["train", "flow", str(tmp_path / "c.yaml"), "--algorithm", "refl", "--set", "refl_steps=[0, 9]"]) == 2
+    assert "refl_steps" in capsys.readouterr().err
+    assert main(["train", "flow", str(tmp_path / "c.yaml"), "--algorithm", "refl", "--mode", "draft"]) == 0
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert record["mode"] == "draft" and record["grad_steps"] == [2]
+    assert main(["train", "reward", "--algorithm", "refl", "--describe"]) == 2

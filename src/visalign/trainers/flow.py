@@ -86,6 +86,7 @@ __all__ = [
     "build_reward",
     "depth_pruned_steps",
     "describe_flow_options",
+    "flow_algorithm",
     "ppo_clip_loss",
     "pruning_active",
     "sde_window",
@@ -1288,10 +1289,33 @@ def _read_prompts(inline: Sequence[str], file: str | None) -> list[str]:
     return prompts
 
 
-def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: Any) -> FlowGRPOTrainer:
+def flow_algorithm(source: str | Path | Mapping[str, Any] | None, algorithm: str | None = None) -> str:
+    """``"grpo"`` or ``"refl"``: ``algorithm`` when given (``--algorithm``), else the config's ``algorithm``
+    key (under ``flow:`` or at the top level), else ``"grpo"``.
+
+    Example:
+        >>> flow_algorithm({"flow": {"algorithm": "refl"}}), flow_algorithm({}), flow_algorithm({}, "refl")
+        ('refl', 'grpo', 'refl')
+    """
+    if algorithm is None and source is not None:
+        data = dict(source) if isinstance(source, Mapping) else dict(yaml.safe_load(Path(source).read_text()) or {})
+        section = data.get("flow") if isinstance(data.get("flow"), Mapping) else data
+        algorithm = section.get("algorithm", "grpo")
+    algorithm = algorithm or "grpo"
+    if algorithm not in ("grpo", "refl"):
+        raise ValueError(f"algorithm must be 'grpo' or 'refl', got {algorithm!r}")
+    return algorithm
+
+
+def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: Any) -> Any:
     """Build policy (``pretrained``), reward(s) and prompts from a YAML file or mapping, train, and return
     the trainer (``trainer.history`` holds the per-iteration metrics). A YAML file may hold the options
-    under a ``flow:`` key."""
+    under a ``flow:`` key. ``algorithm: refl`` (in the file or as an override) hands over to
+    :func:`visalign.trainers.refl.train_refl_from_config`."""
+    if flow_algorithm(source, overrides.pop("algorithm", None)) == "refl":
+        from .refl import train_refl_from_config  # refl builds on this module: imported on use
+
+        return train_refl_from_config(source, algorithm="refl", **overrides)
     config = load_config(FlowGRPOConfig, source, section="flow", **overrides)
     if not config.pretrained:
         raise ValueError("train_flow_from_config needs `pretrained` (a local model directory)")
