@@ -420,3 +420,16 @@ def test_transformers_backend_sends_several_images(family: str) -> None:
     out = backend.generate([JudgeRequest(parts=[a, b, "Which image is better?"]), JudgeRequest(parts=["Hi"]),
                             JudgeRequest(parts=[b, a, "Which is better?"])])
     assert [r.error for r in out] == [None, None, None] and all(isinstance(r.text, str) for r in out)
+
+
+def test_example_config_loads() -> None:
+    from pathlib import Path
+
+    from visalign.trainers.config import load_config
+    from visalign.trainers.judge import JudgeGRPOConfig
+    from visalign.trainers.reward_model import _mode_of
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "judge_tiny.yaml"
+    assert _mode_of(path, {}) == "judge"
+    cfg = load_config(JudgeGRPOConfig, path, section="reward")
+    assert cfg.pre_clip_log_ratio and cfg.advantage_filter and cfg.pre_clip_bound == pytest.approx(math.log(1e3))
