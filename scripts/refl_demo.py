@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import platform
 import sys
 import time
@@ -83,33 +82,6 @@ def add_surrogate(trainer: ReFLTrainer, records: Sequence[dict[str, Any]]) -> No
         r["surrogate"] = float(v)
 
 
-def train(trainer: ReFLTrainer, minutes: float | None, out: Path, log: Any = print) -> dict[str, Any]:
-    """Iterations until ``num_iterations`` or ``minutes`` (one more starts only if the mean iteration fits)."""
-    c = trainer.config
-    path = out / "metrics.jsonl"
-    path.write_text("")
-    budget = math.inf if minutes is None else 60.0 * minutes
-    t0 = time.perf_counter()
-    stopped_by = "iterations"
-    while trainer.iteration < c.num_iterations:
-        elapsed = time.perf_counter() - t0
-        if trainer.iteration and elapsed + elapsed / trainer.iteration > budget:
-            stopped_by = "time"
-            break
-        m = trainer.train_iteration()
-        m["time/elapsed"] = time.perf_counter() - t0
-        trainer.history.append(m)
-        with open(path, "a") as f:
-            f.write(json.dumps(m) + "\n")
-        if log and (m["iteration"] % 5 == 0 or m["iteration"] == 1):
-            log(f"  iteration {m['iteration']:3d}  surrogate {m['reward/mean']:.3f}  regulariser "
-                f"{m['regulariser']:.4f}  grad norm {m['grad_norm']:.3f}  ({m['time/elapsed']:.0f} s)")
-    seconds = time.perf_counter() - t0
-    trainer.runtime.save_final()
-    return {"iterations": trainer.iteration, "minutes": seconds / 60, "stopped_by": stopped_by,
-            "seconds_per_iteration": seconds / max(trainer.iteration, 1)}
-
-
 def _retitle(grid: Any, columns: int, size: int, method: str) -> None:
     """The Flow-GRPO demo's grid says "GRPO" in its block titles: say which method this is."""
     from PIL import ImageDraw
@@ -159,7 +131,9 @@ def run_demo(out: str | Path, config: str | Path = DEFAULT_CONFIG, minutes: floa
     before = demo.evaluate(rt, held_out, eval_per_caption, use_ema=False)
     add_surrogate(trainer, before)
     log(f"before: held-out shape_colour {np.mean([r['reward'] for r in before]):.3f}")
-    training = train(trainer, minutes, out, log)
+    rt.train_iteration = trainer.train_iteration  # the Flow-GRPO demo's budgeted loop, running ReFL iterations
+    training = demo.train(rt, minutes, log=log)
+    save_config(c, out / "config.yaml")  # the loop wrote the runtime's options
     after = demo.evaluate(rt, held_out, eval_per_caption, use_ema=rt.ema is not None)
     add_surrogate(trainer, after)
     surrogate = paired_difference({r["id"]: r["surrogate"] for r in before}, {r["id"]: r["surrogate"] for r in after})

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..rewards.base import Reward, RewardOutput, Sample
-from .config import config_to_dict, load_config, option, save_config
+from .config import load_config, option, save_config
 from .flow import FlowGRPOConfig, FlowGRPOTrainer, _noise, _read_prompts, build_reward
 from .flow_policies import (
     ClassConditionalFlowPolicy,
@@ -807,35 +807,17 @@ class ReFLTrainer:
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> list[dict[str, Any]]:
-        """Run ``num_iterations`` iterations (from the resumed one); returns the per-iteration metrics."""
-        c, rt = self.config, self.runtime
-        acc = rt.accelerator
-        rt.output_dir.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
-            save_config(c, rt.output_dir / "config.yaml")
-        acc.init_trackers("refl", config={k: str(v) for k, v in config_to_dict(c).items()})
-        start: dict[str, Any] = {}
-        if c.eval_every > 0 and rt.iteration == 0:
-            start = {k.replace("eval/", "eval_start/").replace("time/eval", "time/eval_start"): v
-                     for k, v in rt.evaluate().items()}
-        started = time.monotonic()
-        while rt.iteration < c.num_iterations:
-            metrics = {**self.train_iteration(), **start}
-            start = {}
-            out_of_time = c.max_minutes is not None and time.monotonic() - started >= 60 * c.max_minutes
-            if c.save_every > 0 and rt.iteration % c.save_every == 0:
-                rt.save_checkpoint()
-            if c.eval_every > 0 and (rt.iteration % c.eval_every == 0 or out_of_time
-                                     or rt.iteration == c.num_iterations):
-                metrics.update(rt.evaluate())
-            rt._log(metrics)
-            if out_of_time:
-                logger.info("max_minutes %.1f reached after %d iterations", c.max_minutes, rt.iteration)
-                break
-        rt.save_final()
-        for tracker in acc.trackers:
-            tracker.finish()
-        return self.history
+        """Run ``num_iterations`` iterations (from the resumed one); returns the per-iteration metrics.
+
+        The loop is the runtime's (:meth:`FlowGRPOTrainer.train`: eval grid before and every ``eval_every``,
+        checkpoints, ``metrics.jsonl``, ``max_minutes``, final weights) with ReFL's iteration in place of
+        GRPO's; ``output_dir/config.yaml`` is this ReFL config (what ``resume_from`` runs are built from)."""
+        self.runtime.train_iteration = self.train_iteration  # type: ignore[method-assign]
+        try:
+            return self.runtime.train()
+        finally:
+            if self.runtime.accelerator.is_main_process:
+                save_config(self.config, self.runtime.output_dir / "config.yaml")
 
     def train_iteration(self) -> dict[str, Any]:
         """One optimizer step: sample with the plan's graph steps, decode, score, back-propagate, step."""
