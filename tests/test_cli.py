@@ -135,3 +135,16 @@ def test_score_failures(tmp_path):
     assert _run("score", "ssim", str(good), str(broken)).returncode == 2  # a broken reference is a usage error
     assert _run("score", "nope", str(good), str(good)).returncode == 2
     assert _run("score", "teds", str(good), str(good)).returncode == 2
+
+
+def test_train_options_are_checked_before_anything_loads(tmp_path, capsys):
+    """Issue 13.6: ``--set max_steps=two`` was a TypeError traceback after the model loaded, and a typo'd
+    key listed 70 keys with no suggestion."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("grpo:\n  model: /nonexistent/model\n  train_data: /nonexistent/train.jsonl\n")
+    assert main(["train", "grpo", str(cfg), "--set", "max_steps=two"]) == 2
+    err = capsys.readouterr().err
+    assert "option 'max_steps' must be an integer, got 'two'" in err and str(cfg) in err
+    assert main(["train", "grpo", str(cfg), "--set", "learning_rat=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "'learning_rat' (did you mean 'learning_rate'?)" in err and "--describe" in err

@@ -123,7 +123,7 @@ def test_yaml_config_with_jsonl_data_and_lora(processor, tmp_path) -> None:
     assert summary["steps"] == 3
     assert (tmp_path / "lora" / "adapter_config.json").exists()
     assert yaml.safe_load((tmp_path / "lora" / "sft_config.yaml").read_text())["use_lora"] is True
-    with pytest.raises(ValueError, match=r"unknown SFTConfig option\(s\) \['epoch'\]"):
+    with pytest.raises(ValueError, match=r"unknown SFTConfig option\(s\) 'epoch' \(did you mean 'epochs'\?\)"):
         train_sft_from_config({"epoch": 1})
     with pytest.raises(ValueError, match="SFT needs an image and code in every training row"):
         SFTTrainer(config(tmp_path), model=tiny_model(processor), processor=processor,

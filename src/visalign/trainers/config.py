@@ -17,12 +17,17 @@ Example:
     >>> load_config(Demo, {"lrr": 1})
     Traceback (most recent call last):
     ...
-    ValueError: unknown Demo option(s) ['lrr']; valid: lr, steps
+    ValueError: unknown Demo option(s) 'lrr' (did you mean 'lr'?); valid: lr, steps
+    >>> load_config(Demo, {"steps": "two"})
+    Traceback (most recent call last):
+    ...
+    ValueError: option 'steps' must be an integer, got 'two'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -78,7 +83,23 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             return float(value)
         except ValueError:
             raise ValueError(f"option {name!r} must be a number, got {value!r}") from None
+    _check_type(tp, value, name)
     return value
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
+def _check_type(tp: Any, value: Any, name: str) -> None:
+    """Refuse a value of the wrong plain type (``max_steps: two``) before anything loads; fields typed
+    ``Any`` or with several types are left to the config's own checks."""
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          list: lambda v: isinstance(v, (list, tuple)), dict: lambda v: isinstance(v, Mapping)}.get(tp)
+    if ok is not None and not ok(value):
+        raise ValueError(f"option {name!r} must be {_TYPE_WORDS[tp]}, got {value!r}")
 
 
 def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = None, *, section: str | None = None,
@@ -104,11 +125,20 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    where = f"{source}: " if isinstance(source, (str, Path)) else ""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; valid: {', '.join(fields)}")
+        hints_ = []
+        for key in unknown:
+            near = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.6)
+            hints_.append(f"{key!r}" + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""))
+        valid = ", ".join(fields) if len(fields) <= 12 else f"{len(fields)} options, listed by --describe"
+        raise ValueError(f"{where}unknown {cls.__name__} option(s) {', '.join(hints_)}; valid: {valid}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(hints.get(k, Any), v, k) for k, v in data.items()}
+    try:
+        kwargs = {k: _coerce(hints.get(k, Any), v, k) for k, v in data.items()}
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
     factory = getattr(cls, "from_options", None)  # configs with presets need to know which keys were given
     return factory(kwargs) if callable(factory) else cls(**kwargs)
 
