@@ -237,3 +237,16 @@ def test_eval_cli_fails_when_a_reward_scores_no_row(tmp_path, capsys):
                "--out", str(tmp_path / "out"), "--workers", "1"])
     assert rc == 1
     assert "'render_similarity' scored no row" in capsys.readouterr().err
+
+
+def test_eval_report_shows_code_diff_and_full_size_images(tmp_path):
+    """Issue 13.10: the report hid the code; thumbnails could not be enlarged."""
+    other = SVG_OK.replace('r="9"', 'r="5"')
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": "a", "completion": f"```svg\n{other}\n```", "reference_code": SVG_OK},
+                                            {"id": "b", "completion": "I cannot draw.", "reference_code": SVG_OK}])
+    run_eval(data, "svg", ["execution", "render_similarity"], tmp_path / "out", workers=1, progress=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "diff to the reference code" in page
+    assert "<span class='del'>-" in page and 'r=&quot;9&quot;' in page and 'r=&quot;5&quot;' in page
+    assert "completion (no code found)" in page and "I cannot draw." in page
+    assert "href='images/a.png'" in page and (tmp_path / "out" / "images" / "a.png").is_file()

@@ -273,6 +273,12 @@ def _record(row: dict[str, Any], s: Sample, scores: dict[str, float | None], det
     rid = row["id"]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in rid)[:100]
     record: dict[str, Any] = {"id": rid, "scores": _json_safe(scores), "details": _json_safe(details)}
+    if s.code is not None:  # for the report: the code and its diff to the reference code
+        record["code"] = s.code[:20_000]
+    elif s.completion:
+        record["completion"] = s.completion[:4_000]
+    if isinstance(row.get("reference_code"), str):
+        record["reference_code"] = row["reference_code"][:20_000]
     if s.rendered is not None:
         record["render"] = s.rendered.to_json()
     elif kind is not None and s.code is None:  # nothing to render: a failure of the sample, counted as one

@@ -8,6 +8,7 @@ reference | generated | difference, worst first, that the reader can re-sort.
 from __future__ import annotations
 
 import base64
+import difflib
 import html
 import io
 import json
@@ -130,6 +131,10 @@ border-radius:6px;background:#fff;cursor:pointer}.controls button.active{backgro
 .triple figure{margin:0;text-align:center;font-size:12px;color:#5b6475}.triple img{max-width:100%;max-height:256px;
 border:1px solid #eceef2}.fail{color:#8a1c1c;font-family:monospace;font-size:12px;white-space:pre-wrap;padding:20px 6px}
 .scores{font-size:12px;color:#5b6475}
+details.code{margin-top:8px;font-size:12px}details.code summary{cursor:pointer;color:#5b6475}
+.codes{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:10px}.codes pre{background:#f6f7f9;padding:8px;
+overflow:auto;max-height:360px;font-size:11.5px;white-space:pre}.diff .add{color:#1a6b1a;background:#e3f5e3}
+.diff .del{color:#8a1c1c;background:#fbe3e3}.triple a img{cursor:zoom-in}
 """
 
 _JS = """
@@ -187,9 +192,9 @@ def write_report(records: Sequence[dict[str, Any]], summary: dict[str, Any], rew
         pair = images.get(rid, {})
         ref, gen = pair.get("reference"), pair.get("generated")
         figs = []
-        figs.append(_figure(ref, "reference"))
+        figs.append(_figure(ref, "reference", rec.get("reference_png")))
         if gen is not None:
-            figs.append(_figure(gen, "generated"))
+            figs.append(_figure(gen, "generated", rec.get("generated_png")))
         else:
             err = rec.get("render") or {}
             msg = f"{err.get('error_kind', 'no image')}: {err.get('error', '')}"
@@ -201,7 +206,7 @@ def write_report(records: Sequence[dict[str, Any]], summary: dict[str, Any], rew
         data = " ".join(f"data-{_attr(k)}='{'' if v is None else v}'" for k, v in rec["scores"].items())
         cards.append(f"<div class='row' data-idx='{idx}' data-id='{html.escape(rid)}' {data}><header>"
                      f"<b>{html.escape(rid)}</b><span class='scores'>{scores}</span></header>"
-                     f"<div class='triple'>{''.join(figs)}</div></div>")
+                     f"<div class='triple'>{''.join(figs)}</div>{code_block(rec)}</div>")
     buttons = "".join(
         f"<button data-key='{_attr(n)}' data-dir='{d}' onclick=\"sortRows('{_js_key(n)}',{d})\""
         f"{' class=active' if n == primary and d == 1 else ''}>{html.escape(n)} {'↑' if d == 1 else '↓'}</button>"
@@ -223,10 +228,56 @@ def write_report(records: Sequence[dict[str, Any]], summary: dict[str, Any], rew
     return path
 
 
-def _figure(img: Image.Image | None, caption: str) -> str:
+def _figure(img: Image.Image | None, caption: str, full: str | None = None) -> str:
+    """A thumbnail; with ``full`` (the image file, relative to the report) a click opens it at full size."""
     if img is None:
         return f"<figure><div class='fail'>—</div><figcaption>{caption}</figcaption></figure>"
-    return f"<figure><img alt='{caption}' src='{_png_data_uri(img)}'><figcaption>{caption}</figcaption></figure>"
+    thumb = f"<img alt='{caption}' src='{_png_data_uri(img)}'>"
+    if full:
+        thumb = f"<a href='{html.escape(full, quote=True)}' target='_blank' title='open at full size'>{thumb}</a>"
+    return f"<figure>{thumb}<figcaption>{caption}</figcaption></figure>"
+
+
+def code_diff(generated: str, reference: str, context: int = 2) -> str:
+    """A unified diff from the reference code to the generated code (empty when equal).
+
+    Example:
+        >>> print(code_diff("plt.bar([1, 2])\\n", "plt.bar([1, 3])\\n"))
+        --- reference
+        +++ generated
+        @@ -1 +1 @@
+        -plt.bar([1, 3])
+        +plt.bar([1, 2])
+    """
+    lines = difflib.unified_diff(reference.splitlines(), generated.splitlines(), "reference", "generated",
+                                 n=context, lineterm="")
+    return "\n".join(lines)
+
+
+def code_block(rec: dict[str, Any]) -> str:
+    """The sample's code and its diff to the reference code, folded under the images."""
+    code, ref = rec.get("code"), rec.get("reference_code")
+    if not code and not rec.get("completion"):
+        return ""
+    parts = []
+    if code:
+        parts.append(f"<div><b>generated code</b><pre>{html.escape(code)}</pre></div>")
+    else:  # no code found: show what the model wrote
+        parts.append(f"<div><b>completion (no code found)</b><pre>{html.escape(str(rec.get('completion')))}</pre></div>")
+    if code and ref:
+        diff = code_diff(code, ref)
+        parts.append("<div><b>diff to the reference code</b>"
+                     + (f"<pre class='diff'>{_diff_html(diff)}</pre>" if diff else "<pre>identical</pre>") + "</div>")
+    return f"<details class='code'><summary>code</summary><div class='codes'>{''.join(parts)}</div></details>"
+
+
+def _diff_html(diff: str) -> str:
+    out = []
+    for line in diff.splitlines():
+        cls = "add" if line.startswith("+") and not line.startswith("+++") else (
+            "del" if line.startswith("-") and not line.startswith("---") else "")
+        out.append(f"<span class='{cls}'>{html.escape(line)}</span>" if cls else html.escape(line))
+    return "\n".join(out)
 
 
 def _attr(name: str) -> str:
