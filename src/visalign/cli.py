@@ -174,8 +174,19 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     rewards = [r.strip() for r in args.rewards.split(",") if r.strip()] if args.rewards else None
     try:
         options = _load_options(args.reward_options)
-        summary = run_eval(args.data, args.task, rewards, args.out, workers=args.workers, limit=args.limit,
-                           timeout=args.timeout, reward_options=options)
+        data = args.data
+        if args.model:  # generate first (resumable), then score what was generated
+            from .generate import generate_completions, make_backend
+
+            backend = make_backend(args.model, model_name=args.model_name, api_key_env=args.api_key_env,
+                                   max_new_tokens=args.max_new_tokens)
+            try:
+                data = generate_completions(args.data, args.task, args.out, backend=backend, limit=args.limit,
+                                            workers=args.workers, progress=True)
+            finally:
+                backend.close()
+        summary = run_eval(data, args.task, rewards, args.out, workers=args.workers, limit=args.limit,
+                           timeout=args.timeout, reward_options=options, log_samples=args.log_samples)
     except (ValueError, KeyError, TypeError) as exc:
         print(f"visalign eval: {exc}", file=sys.stderr)
         return 2
@@ -362,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="render and score a JSONL of generations; write results and a report",
                         description="Each line: completion or code (or image), reference_image and/or "
-                                    "reference_code, prompt. Rerunning resumes.")
+                                    "reference_code, prompt; with --model the completions are generated first. "
+                                    "Rerunning resumes.")
     ev.add_argument("data", metavar="DATA.jsonl")
     ev.add_argument("--task", required=True, choices=sorted(TASKS))
     ev.add_argument("--rewards", default=None, help="comma-separated reward names (default: the task's)")
@@ -372,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--timeout", type=float, default=10.0, help="seconds per render (default 10)")
     ev.add_argument("--reward-options", default=None, metavar="JSON|FILE",
                     help='options per reward, e.g. \'{"clip": {"pretrained": "/models/clip.pt"}}\' or a YAML file')
+    ev.add_argument("--model", default=None, metavar="PATH_OR_URL",
+                    help="generate the completions first: a local HF VLM (directory or hub id) or an "
+                         "OpenAI-compatible endpoint (http(s)://host/v1); DATA then needs reference images or code")
+    ev.add_argument("--model-name", default=None, help="the served model's name (with an endpoint --model)")
+    ev.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the endpoint's API key")
+    ev.add_argument("--max-new-tokens", type=int, default=1024, help="generation length limit (with --model)")
+    ev.add_argument("--log-samples", action="store_true",
+                    help="keep each sample's prompt and whole completion in results.jsonl")
     ev.set_defaults(func=_eval_cmd)
 
     t = sub.add_parser("train", help="train: grpo (code-writing VLM), sft (warm start), flow (text-to-image GRPO)",

@@ -177,12 +177,16 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
              workers: int | None = None, limit: int | None = None, timeout: float = 10.0,
              batch_size: int | None = None,
              progress: bool = True, reward_options: dict[str, dict[str, Any]] | None = None,
-             render_options: dict[str, dict[str, Any]] | None = None, title: str | None = None) -> dict[str, Any]:
+             render_options: dict[str, dict[str, Any]] | None = None, title: str | None = None,
+             log_samples: bool = False) -> dict[str, Any]:
     """Render and score every row of ``data``; write results, summary and report into ``out``.
 
     ``reward_options`` maps a reward name to its keyword arguments, e.g.
     ``{"clip": {"model_name": "ViT-L-14", "pretrained": "/models/clip.pt"}}``; ``render_options`` maps a
     renderer kind to its options (``{"matplotlib": {"dpi": 64}}``, as :class:`RenderService` takes them).
+    ``log_samples`` keeps each row's prompt and whole completion in its record. ``batch_size`` (default
+    twice the workers, at most 32) is how many samples render and score together: an interrupted run
+    keeps every batch it finished, and a rerun scores only the rows and rewards still missing.
     Returns the summary (also written to ``summary.json``).
 
     Example:
@@ -233,6 +237,8 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
                     for i, ((row, missing), s) in enumerate(zip(batch, samples, strict=True)):
                         record = _record(row, s, {n: outputs[n].scores[i] for n in missing},
                                          {n: outputs[n].details[i] for n in missing}, out, kind)
+                        if log_samples:  # lm-eval-harness's --log_samples: what was asked and answered, whole
+                            record.update(prompt=row.get("prompt"), completion=row.get("completion"))
                         old = previous.get(row["id"])
                         if old:  # keep the rewards scored before
                             record["scores"] = {**old.get("scores", {}), **record["scores"]}
