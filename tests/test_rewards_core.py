@@ -594,6 +594,7 @@ def test_registry() -> None:
 @pytest.mark.parametrize("name, options, expected", [
     ("ocr", {"failed_score": -1.0}, -1.0),
     ("identity", {"no_face_score": -2.0}, -2.0),
+    ("clip", {"failed_score": -3.0, "model_name": "ViT-B-32", "pretrained": None}, -3.0),
 ])
 def test_image_rewards_score_an_answer_without_code_as_a_failure(name, options, expected):
     """A code-writing answer with no code must score the failure score, not None: None is left out of

@@ -293,9 +293,10 @@ class ClipReward(Reward):
                 continue
             img = s.generated_image
             if img is None:
-                if s.rendered is not None:  # the code failed to render: a defined score
+                why = s.failed_output
+                if why:  # the code failed to render, or there was no code: a defined score
                     scores[i] = self.failed_score
-                    details[i] = {"error": f"render failed ({s.rendered.error_kind})"}
+                    details[i] = {"error": why}
                 else:
                     details[i] = {"reason": "no generated image"}
                 continue
