@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from visalign.metrics import psnr, ssim
@@ -594,7 +595,7 @@ def test_registry() -> None:
 @pytest.mark.parametrize("name, options, expected", [
     ("ocr", {"failed_score": -1.0}, -1.0),
     ("identity", {"no_face_score": -2.0}, -2.0),
-    ("clip", {"failed_score": -3.0, "model_name": "ViT-B-32", "pretrained": None}, -3.0),
+    ("clip", {"failed_score": -3.0, "model": (torch.nn.Linear(1, 1), lambda image: torch.zeros(3, 8, 8), str.split)}, -3.0),
 ])
 def test_image_rewards_score_an_answer_without_code_as_a_failure(name, options, expected):
     """A code-writing answer with no code must score the failure score, not None: None is left out of
