@@ -1,7 +1,11 @@
 """The ``matplotlib`` renderer: Python plotting code in, the figure it drew out.
 
-A pool of sandboxed fork servers that imported numpy and matplotlib once; each sample is a fork, so
-it pays only for its own drawing.
+A pool of sandboxed fork servers that imported numpy, matplotlib and the plotting stack chart code
+imports (pandas, seaborn, squarify, matplotlib-venn, and networkx where installed) once; each sample
+is a fork, so it pays only for its own drawing. Each figure is drawn once, as plain Python saves it
+(again only if the program changed it after a ``savefig`` / ``show``); a compatibility layer (option
+``compat``) restores names matplotlib 3.9+ and numpy 2 removed and reports their use in
+``RenderResult.shims``.
 """
 
 from __future__ import annotations
