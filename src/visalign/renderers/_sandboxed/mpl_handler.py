@@ -61,9 +61,18 @@ def preload() -> dict:
     versions = {"matplotlib": matplotlib.__version__, "numpy": np.__version__}
     for name in STACK:
         try:
-            versions[name] = str(getattr(__import__(name), "__version__", "?"))
+            module = __import__(name)
         except Exception:
-            pass
+            continue
+        version = getattr(module, "__version__", None)
+        if not isinstance(version, str):  # squarify has none: ask its distribution
+            try:
+                from importlib.metadata import version as dist_version
+
+                version = dist_version(name.replace("_", "-"))
+            except Exception:
+                version = "?"
+        versions[name] = version
     for name in ("matplotlib.patches", "matplotlib.colors", "matplotlib.ticker",
                  "mpl_toolkits.mplot3d", "matplotlib.gridspec", "matplotlib.dates", "mpl_toolkits.axes_grid1",
                  "mpl_toolkits.axes_grid1.inset_locator", "matplotlib.patheffects", "matplotlib.animation",
