@@ -52,7 +52,7 @@ from visalign.report.compare import paired_difference
 from visalign.report.eval_report import bootstrap_ci
 from visalign.rewards.base import Sample
 from visalign.rewards.shapes import ShapeColourReward, analyse_image
-from visalign.trainers.config import load_config, save_config
+from visalign.trainers.config import load_config, resolve_config_paths, save_config
 from visalign.trainers.flow import FlowGRPOConfig, FlowGRPOTrainer, build_reward
 from visalign.trainers.flow_policies import load_flow_policy
 
@@ -68,22 +68,21 @@ def build_trainer(config: str | Path | dict[str, Any] = DEFAULT_CONFIG, n_eval: 
                   **overrides: Any) -> FlowGRPOTrainer:
     """The trainer of ``config`` (a YAML file with a ``flow:`` section, or a mapping), trained on the
     :func:`split_prompts` training captions, with the held-out captions as its eval prompts. The
-    config's own ``prompts`` / ``eval_prompts`` are replaced by the split. ``pretrained`` is read
-    relative to the repository root when it is not found from the working directory."""
+    config's own ``prompts`` / ``eval_prompts`` are replaced by the split. Paths in a config
+    file are relative to the file (:func:`~visalign.trainers.config.resolve_config_paths`)."""
     import yaml
 
     data: Any = config
     if not isinstance(config, dict):
         data = yaml.safe_load(Path(config).read_text()) or {}
     data = dict(data.get("flow", data))
+    if not isinstance(config, dict):
+        data = resolve_config_paths(data, Path(config).resolve().parent, str(config))
     train_prompts, held_out = split_prompts(n_eval=n_eval, seed=split_seed)
     data.update(prompts=train_prompts, prompts_file=None, eval_prompts=held_out, eval_prompts_file=None)
     data.setdefault("log_with", "none")
     cfg = load_config(FlowGRPOConfig, data, **overrides)
-    pretrained = Path(cfg.pretrained or "models/tiny-shapes-flow")
-    if not pretrained.exists() and (ROOT / pretrained).exists():
-        pretrained = ROOT / pretrained
-    policy = load_flow_policy(pretrained)
+    policy = load_flow_policy(cfg.pretrained or ROOT / "models" / "tiny-shapes-flow")
     reward = build_reward(cfg.rewards or {"shape_colour": 1.0}, cfg.reward_aggregation)
     return FlowGRPOTrainer(cfg, policy, reward, train_prompts, held_out)
 

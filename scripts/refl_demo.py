@@ -39,7 +39,7 @@ import torch
 
 from visalign.data.shapes import split_prompts
 from visalign.report.compare import paired_difference
-from visalign.trainers.config import load_config, save_config
+from visalign.trainers.config import load_config, resolve_config_paths, save_config
 from visalign.trainers.flow import build_reward
 from visalign.trainers.flow_policies import load_flow_policy
 from visalign.trainers.refl import ReFLConfig, ReFLTrainer, build_differentiable_reward
@@ -61,12 +61,11 @@ def build_trainer(config: str | Path = DEFAULT_CONFIG, **overrides: Any) -> ReFL
     import yaml
 
     data = dict((yaml.safe_load(Path(config).read_text()) or {}).get("flow", {}))
+    data = resolve_config_paths(data, Path(config).resolve().parent, str(config))  # relative to the file
     train_prompts, held_out = split_prompts(n_eval=6, seed=0)
     data.update(prompts=train_prompts, eval_prompts=held_out, log_with="none")
     cfg = load_config(ReFLConfig, data, **overrides)
-    pretrained = Path(cfg.pretrained or "models/tiny-shapes-flow")
-    if not pretrained.exists():
-        pretrained = ROOT / pretrained
+    pretrained = Path(cfg.pretrained or ROOT / "models" / "tiny-shapes-flow")
     reward = build_differentiable_reward(cfg.rewards)
     eval_reward = build_reward(cfg.eval_rewards) if cfg.eval_rewards else None
     return ReFLTrainer(cfg, load_flow_policy(pretrained), reward, train_prompts, held_out, eval_reward)

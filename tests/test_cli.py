@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from conftest import GOOD_CHART
@@ -148,3 +149,34 @@ def test_train_options_are_checked_before_anything_loads(tmp_path, capsys):
     assert main(["train", "grpo", str(cfg), "--set", "learning_rat=1e-4"]) == 2
     err = capsys.readouterr().err
     assert "'learning_rat' (did you mean 'learning_rate'?)" in err and "--describe" in err
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    """Issue 13.4: ``model: models/tiny-chart-vlm`` resolved against the shell's directory (from elsewhere:
+    154 s of Hub retries, then a traceback). Paths in a file are relative to the file; a local path that
+    does not exist is an immediate error naming the file and option."""
+    from visalign.trainers.config import load_config
+    from visalign.trainers.vlm import VLMGRPOConfig
+
+    (tmp_path / "cfgs" / "data").mkdir(parents=True)
+    (tmp_path / "cfgs" / "data" / "train.jsonl").write_text("")
+    cfg = tmp_path / "cfgs" / "run.yaml"
+    cfg.write_text("grpo:\n  model: ../models/policy\n  train_data: data/train.jsonl\n  output_dir: ../out/run\n"
+                   "  rewards: [{name: model, options: {path: data}}]\n")
+    (tmp_path / "models" / "policy").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "models")  # anywhere else
+    c = load_config(VLMGRPOConfig, cfg, section="grpo")
+    assert c.model == str(tmp_path / "models" / "policy")
+    assert c.train_data == str(tmp_path / "cfgs" / "data" / "train.jsonl")
+    assert c.output_dir == str(tmp_path / "out" / "run")
+    assert c.rewards[0]["options"]["path"] == str(tmp_path / "cfgs" / "data")
+    assert load_config(VLMGRPOConfig, cfg, section="grpo", train_data="x.jsonl").train_data == "x.jsonl"  # --set: cwd
+    cfg.write_text("grpo:\n  model: ./models/policy\n")
+    with pytest.raises(ValueError, match=r"run\.yaml: option 'model': no such file or directory"):
+        load_config(VLMGRPOConfig, cfg, section="grpo")
+    cfg.write_text("grpo:\n  model: Qwen/Qwen2-VL-2B-Instruct\n  train_data: policy/x.jsonl\n")
+    (tmp_path / "models" / "policy" / "x.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"exists relative to the current directory.*write \.\./models/policy/x\.jsonl"):
+        load_config(VLMGRPOConfig, cfg, section="grpo")
+    cfg.write_text("grpo:\n  model: Qwen/Qwen2-VL-2B-Instruct\n")
+    assert load_config(VLMGRPOConfig, cfg, section="grpo").model == "Qwen/Qwen2-VL-2B-Instruct"  # a hub id

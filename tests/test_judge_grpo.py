@@ -431,5 +431,7 @@ def test_example_config_loads() -> None:
 
     path = Path(__file__).resolve().parents[1] / "configs" / "judge_tiny.yaml"
     assert _mode_of(path, {}) == "judge"
-    cfg = load_config(JudgeGRPOConfig, path, section="reward")
+    with pytest.raises(ValueError, match=r"judge_tiny\.yaml: option 'train_data': no such file"):
+        load_config(JudgeGRPOConfig, path, section="reward")  # the data is made first (see the config's comments)
+    cfg = load_config(JudgeGRPOConfig, path, section="reward", train_data="t.jsonl", eval_data="e.jsonl")
     assert cfg.pre_clip_log_ratio and cfg.advantage_filter and cfg.pre_clip_bound == pytest.approx(math.log(1e3))

@@ -221,7 +221,7 @@ def _plain_python_png(program: str, tmp_path) -> np.ndarray:
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(config),
            "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", PLAIN_PYTHON], input=program.encode(), capture_output=True,
-                         env=env, timeout=120, check=True)
+                         env=env, cwd=tmp_path, timeout=120, check=True)
     return np.asarray(Image.open(io.BytesIO(out.stdout)).convert("RGB"))
 
 

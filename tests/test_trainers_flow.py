@@ -469,8 +469,9 @@ def test_missing_and_garbage_rewards_do_not_stop_the_run(tmp_path: Path, rollout
 
 
 def test_example_config_loads() -> None:
-    c = load_config(FlowGRPOConfig, __import__("yaml").safe_load((ROOT / "configs/flow_grpo_shapes.yaml").read_text())["flow"])
+    c = load_config(FlowGRPOConfig, ROOT / "configs" / "flow_grpo_shapes.yaml", section="flow")
     assert c.rollout in ("independent", "tree") and c.rewards
+    assert c.pretrained == str(ROOT / "models" / "tiny-shapes-flow")  # relative to the config file
 
 
 # --------------------------------------------------------------------------------- two processes

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -121,6 +122,9 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         data = dict(loaded or {})
     if section is not None and isinstance(data.get(section), Mapping):
         data = dict(data[section])
+    if isinstance(source, (str, Path)):  # paths written in a file are relative to the file, not the shell
+        kept = {k: v for k, v in data.items() if k not in overrides}  # an overridden value is never read
+        data = resolve_config_paths(kept, Path(source).resolve().parent, str(source))
     data.update(overrides)
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
@@ -141,6 +145,69 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         raise ValueError(f"{where}{exc}") from None
     factory = getattr(cls, "from_options", None)  # configs with presets need to know which keys were given
     return factory(kwargs) if callable(factory) else cls(**kwargs)
+
+
+#: options that name a file or directory, by how a relative value in a config file is read: ``input``
+#: must exist next to the file, ``output`` is created there, ``model`` is a path next to the file when
+#: one exists there and otherwise a hub id / architecture name (``org/name``, ``ViT-B-32``)
+PATH_OPTIONS = {"model": "model", "pretrained": "model", "train_data": "input", "eval_data": "input",
+                "prompts_file": "input", "eval_prompts_file": "input", "reference_image": "input",
+                "pretrain_data": "input", "resume_from": "input", "output_dir": "output"}
+
+
+def resolve_config_paths(data: Mapping[str, Any], base: Path, where: str = "config") -> dict[str, Any]:
+    """``data`` with the relative paths of :data:`PATH_OPTIONS` (and the ``path`` option of each reward
+    in ``rewards``) made absolute against ``base``, the config file's directory, so a config means the
+    same run from any directory. A local path that does not exist is an error naming the file and the
+    option, before anything loads; ``resume_from: latest`` and hub ids are kept.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> (d / "train.jsonl").write_text("")
+        0
+        >>> out = resolve_config_paths({"train_data": "train.jsonl", "output_dir": "runs/a", "model": "org/name"}, d)
+        >>> out["train_data"] == str(d / "train.jsonl"), out["output_dir"] == str(d / "runs/a"), out["model"]
+        (True, True, 'org/name')
+    """
+    out = dict(data)
+    for name, role in PATH_OPTIONS.items():
+        value = out.get(name)
+        if isinstance(value, str):
+            out[name] = _resolve(value, role, base, f"{where}: option {name!r}")
+        elif isinstance(value, list) and role == "input":
+            out[name] = [_resolve(v, role, base, f"{where}: option {name!r}") if isinstance(v, str) else v
+                         for v in value]
+    rewards = out.get("rewards")
+    specs = rewards.values() if isinstance(rewards, Mapping) else rewards if isinstance(rewards, list) else []
+    for spec in specs:
+        if not isinstance(spec, dict):
+            continue
+        label = f"reward {spec['name']!r}" if spec.get("name") else "a reward's"
+        for holder in (spec, spec.get("options")):
+            if isinstance(holder, dict) and isinstance(holder.get("path"), str):
+                holder["path"] = _resolve(holder["path"], "input", base, f"{where}: {label} option 'path'")
+    return out
+
+
+def _resolve(value: str, role: str, base: Path, what: str) -> str:
+    if (role == "input" and value == "latest") or not value:
+        return value
+    prefix = "local-dir:" if value.startswith("local-dir:") else ""  # open_clip's local model directories
+    raw = value[len(prefix):]
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return prefix + str(path)
+    here = Path(os.path.normpath(base / path))
+    if role == "output" or here.exists():
+        return prefix + str(here)
+    if role == "model" and not prefix and not raw.startswith((".", "~")) and not Path(raw).exists():
+        return value  # a hub id or an architecture name
+    hint = ""
+    if Path(raw).exists():
+        hint = (f"; {raw} exists relative to the current directory, but paths in a config file are relative "
+                f"to the file: write {os.path.relpath(Path(raw).resolve(), base)} or an absolute path")
+    raise ValueError(f"{what}: no such file or directory: {here}{hint}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
