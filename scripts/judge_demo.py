@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-refs", type=int, default=12)
     ap.add_argument("--min-gap", type=int, default=2, help="keep pairs whose severities differ by at least this")
     ap.add_argument("--max-eval", type=int, default=160, help="held-out rows")
-    ap.add_argument("--warmup-steps", type=int, default=40)
+    ap.add_argument("--warmup-steps", type=int, default=120)
+    ap.add_argument("--warmup-batch", type=int, default=4)
+    ap.add_argument("--warmup-lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=400, help="GRPO steps at most (--minutes stops first)")
     ap.add_argument("--minutes", type=float, default=3.0, help="GRPO wall-clock budget")
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if added:
         model.resize_token_embeddings(len(processor.tokenizer))
     t1 = time.perf_counter()
-    losses = format_warmup(model, processor, train, args.warmup_steps, 16, 1e-3, args.seed)
+    losses = format_warmup(model, processor, train, args.warmup_steps, args.warmup_batch, args.warmup_lr, args.seed)
     t_warm = time.perf_counter() - t1
     print(f"format warm-up: {args.warmup_steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} ({t_warm:.0f} s)",
           flush=True)
