@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print the score with its details as JSON")
     sc.set_defaults(func=_score_cmd)
 
-    from .evaluate import TASKS
+    from .languages import TASKS
 
     ev = sub.add_parser("eval", help="render and score a JSONL of generations; write results and a report",
                         description="Each line: completion or code (or image), reference_image and/or "

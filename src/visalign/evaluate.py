@@ -29,15 +29,12 @@ from typing import Any
 
 from PIL import Image
 
+from .languages import DEFAULT_REWARDS, TASKS
 from .report.eval_report import summarize, write_report
 from .rewards import RenderService, Reward, Sample, get_reward
 
 log = logging.getLogger("visalign.eval")
 
-TASKS = {"chart": "matplotlib", "table": "latex", "svg": "svg", "html": "html", "t2i": None}
-DEFAULT_REWARDS = {"chart": ["execution", "render_similarity"], "table": ["execution", "teds", "render_similarity"],
-                   "svg": ["execution", "render_similarity"], "html": ["execution", "render_similarity"],
-                   "t2i": ["ocr"]}  # clip / identity need a model path or a reference face: name them
 _KNOWN = {"id", "completion", "code", "image", "reference_image", "reference_code", "prompt"}
 
 

@@ -32,7 +32,8 @@ from typing import Any
 
 from PIL import Image
 
-from .evaluate import TASKS, check_rows, read_numbered_rows
+from .evaluate import check_rows, read_numbered_rows
+from .languages import DEFAULT_INSTRUCTIONS, TASKS
 from .rewards import RenderService, Sample
 from .rewards.judge import JudgeBackend, JudgeRequest
 
@@ -83,8 +84,6 @@ def generate_completions(data: str | Path, task: str, out: str | Path, *, backen
     input row, with image paths made absolute, plus ``completion`` (``None`` when the request failed:
     the eval then counts a failed sample) and ``generation_error``."""
     from tqdm import tqdm
-
-    from .trainers.prompting import DEFAULT_INSTRUCTIONS
 
     if task not in TASKS or TASKS[task] is None:
         raise ValueError(f"--model generates code from images: task must be one of "

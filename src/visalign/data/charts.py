@@ -25,7 +25,7 @@ import random
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from ..trainers.prompting import DEFAULT_INSTRUCTIONS
+from ..languages import DEFAULT_INSTRUCTIONS
 from ._synthetic import render_codes, rendered_rows, unique_codes
 
 __all__ = [

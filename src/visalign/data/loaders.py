@@ -40,7 +40,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..trainers.prompting import DEFAULT_INSTRUCTIONS
+from ..languages import DEFAULT_INSTRUCTIONS
 
 __all__ = ["DataError", "load_rows", "to_image", "write_jsonl"]
 

@@ -33,7 +33,7 @@ import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from ..trainers.prompting import DEFAULT_INSTRUCTIONS
+from ..languages import DEFAULT_INSTRUCTIONS
 from ._synthetic import render_codes, rendered_rows, unique_codes
 from .charts import COLOURS
 

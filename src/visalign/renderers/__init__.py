@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._registry import load
+from ..languages import EXTENSIONS  # file extensions the CLI maps to renderers
 from .base import ERROR_KINDS, Renderer, RenderResult, is_blank
 
 # name -> (module, class); modules are imported on first use so that `import visalign.renderers`
@@ -24,10 +25,6 @@ RENDERERS: dict[str, tuple[str, str]] = {
     "svg": ("visalign.renderers.svg", "SvgRenderer"),
     "html": ("visalign.renderers.html", "HtmlRenderer"),
 }
-
-# File extensions the CLI maps to renderers.
-EXTENSIONS: dict[str, str] = {".py": "matplotlib", ".tex": "latex", ".svg": "svg", ".html": "html", ".htm": "html"}
-
 
 def renderer_class(name: str) -> type[Renderer]:
     """The class registered under ``name`` (one of :data:`RENDERERS`)."""

@@ -3,10 +3,9 @@
 A policy writes a completion (reasoning, prose, one or more fenced code blocks); the renderers want
 one program. :func:`extract_code` decides which program, with these conventions:
 
-1. ``<think>...</think>`` (and ``<thinking>``) blocks are removed first. A completion whose template
-   opened the block in the prompt (only ``</think>`` appears) loses everything up to the last
-   ``</think>``; an unclosed ``<think>`` (reasoning cut off by the length limit) loses everything
-   after it, so code drafted while thinking never counts as the answer.
+1. Reasoning is removed first (:func:`~visalign.rewards.reasoning.strip_think`): the answer follows
+   the last ``</think>`` (or ``</thinking>``), and an unclosed ``<think>`` (reasoning cut off by the
+   length limit) loses everything after it, so code drafted while thinking never counts as the answer.
 2. Fenced blocks: a run of three or more backticks with an optional label opens a block, the same
    run closes it. An opening fence with no closing one (a truncated generation) is a block that runs
    to the end of the text (``how="unclosed_fence"``).
@@ -42,7 +41,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..languages import FENCE_LABELS
+from ..languages import LANGUAGES as _LANGUAGE_TABLE
 from .base import Reward, RewardOutput, Sample
+from .reasoning import strip_think
 from .render import RenderService
 
 __all__ = [
@@ -61,22 +63,13 @@ __all__ = [
     "strip_think",
 ]
 
-LANGUAGES: tuple[str, ...] = ("matplotlib", "latex", "svg", "html")
+LANGUAGES: tuple[str, ...] = tuple(_LANGUAGE_TABLE)
 
 # fence label (lower case) -> language (a renderer kind)
-_LABELS: dict[str, str] = {
-    "matplotlib": "matplotlib", "python": "matplotlib", "py": "matplotlib", "python3": "matplotlib",
-    "py3": "matplotlib", "ipython": "matplotlib",
-    "latex": "latex", "tex": "latex",
-    "svg": "svg", "xml": "svg",
-    "html": "html", "htm": "html", "xhtml": "html", "html5": "html",
-}  # fmt: skip
+_LABELS: dict[str, str] = FENCE_LABELS
 # labels that say nothing about the language: treated as unlabelled
 _GENERIC_LABELS = frozenset(("", "text", "txt", "plaintext", "plain", "code"))
 
-_THINK_BLOCK = re.compile(r"<(think|thinking)>.*?</\1>", re.S | re.I)
-_THINK_CLOSE = re.compile(r"</(?:think|thinking)>", re.I)
-_THINK_OPEN = re.compile(r"<(?:think|thinking)>", re.I)
 _FENCE_OPEN = re.compile(r"(`{3,})[ \t]*([^\s`]*)[^\n`]*(?:\n|$)")
 
 # "looks like" tests, searched anywhere in a block
@@ -124,23 +117,6 @@ def normalize_language(language: str | None) -> str | None:
     except KeyError:
         raise ValueError(f"unknown code language {language!r}; choose one of {LANGUAGES} "
                          f"or a fence label among {sorted(_LABELS)}") from None
-
-
-def strip_think(text: str) -> str:
-    """``text`` without its reasoning: ``<think>...</think>`` blocks (see the module docstring).
-
-    Example:
-        >>> strip_think("<think>hmm</think>answer"), strip_think("hmm</think>answer"), strip_think("a<think>b")
-        ('answer', 'answer', 'a')
-    """
-    text = _THINK_BLOCK.sub("", text)
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:  # the template opened the block in the prompt
-        text = text[closes[-1].end():]
-    opened = _THINK_OPEN.search(text)
-    if opened:  # reasoning cut off before it closed
-        text = text[: opened.start()]
-    return text
 
 
 @dataclass(frozen=True)

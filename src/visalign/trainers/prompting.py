@@ -33,6 +33,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..languages import DEFAULT_INSTRUCTIONS  # re-exported: the instruction of each language
 from ..models.support import SUPPORTED_VLMS, VLMFamily
 from ..models.tokens import vision_token_ids
 
@@ -43,12 +44,6 @@ __all__ = ["DEFAULT_INSTRUCTIONS", "ModelCheck", "PromptImages", "PromptTooLongE
 PromptImages = Image.Image | Sequence[Image.Image] | None
 
 #: The instruction used when a dataset row has none, per renderer kind.
-DEFAULT_INSTRUCTIONS = {
-    "matplotlib": "Write matplotlib code that reproduces this chart.",
-    "latex": "Write the LaTeX code of this table.",
-    "svg": "Write SVG code that reproduces this image.",
-    "html": "Write the HTML code of this web page.",
-}
 
 
 class PromptTooLongError(ValueError):

@@ -45,16 +45,16 @@ from typing import Any
 
 import torch
 
+from ..languages import DEFAULT_INSTRUCTIONS, KIND_TO_TASK
 from ..rewards import CompositeReward, RenderService, Reward, Sample
 from ..rewards.code import fill_code
 from .config import config_to_dict, load_config, option, save_config
 from .grpo import R1_REWARD_LOG_RATIO_BOUND, filter_advantages, group_advantages, policy_loss
-from .prompting import DEFAULT_INSTRUCTIONS, PromptImages, check_prompts, encode_prompts, vision_token_ids
+from .prompting import PromptImages, check_prompts, encode_prompts, vision_token_ids
 from .tree import SampledGroup, TreeSampling, filter_logits, sample_groups, tree_token_advantages
 
 log = logging.getLogger("visalign.train")
 
-KIND_TO_TASK = {"matplotlib": "chart", "latex": "table", "svg": "svg", "html": "html"}
 
 
 @dataclass
