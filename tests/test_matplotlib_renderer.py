@@ -317,3 +317,19 @@ def test_weaker_sandbox_levels_still_render_and_time_out(level, private_install)
     assert out.stdout.startswith({"namespaces": "namespaces+rlimits", "rlimits": "rlimits only"}[level])
     if os.geteuid() == 0:  # and the jobs ran as an unprivileged uid, not as root
         assert not out.stdout.strip().endswith("None"), out.stdout
+
+
+def test_runtime_error_names_the_program_line(renderer):
+    """Issue 13.9: a runtime error says where in the program it arose (the deepest frame of the program,
+    not of matplotlib), so a user or a log reader can find the model's mistake."""
+    program = ("import matplotlib.pyplot as plt\n"
+               "x = [1, 2, 3]\n"
+               "def draw(ax):\n"
+               "    ax.plot(x, targets)\n"
+               "fig, ax = plt.subplots()\n"
+               "draw(ax)\n")
+    res = renderer.render(program)
+    assert res.error_kind == "runtime"
+    assert res.error == "NameError: name 'targets' is not defined (line 4: ax.plot(x, targets))"
+    res = renderer.render("import matplotlib.pyplot as plt\nplt.plot([1, 2], [1, 2, 3])\n")
+    assert res.error_kind == "runtime" and res.error.endswith("(line 2: plt.plot([1, 2], [1, 2, 3]))")

@@ -240,7 +240,7 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         if exc.code not in (None, 0):
             failure = ("runtime", f"SystemExit({exc.code!r})")
     except BaseException as exc:
-        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip() + _program_line(exc, source)
         failure = (_state["classify_exception"](exc, os.path.realpath(jobdir)), tb)
     if failure is not None:
         finish(error_kind=failure[0], error=failure[1])
@@ -267,3 +267,19 @@ def run(source: str, opts: dict, jobdir: str) -> None:
         shown = [order[-1]]
     png = snapshots[shown[0]][0] if len(shown) == 1 else _stack([snapshots[n][0] for n in shown])
     finish(shown=[snapshots[n][1] for n in shown], error_kind=None, error=None, png=png, figures=len(order))
+
+
+def _program_line(exc: BaseException, source: str) -> str:
+    """`` (line N: <the line>)``: where in the program the exception arose (its deepest frame in the
+    program itself, not in matplotlib), so a runtime error points at the model's line."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<generated>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if line is None:
+        return ""
+    lines = source.splitlines()
+    text = lines[line - 1].strip()[:120] if 0 < line <= len(lines) else ""
+    return f" (line {line}: {text})" if text else f" (line {line})"
