@@ -62,7 +62,9 @@ def picture(width: int, height: int, colour: str = "red") -> Image.Image:
 class TestStripReasoning:
     def test_think_blocks_removed(self) -> None:
         assert strip_reasoning("<think>a {x}</think>answer") == "answer"
-        assert strip_reasoning("<THINK>one</THINK> A <think>two\nlines</think> B") == "A  B"
+        # the answer follows the last closing tag (the rule of rewards.reasoning.strip_think)
+        assert strip_reasoning("<THINK>one</THINK> A <think>two\nlines</think> B") == "B"
+        assert strip_reasoning("<think>Score: 2/10 then </think> no, Score: 3/10</think>Score: 9/10") == "Score: 9/10"
 
     def test_unclosed_leading_block(self) -> None:
         # the chat template opened <think> in the prompt: only the closing tag is generated

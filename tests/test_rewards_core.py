@@ -161,6 +161,46 @@ def test_extract_code_first_block_and_how() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# reasoning: one rule for code extraction and judge answers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>hmm</think>answer", "answer"),
+        ("no reasoning at all", "no reasoning at all"),
+        # R1-style: the chat template opened the block in the prompt, only the closing tag is generated
+        ("I compare the bars</think>Score: 7/10", "Score: 7/10"),
+        # reasoning that writes a closing tag while thinking about the format: everything before the
+        # last closing tag is still reasoning (judge.py used to keep " then answer" here)
+        ("<think>I must end with </think> then answer</think>Score: 7/10", "Score: 7/10"),
+        # R1-style reasoning that mentions an opening tag: pairing that mention with the real closing
+        # tag used to keep "R1 reasoning names the " as if it were the answer
+        ("R1 reasoning names the <think> tag</think>answer", "answer"),
+        # a stray closing tag after a complete block: judge.py used to keep "b" ("bc"), code.py "c"
+        ("<think>a</think>b</think>c", "c"),
+        # thinking again after a partial answer: only what follows the last block is the answer
+        ("<think>one</think> A <think>two\nlines</think> B", " B"),
+        # unclosed block (cut off by the length limit): nothing after it is an answer
+        ("<think>cut off before the answer", ""),
+        ("answer <think>second thoughts", "answer "),
+        ("<think>a</think>answer<think>more", "answer"),
+        # <thinking> and any case
+        ("<THINKING>x</THINKING>answer", "answer"),
+        ("<Think>x</THINK>answer", "answer"),
+        ("x</thinking>answer<thinking>y", "answer"),
+    ],
+)
+def test_strip_think(text: str, expected: str) -> None:
+    from visalign.rewards.code import strip_think
+    from visalign.rewards.judge import strip_reasoning
+
+    assert strip_think(text) == expected
+    # the judge's answer cleaner applies the same rule (then drops fences and outer whitespace)
+    assert strip_reasoning(text) == expected.strip()
+
+
+# --------------------------------------------------------------------------------------------------
 # format
 
 
