@@ -23,6 +23,8 @@ from visalign.metrics.latex_table import latex_table_to_html
 from visalign.metrics.teds import teds
 
 teds_module = importlib.import_module("visalign.metrics.teds")  # the module: the package exports the function
+html_table = importlib.import_module("visalign.metrics.html_table")
+tree_edit = importlib.import_module("visalign.metrics.tree_edit")
 
 try:
     from lxml import html as lxml_html
@@ -430,7 +432,7 @@ def _perturb(rng: random.Random, table: str) -> str:
 
 @pytest.mark.parametrize("vector_min_size", [1, 24, 10**9])  # all numpy, the default mix, all Python
 def test_random_tables_match_the_reference(monkeypatch, vector_min_size):
-    monkeypatch.setattr(teds_module, "_VECTOR_MIN_SIZE", vector_min_size)
+    monkeypatch.setattr(tree_edit, "_VECTOR_MIN_SIZE", vector_min_size)
     rng = random.Random(vector_min_size)
     for _ in range(12):
         rows, cols = rng.randint(1, 6), rng.randint(1, 5)
@@ -446,14 +448,14 @@ def test_mirrored_trees_give_the_same_distance():
     for _ in range(10):
         ref = _random_table(rng, rng.randint(1, 6), rng.randint(1, 5))
         pred = _perturb(rng, ref)
-        tables = [teds_module._first_table(s) for s in (pred, ref)]
+        tables = [html_table.first_table(s) for s in (pred, ref)]
         contents: dict = {}
         roots = [teds_module._table_tree(t, False, contents) for t in tables]
         distances = []
         for mirrored in (False, True):
-            trees = [teds_module._PostOrder(root, mirrored=mirrored) for root in roots]
+            trees = [tree_edit.PostOrderTree(root, mirrored=mirrored) for root in roots]
             costs = teds_module._rename_costs(*trees, list(contents))
-            distances.append(teds_module._tree_edit_distance(*trees, costs))
+            distances.append(tree_edit.tree_edit_distance(*trees, costs))
         assert distances[0] == pytest.approx(distances[1], abs=1e-9)
 
 
@@ -508,14 +510,14 @@ LXML_TREES = [
 
 @pytest.mark.parametrize(("source", "tree"), LXML_TREES)
 def test_stdlib_parser_builds_lxml_trees(source, tree):
-    document = source if teds_module._FULL_DOCUMENT.match(source) else f"<html><body>{source}</body></html>"
-    assert _serialize(teds_module._parse_stdlib(document)) == tree
+    document = source if html_table._FULL_DOCUMENT.match(source) else f"<html><body>{source}</body></html>"
+    assert _serialize(html_table._parse_stdlib(document)) == tree
 
 
 def test_stdlib_parser_stops_at_libxml2_depth_limit():
     inner = "<b>" * 300 + "x" + "</b>" * 300
     document = f"<html><body><table><tr><th>{inner}</th><td>after</td></tr></table></body></html>"
-    table = teds_module._parse_stdlib(document).children[0].children[0]
+    table = html_table._parse_stdlib(document).children[0].children[0]
     assert teds_module._count_descendants(table) == 253  # 256 open elements, then libxml2 stops
     assert "after" not in _serialize(table)
 
@@ -537,7 +539,7 @@ def test_stdlib_parser_matches_lxml_on_random_malformed_html():
             else:
                 parts.append(rng.choice(texts))
         document = "<html><body><table>" + "".join(parts) + "</body></html>"
-        assert _serialize(teds_module._parse_stdlib(document)) == _serialize(teds_module._parse_lxml(document))
+        assert _serialize(html_table._parse_stdlib(document)) == _serialize(html_table._parse_lxml(document))
 
 
 def test_teds_speed():

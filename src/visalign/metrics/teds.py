@@ -41,389 +41,20 @@ Where the reference raises or leaves a case undefined, this module decides:
 * a ``colspan``/``rowspan`` that is not an integer (the reference raises ``ValueError``) is read as
   browsers read it: its leading digits, or 1 when there are none;
 
-Parsing backends: when ``lxml`` is installed it is used exactly as the reference uses it. Otherwise
-the standard library ``html.parser`` feeds a small tree builder that reproduces libxml2's HTML
-recovery rules (implied ``html``/``body``, the start tags that close open elements, the end-tag
-priorities, void elements, comments dropped, no ``tbody`` insertion), so that well-formed tables and
-the usual slips (unclosed ``td``/``tr``, stray end tags) parse to the same tree as with lxml 6
-(libxml2 2.14), down to its quirks (raw-text elements, the 256-element depth limit at which it stops
-reading). Random malformed documents were checked to give identical trees under both backends.
+Parsing (lxml when installed, else a standard-library parser that reproduces libxml2's HTML recovery)
+lives in :mod:`visalign.metrics.html_table`, the tree edit distance in :mod:`visalign.metrics.tree_edit`.
 """
 
 from __future__ import annotations
 
-import html
 import re
-from html.parser import HTMLParser
 
 import numpy as np
 
+from .html_table import Element, first_table
+from .tree_edit import PostOrderTree, tree_edit_distance
+
 __all__ = ["teds"]
-
-
-# --------------------------------------------------------------------------------------------------
-# The element tree both backends produce (the parts of lxml's element API the reference reads).
-
-
-class _Element:
-    __slots__ = ("attrib", "children", "tag", "tail", "text")
-
-    def __init__(self, tag: str, attrib: dict[str, str] | None = None) -> None:
-        self.tag = tag
-        self.attrib = attrib or {}
-        self.text: str | None = None
-        self.tail: str | None = None
-        self.children: list[_Element] = []
-
-    def append_text(self, data: str) -> None:
-        if self.children:
-            last = self.children[-1]
-            last.tail = data if last.tail is None else last.tail + data
-        else:
-            self.text = data if self.text is None else self.text + data
-
-
-# --------------------------------------------------------------------------------------------------
-# html.parser backend: libxml2's legacy HTML tree construction (HTMLparser.c, htmlAutoClose,
-# htmlAutoCloseOnClose, htmlCheckImplied, htmlParseStartTag/EndTag), which lxml.html uses.
-
-# htmlStartClose: an open element (key) is closed by a start tag in its set.
-_START_CLOSE: dict[str, frozenset[str]] = {
-    old: frozenset(new.split())
-    for old, new in {
-        "a": "a fieldset table td th",
-        "address": "dd dl dt form li ul",
-        "b": "center p td th",
-        "big": "p",
-        "caption": "col colgroup tbody tfoot thead tr",
-        "col": "col colgroup tbody tfoot thead tr",
-        "colgroup": "colgroup tbody tfoot thead tr",
-        "dd": "dt",
-        "dir": "dd dl dt form ul",
-        "dl": "form li",
-        "dt": "dd dl",
-        "font": "center td th",
-        "form": "form",
-        **{f"h{k}": "fieldset form li p table" for k in range(1, 7)},
-        "head": "a abbr acronym address b bdo big blockquote body br center cite code dd dfn dir div "
-        "dl dt em fieldset font form frameset h1 h2 h3 h4 h5 h6 hr i iframe img kbd li listing map "
-        "menu ol p pre q s samp small span strike strong sub sup table tt u ul var xmp",
-        "hr": "form",
-        "i": "center p td th",
-        "legend": "fieldset",
-        "li": "li",
-        "link": "body frameset",
-        "listing": "dd dl dt fieldset form li table ul",
-        "menu": "dd dl dt form ul",
-        "ol": "form",
-        "option": "optgroup option",
-        "p": "address blockquote body caption center col colgroup dd dir div dl dt fieldset form "
-        "frameset h1 h2 h3 h4 h5 h6 head hr li listing menu ol p pre table tbody td tfoot th title tr "
-        "ul xmp",
-        "pre": "dd dl dt fieldset form li table ul",
-        "s": "p",
-        "script": "noscript",
-        "small": "p",
-        "span": "td th",
-        "strike": "p",
-        "style": "body frameset",
-        "tbody": "tbody tfoot",
-        "td": "tbody td tfoot th tr",
-        "tfoot": "tbody",
-        "th": "tbody td tfoot th tr",
-        "thead": "tbody tfoot",
-        "title": "body frameset",
-        "tr": "tbody tfoot tr",
-        "tt": "p",
-        "u": "p td th",
-        "ul": "address form menu pre",
-        "xmp": "dd dl dt fieldset form li table ul",
-    }.items()
-}
-# htmlEndPriority: a misplaced end tag only closes open elements of lower or equal priority.
-_END_PRIORITY = {
-    "div": 150, "td": 160, "th": 160, "tr": 170, "thead": 180, "tbody": 180, "tfoot": 180,
-    "table": 190, "head": 200, "body": 200, "html": 220,
-}  # fmt: skip
-_DEFAULT_PRIORITY = 100
-# Elements that libxml2's HTML 4 table marks empty: they never hold content.
-_VOID = frozenset(
-    ("area", "base", "basefont", "br", "col", "frame", "hr", "img", "input", "isindex", "link", "meta", "param")
-)
-_HEAD_ONLY = frozenset(("script", "style", "meta", "link", "title", "base"))
-# Elements whose content libxml2 reads as raw text up to their end tag; RCDATA ones decode entities.
-_RAW_TEXT = frozenset(("script", "style", "xmp", "iframe", "noembed", "noframes", "title", "textarea"))
-_RCDATA = frozenset(("title", "textarea"))
-_HTML_WHITESPACE = " \t\n\f\r"
-_IN_HEAD, _IN_BODY = 1, 10  # libxml2's ctxt->html insertion states
-_MAX_DEPTH = 256  # libxml2's element depth limit without XML_PARSE_HUGE
-
-
-class _LibxmlTreeBuilder(HTMLParser):
-    """Builds the tree libxml2's HTML parser would build, from ``html.parser`` events."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.root: _Element | None = None
-        self._stack: list[_Element] = []
-        self._state = 0
-        self._discarded = 0  # libxml2's ctxt->depth: misplaced html/head/body start tags ignored
-        self._raw_text: str | None = None
-        self._halted = False
-
-    # tree operations ------------------------------------------------------------------------------
-    def _push(self, tag: str, attrib: dict[str, str] | None = None) -> None:
-        if len(self._stack) >= _MAX_DEPTH:  # "Excessive depth in document": libxml2 halts the parse
-            self._halted = True
-            return
-        node = _Element(tag, attrib)
-        if self._stack:
-            self._stack[-1].children.append(node)
-        elif self.root is None:
-            self.root = node
-        # else: a second document-level element, which lxml's root never sees
-        if tag == "head" and self._state < _IN_HEAD:
-            self._state = _IN_HEAD
-        if tag == "body" and self._state < _IN_BODY:
-            self._state = _IN_BODY
-        self._stack.append(node)
-
-    def _auto_close(self, tag: str) -> None:
-        while self._stack and tag in _START_CLOSE.get(self._stack[-1].tag, ()):
-            self._stack.pop()
-
-    def _check_implied(self, tag: str) -> None:
-        if tag == "html":
-            return
-        if not self._stack:
-            self._push("html")
-        if tag in ("body", "head"):
-            return
-        if len(self._stack) <= 1 and tag in _HEAD_ONLY:
-            if self._state >= _IN_HEAD:
-                return
-            self._push("head")
-        elif tag not in ("noframes", "frame", "frameset"):
-            if self._state >= _IN_BODY:
-                return
-            if any(node.tag in ("body", "head") for node in self._stack):
-                return
-            self._push("body")
-
-    # html.parser callbacks ------------------------------------------------------------------------
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._halted:
-            return
-        self._start(tag, attrs, self_closing=False)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._halted:
-            return
-        self._start(tag, attrs, self_closing=True)
-
-    def _start(self, tag: str, attrs: list[tuple[str, str | None]], self_closing: bool) -> None:
-        self._auto_close(tag)
-        self._check_implied(tag)
-        if self._halted:
-            return
-        discard = 0
-        if self._stack and tag == "html":
-            discard += 1
-        if len(self._stack) != 1 and tag == "head":
-            discard += 1
-        if tag == "body":
-            discard += sum(node.tag == "body" for node in self._stack)
-        if discard:
-            self._discarded += discard
-            if self_closing and self._stack:  # libxml2 then "closes" <x/> by popping the open element
-                self._stack.pop()
-            return
-        attrib: dict[str, str] = {}
-        for name, value in attrs:
-            attrib.setdefault(name, "" if value is None else value)  # libxml2 keeps the first
-        self._push(tag, attrib)
-        if self._halted:
-            return
-        if self_closing or tag in _VOID:
-            self._stack.pop()
-        elif tag in _RAW_TEXT:
-            self.set_cdata_mode(tag)
-            self._raw_text = tag
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._halted:
-            return
-        self._raw_text = None
-        if self._discarded > 0 and tag in ("html", "body", "head"):
-            self._discarded -= 1
-            return
-        if not any(node.tag == tag for node in self._stack):
-            return
-        priority = _END_PRIORITY.get(tag, _DEFAULT_PRIORITY)
-        for node in reversed(self._stack):
-            if node.tag == tag:
-                break
-            if _END_PRIORITY.get(node.tag, _DEFAULT_PRIORITY) > priority:
-                return
-        while self._stack[-1].tag != tag:
-            self._stack.pop()
-        self._stack.pop()
-
-    def handle_data(self, data: str) -> None:
-        if self._halted:
-            return
-        if self._raw_text in _RCDATA and not _CDATA_MODE_DECODES_RCDATA:
-            data = html.unescape(data)
-        top = self._stack[-1].tag if self._stack else None
-        if top in (None, "html", "head"):
-            content = data.lstrip(_HTML_WHITESPACE)
-            leading = data[: len(data) - len(content)]
-            if leading and self._stack:
-                self._stack[-1].append_text(leading)
-            if not content:
-                return
-            data = content
-            if top == "head":  # htmlStartCharData
-                self._auto_close("p")
-            self._check_implied("p")
-            if self._halted:
-                return
-        self._stack[-1].append_text(data)
-
-    # comments, declarations and processing instructions are dropped (remove_comments=True; libxml2
-    # parses <? ... > and <! ... > as bogus comments)
-
-    def parse_comment(self, i: int, report: int = 1) -> int:
-        """Skips a comment where libxml2 ends it: ``<!-->`` and ``<!--->`` are empty, else the first
-        ``-->`` or ``--!>`` (html.parser would also accept ``-- >``)."""
-        for empty in ("<!-->", "<!--->"):
-            if self.rawdata.startswith(empty, i):
-                return i + len(empty)
-        end = _COMMENT_END.search(self.rawdata, i + 4)
-        return end.end() if end else -1
-
-    @property
-    def in_raw_text(self) -> bool:
-        return self._raw_text is not None
-
-    def truncated_start_tag(self, tag: str) -> None:
-        """A start tag cut off by the end of input: libxml2 closes and implies, then drops it."""
-        self._auto_close(tag)
-        self._check_implied(tag)
-
-    def close(self) -> None:
-        super().close()
-        if self._raw_text is not None and self.rawdata:  # unterminated raw text runs to the end
-            self.handle_data(self.rawdata)
-            self.rawdata = ""
-        self._stack.clear()
-
-
-def _cdata_mode_decodes_rcdata() -> bool:
-    """Whether this Python's html.parser already decodes entities in title/textarea (3.14 does)."""
-
-    class Probe(HTMLParser):
-        data = ""
-
-        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            self.set_cdata_mode(tag)
-
-        def handle_data(self, data: str) -> None:
-            self.data += data
-
-    probe = Probe(convert_charrefs=True)
-    probe.feed("<title>&amp;</title>")
-    probe.close()
-    return probe.data == "&"
-
-
-_CDATA_MODE_DECODES_RCDATA = _cdata_mode_decodes_rcdata()
-
-
-_COMMENT_END = re.compile(r"--!?>")
-_TAG_START = re.compile(r"<(/?)([A-Za-z][^\t\n\r\f />]*)")
-
-
-def _unterminated_tail(document: str) -> tuple[int, str | None] | None:
-    """Where a tag or comment that the end of input cuts off starts, and the start tag's name."""
-    found: list[tuple[int, str | None]] = []
-    tag = _TAG_START.search(document, document.rfind(">") + 1)
-    if tag:
-        found.append((tag.start(), None if tag.group(1) else tag.group(2).lower()))
-    last_close = max(document.rfind("-->"), document.rfind("--!>") + 1)
-    comment = document.find("<!--", last_close + 3 if last_close >= 0 else 0)
-    if comment >= 0:
-        found.append((comment, None))
-    return min(found, key=lambda item: item[0]) if found else None
-
-
-def _parse_stdlib(document: str) -> _Element | None:
-    document = document.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
-    # libxml2 drops a tag or comment cut off by the end, after letting a start tag close and imply
-    tail = _unterminated_tail(document)
-    builder = _LibxmlTreeBuilder()
-    builder.feed(document[: tail[0]] if tail else document)
-    if tail and builder.in_raw_text:
-        builder.feed(document[tail[0] :])  # inside <script>, <title>... it is text after all
-    elif tail and tail[1]:
-        builder.truncated_start_tag(tail[1])
-    builder.close()
-    return builder.root
-
-
-def _parse_lxml(document: str) -> _Element | None:
-    from lxml import html as lxml_html
-
-    parser = lxml_html.HTMLParser(remove_comments=True, encoding="utf-8")
-    try:
-        root = lxml_html.fromstring(document, parser=parser)
-    except Exception:  # lxml raises ParserError / ValueError on documents it cannot read
-        return None
-    return _from_lxml(root)
-
-
-def _from_lxml(root: object) -> _Element:
-    """Copies an lxml element tree into :class:`_Element` nodes."""
-    top = _Element(root.tag, dict(root.attrib))  # type: ignore[attr-defined]
-    top.text = root.text  # type: ignore[attr-defined]
-    pending = [(root, top)]
-    while pending:
-        source, target = pending.pop()
-        for child in source:  # type: ignore[attr-defined]
-            if not isinstance(child.tag, str):  # a processing instruction or entity: keep its tail
-                if child.tail:
-                    target.append_text(child.tail)
-                continue
-            node = _Element(child.tag, dict(child.attrib))
-            node.text, node.tail = child.text, child.tail
-            target.children.append(node)
-            pending.append((child, node))
-    return top
-
-
-try:  # the reference parser, when available
-    import lxml.html  # noqa: F401
-
-    _parse = _parse_lxml
-except ImportError:  # pragma: no cover - depends on the environment
-    _parse = _parse_stdlib
-
-_FULL_DOCUMENT = re.compile(r"^\s*<(?:html|!doctype)", re.IGNORECASE)  # lxml.html's own test
-
-
-def _first_table(html_string: str) -> _Element | None:
-    """The reference's ``fromstring(...).xpath('body/table')[0]``, after the pipeline's wrapping."""
-    if not _FULL_DOCUMENT.match(html_string):
-        html_string = f"<html><body>{html_string}</body></html>"
-    root = _parse(html_string)
-    if root is None:
-        return None
-    for body in root.children:
-        if body.tag == "body":
-            for child in body.children:
-                if child.tag == "table":
-                    return child
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,11 +84,11 @@ def _span(value: str | None) -> int:
         return int(digits.group(1)) if digits else 1
 
 
-def _cell_tokens(cell: _Element) -> list[str]:
+def _cell_tokens(cell: Element) -> list[str]:
     """The reference ``tokenize(td)[1:-1]``: characters and ``<tag>``/``</tag>`` tokens."""
     tokens: list[str] = []
     # The reference recursion, unrolled: (False, node) opens a node, (True, node) closes it.
-    pending: list[tuple[bool, _Element]] = [(False, cell)]
+    pending: list[tuple[bool, Element]] = [(False, cell)]
     while pending:
         closing, node = pending.pop()
         if closing:
@@ -474,7 +105,7 @@ def _cell_tokens(cell: _Element) -> list[str]:
     return tokens[1:-1]
 
 
-def _count_descendants(node: _Element) -> int:
+def _count_descendants(node: Element) -> int:
     """``len(node.xpath('.//*'))``."""
     count, pending = 0, list(node.children)
     while pending:
@@ -484,10 +115,10 @@ def _count_descendants(node: _Element) -> int:
     return count
 
 
-def _table_tree(table: _Element, structure_only: bool, contents: dict[tuple[str, ...], int]) -> _TableTree:
+def _table_tree(table: Element, structure_only: bool, contents: dict[tuple[str, ...], int]) -> _TableTree:
     """The reference ``load_html_tree``; cell token lists are interned into ``contents``."""
 
-    def convert(node: _Element) -> _TableTree:
+    def convert(node: Element) -> _TableTree:
         if node.tag == "td":
             tokens = () if structure_only else tuple(_cell_tokens(node))
             index = contents.setdefault(tokens, len(contents))
@@ -580,60 +211,11 @@ def _normalized_levenshtein_matrix(first: list[tuple[int, ...]], second: list[tu
     return result
 
 
-# --------------------------------------------------------------------------------------------------
-# Tree edit distance: Zhang and Shasha's algorithm, exact like APTED, with the subproblems that involve
-# a single-node tree (every td is one) solved in closed form. Unit insert and delete costs.
-
-
-class _PostOrder:
-    """A tree in postorder: ``lld[i]`` is the leftmost leaf below node ``i``.
-
-    ``mirrored`` reverses every node's children: the edit distance between two trees equals the one
-    between their mirror images, and a mirror can have far fewer or smaller keyroots (a table's
-    ``thead`` instead of its ``tbody``; ``<div><br><div><br>...`` chains).
-    """
-
-    def __init__(self, root: _TableTree, mirrored: bool = False) -> None:
-        def children_of(node: _TableTree) -> list[_TableTree]:
-            return node.children[::-1] if mirrored else node.children
-
-        self.nodes: list[_TableTree] = []
-        index: dict[int, int] = {}
-        stack = [(root, iter(children_of(root)))]
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                stack.pop()
-                index[id(node)] = len(self.nodes)
-                self.nodes.append(node)
-            else:
-                stack.append((child, iter(children_of(child))))
-        self.lld = [index[id(children_of(n)[0])] if n.children else i for i, n in enumerate(self.nodes)]
-        for i, node in enumerate(self.nodes):  # a child precedes its parent: resolve chains in order
-            if node.children:
-                self.lld[i] = self.lld[self.lld[i]]
-        self.size = np.array([i - self.lld[i] + 1 for i in range(len(self.nodes))], dtype=np.float64)
-        self.leaf = np.array([not n.children for n in self.nodes])
-        highest = {lld: i for i, lld in enumerate(self.lld)}  # the last node per leftmost leaf
-        self.keyroots = sorted(i for i in highest.values() if self.nodes[i].children)
-        # Zhang and Shasha's work is proportional to the product of these sums over the two trees
-        self.work = sum(k - self.lld[k] + 1 for k in self.keyroots)
-
-    def subtree_minimum(self, values: np.ndarray) -> np.ndarray:
-        """``out[..., i] = values[..., lld[i]: i + 1].min(-1)``: minimum over each subtree."""
-        out = values.copy()
-        for i, node in enumerate(self.nodes):
-            if node.children:
-                out[..., i] = values[..., self.lld[i] : i + 1].min(axis=-1)
-        return out
-
-
-def _rename_costs(first: _PostOrder, second: _PostOrder, contents: list[tuple[str, ...]]) -> np.ndarray:
+def _rename_costs(first: PostOrderTree, second: PostOrderTree, contents: list[tuple[str, ...]]) -> np.ndarray:
     """The reference ``CustomConfig.rename`` for every pair of nodes."""
     codes: dict[object, int] = {}
 
-    def encode(post: _PostOrder) -> np.ndarray:
+    def encode(post: PostOrderTree) -> np.ndarray:
         return np.array(
             [[codes.setdefault(v, len(codes)) for v in (n.tag, ("span", n.colspan), ("span", n.rowspan))]
              for n in post.nodes],
@@ -660,135 +242,6 @@ def _rename_costs(first: _PostOrder, second: _PostOrder, contents: list[tuple[st
     return costs
 
 
-_VECTOR_MIN_SIZE = 24  # subtrees at least this large are swept with numpy rows instead of Python loops
-
-
-def _forest_distance_python(
-    l1: int, k1: int, l2: int, nodes: list[tuple[int, int]], lld_first: list[int],
-    costs: list[list[float]], treedist: list[list[float]],
-) -> None:
-    """One Zhang-Shasha subproblem (keyroots ``k1``, ``k2``) in plain Python, for small subtrees."""
-    forest = [list(range(len(nodes) + 1))]
-    for x, i in enumerate(range(l1, k1 + 1), 1):
-        previous = forest[x - 1]
-        row = [x]
-        left = x
-        cost_i, tree_i = costs[i], treedist[i]
-        if lld_first[i] == l1:
-            for y, (j, q) in enumerate(nodes, 1):
-                value = previous[y] + 1
-                if left + 1 < value:
-                    value = left + 1
-                if q == 0:
-                    diagonal = previous[y - 1] + cost_i[j]
-                    if diagonal < value:
-                        value = diagonal
-                    tree_i[j] = value
-                else:
-                    diagonal = q + tree_i[j]  # forest row 0 is 0, 1, 2, ...
-                    if diagonal < value:
-                        value = diagonal
-                row.append(value)
-                left = value
-        else:
-            before = forest[lld_first[i] - l1]
-            for y, (j, q) in enumerate(nodes, 1):
-                value = previous[y] + 1
-                if left + 1 < value:
-                    value = left + 1
-                diagonal = before[q] + tree_i[j]
-                if diagonal < value:
-                    value = diagonal
-                row.append(value)
-                left = value
-        forest.append(row)
-
-
-def _forest_distance_numpy(
-    outer_lld: np.ndarray, l_outer: int, k_outer: int, inner_lld: np.ndarray, l_inner: int, k_inner: int,
-    rename: np.ndarray, treedist: np.ndarray,
-) -> None:
-    """The same subproblem swept one row of the outer subtree at a time, vectorised over the inner one.
-
-    ``rename`` and ``treedist`` are indexed [outer node, inner node] (transposed views work: the
-    subproblem is symmetric because insert and delete both cost 1). Along a row, ``row[y] =
-    min(candidate[y], row[y - 1] + 1)`` is a running minimum of ``candidate[k] + (y - k)``.
-    """
-    inner = np.arange(l_inner, k_inner + 1)
-    offset = inner_lld[inner] - l_inner
-    on_path = offset == 0
-    steps = np.arange(len(inner) + 1, dtype=np.float64)
-    forest = np.empty((k_outer - l_outer + 2, len(inner) + 1))
-    forest[0] = steps
-    for x, i in enumerate(range(l_outer, k_outer + 1), 1):
-        before = outer_lld[i] - l_outer
-        tree_i = treedist[i, l_inner : k_inner + 1]
-        if before == 0:
-            diagonal = np.where(on_path, forest[x - 1, :-1] + rename[i, l_inner : k_inner + 1], offset + tree_i)
-        else:
-            diagonal = forest[before, offset] + tree_i
-        row = forest[x]
-        row[0] = x
-        np.minimum(forest[x - 1, 1:] + 1, diagonal, out=row[1:])
-        row -= steps
-        np.minimum.accumulate(row, out=row)
-        row += steps
-        if before == 0:
-            tree_i[on_path] = row[1:][on_path]
-
-
-def _tree_edit_distance(first: _PostOrder, second: _PostOrder, rename: np.ndarray) -> float:
-    """Exact ordered tree edit distance (Zhang and Shasha 1989), unit insert and delete costs.
-
-    Zhang and Shasha compute the distance between every pair of subtrees, one pair of "keyroots" at a
-    time; a pair involving a single-node tree (every ``td`` is one) has a closed form and is filled in
-    first. Large subproblems run vectorised with numpy, small ones in Python: the two copies of the
-    subtree distances (lists for Python, an array for numpy) are synchronised on the pairs each
-    subproblem writes (the leftmost paths of its two keyroots).
-    """
-    size_first, size_second = first.size, second.size
-    # A single node against a tree: map it onto the cheapest node and insert the rest, or delete it
-    # and insert the whole tree.
-    dist = np.zeros_like(rename)
-    leaf_rows = np.nonzero(first.leaf)[0]
-    if len(leaf_rows):
-        best = second.subtree_minimum(rename[leaf_rows])
-        dist[leaf_rows] = np.minimum(size_second + 1, size_second - 1 + best)
-    leaf_cols = np.nonzero(second.leaf)[0]
-    if len(leaf_cols):
-        best = first.subtree_minimum(rename[:, leaf_cols].T).T
-        dist[:, leaf_cols] = np.minimum(size_first[:, None] + 1, size_first[:, None] - 1 + best)
-    if not first.keyroots or not second.keyroots:
-        return float(dist[-1, -1])
-    treedist = dist.tolist()
-    costs = rename.tolist()
-    lld_first, lld_second = first.lld, second.lld
-    lld_first_array, lld_second_array = np.array(lld_first), np.array(lld_second)
-    columns = []
-    for k2 in second.keyroots:
-        l2 = lld_second[k2]
-        nodes = [(j, lld_second[j] - l2) for j in range(l2, k2 + 1)]
-        columns.append((k2, l2, nodes, [j for j, q in nodes if q == 0]))
-    for k1 in first.keyroots:
-        l1 = lld_first[k1]
-        path1 = [i for i in range(l1, k1 + 1) if lld_first[i] == l1]
-        for k2, l2, nodes, path2 in columns:
-            if max(k1 - l1, k2 - l2) + 1 < _VECTOR_MIN_SIZE:
-                _forest_distance_python(l1, k1, l2, nodes, lld_first, costs, treedist)
-                for i in path1:
-                    dist[i, path2] = [treedist[i][j] for j in path2]
-                continue
-            if k1 - l1 <= k2 - l2:  # sweep rows of the smaller subtree
-                _forest_distance_numpy(lld_first_array, l1, k1, lld_second_array, l2, k2, rename, dist)
-            else:
-                _forest_distance_numpy(lld_second_array, l2, k2, lld_first_array, l1, k1, rename.T, dist.T)
-            for i in path1:
-                tree_i = treedist[i]
-                for j, value in zip(path2, dist[i, path2].tolist(), strict=True):
-                    tree_i[j] = value
-    return float(treedist[-1][-1])
-
-
 # --------------------------------------------------------------------------------------------------
 # Public function.
 
@@ -801,19 +254,19 @@ def _check_inputs(pred_html: object, ref_html: object, structure_only: object) -
         raise TypeError(f"teds: structure_only must be a bool, got {type(structure_only).__name__}")
 
 
-def _compute(pred_table: _Element, ref_table: _Element, structure_only: bool) -> float:
+def _compute(pred_table: Element, ref_table: Element, structure_only: bool) -> float:
     n_nodes = max(_count_descendants(pred_table), _count_descendants(ref_table))
     if n_nodes == 0:
         return 1.0  # two tables with nothing in them (the reference divides by zero)
     contents: dict[tuple[str, ...], int] = {}
     root_pred = _table_tree(pred_table, structure_only, contents)
     root_ref = _table_tree(ref_table, structure_only, contents)
-    tree_pred, tree_ref = _PostOrder(root_pred), _PostOrder(root_ref)
-    mirror_pred, mirror_ref = _PostOrder(root_pred, mirrored=True), _PostOrder(root_ref, mirrored=True)
+    tree_pred, tree_ref = PostOrderTree(root_pred), PostOrderTree(root_ref)
+    mirror_pred, mirror_ref = PostOrderTree(root_pred, mirrored=True), PostOrderTree(root_ref, mirrored=True)
     if mirror_pred.work * mirror_ref.work < tree_pred.work * tree_ref.work:
         tree_pred, tree_ref = mirror_pred, mirror_ref
     rename = _rename_costs(tree_pred, tree_ref, list(contents))
-    distance = _tree_edit_distance(tree_pred, tree_ref, rename)
+    distance = tree_edit_distance(tree_pred, tree_ref, rename)
     return 1.0 - distance / n_nodes
 
 
@@ -857,8 +310,8 @@ def teds(pred_html: str, ref_html: str, structure_only: bool = False) -> float:
     _check_inputs(pred_html, ref_html, structure_only)
     if not pred_html or not ref_html:
         return 0.0
-    pred_table = _first_table(pred_html)
-    ref_table = _first_table(ref_html)
+    pred_table = first_table(pred_html)
+    ref_table = first_table(ref_html)
     if pred_table is None or ref_table is None:
         return 0.0
     return _compute(pred_table, ref_table, structure_only)
