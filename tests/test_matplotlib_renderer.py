@@ -1,7 +1,7 @@
 """The matplotlib renderer against real programs, broken programs and hostile programs.
 
-Every hostile case checks four things: a failed result of the right kind, within the timeout plus a
-small margin, nothing left running, and the next good program still renders.
+Every hostile case checks four things: a failed result of the right kind, cut off (well before the
+hostile program would end by itself), nothing left running, and the next good program still renders.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from conftest import GOOD_CHART, processes_of_uid, requires_bwrap, requires_root
 from visalign.renderers import get_renderer
 
 TIMEOUT = 3.0
-MARGIN = 2.5
+# Wall-clock bounds catch a timeout that is not enforced (the hostile programs sleep 60 s or loop for
+# ever), not a slow kill: a loaded 2-core machine can take several seconds to kill a sandbox and start
+# the next zygote, so the bound is generous and every wait below polls a condition up to a deadline
+# that only a failure reaches.
+CUT_OFF = TIMEOUT + 25.0
+SETTLE = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def _sandbox_processes(renderer) -> int:
 def _nothing_outlived(renderer, before: int) -> bool:
     """True when the sandbox uid runs no more processes than before the job (its zygotes and their
     waiting children; a killed zygote is replaced on the next job)."""
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline:
         if _sandbox_processes(renderer) <= before:
             return True
@@ -51,7 +56,7 @@ def _assert_fails(renderer, code: str, kinds: set[str]):
     wall = time.perf_counter() - t0
     assert not res.ok and res.image is None
     assert res.error_kind in kinds, (res.error_kind, res.error)
-    assert wall < TIMEOUT + MARGIN, wall
+    assert wall < CUT_OFF, wall
     assert _nothing_outlived(renderer, before), "a process of the sandboxed program outlived it"
     assert renderer.render(GOOD_CHART).ok, "the next good program did not render"
     return res
@@ -75,9 +80,8 @@ def test_savefig_then_close_is_still_captured(renderer):
 
 
 def test_show_does_not_block_and_captures(renderer):
-    t0 = time.perf_counter()
     res = renderer.render(GOOD_CHART + "plt.show()\n")
-    assert res.ok and time.perf_counter() - t0 < TIMEOUT
+    assert res.ok, res.error  # a blocking show() would have run into the timeout: a failed "timeout" result
 
 
 def test_backend_switch_is_ignored(renderer):
@@ -269,7 +273,7 @@ def test_nothing_left_running(ending):
     assert len(lines) >= 2, out.stderr
     children = [int(p) for p in lines[1].split()]
     assert children, "the renderer started no process?"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + SETTLE
     import psutil
 
     def alive() -> list[int]:

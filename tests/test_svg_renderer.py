@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -52,10 +51,8 @@ def test_transparent_background_is_composited_on_white():
      "memory"),
 ])
 def test_bad_documents(renderer, source, kind):
-    t0 = time.perf_counter()
     res = renderer.render(source)
-    assert not res.ok and res.error_kind == kind, res.error
-    assert time.perf_counter() - t0 < 5
+    assert not res.ok and res.error_kind == kind, res.error  # a hang would be "timeout", not ``kind``
     assert renderer.render(RECT).ok
 
 
@@ -64,9 +61,10 @@ def test_billion_laughs_does_not_hang(renderer):
         f'<!ENTITY a{i} "{("&a" + str(i - 1) + ";") * 10}">' for i in range(1, 10))
     doc = (f'<?xml version="1.0"?><!DOCTYPE svg [{ents}]><svg xmlns="http://www.w3.org/2000/svg" '
            'width="10" height="10"><text>&a9;</text></svg>')
-    t0 = time.perf_counter()
     res = renderer.render(doc)
-    assert not res.ok and time.perf_counter() - t0 < 3 + 2.5
+    # refused by the parser (10 levels of 10 references would expand to 10**10 characters and run into
+    # the timeout instead): the kind, not a wall-clock bound, says it did not hang
+    assert not res.ok and res.error_kind == "syntax" and "entity" in res.error, (res.error_kind, res.error)
     assert renderer.render(RECT).ok
 
 
