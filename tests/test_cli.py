@@ -180,3 +180,14 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
         load_config(VLMGRPOConfig, cfg, section="grpo")
     cfg.write_text("grpo:\n  model: Qwen/Qwen2-VL-2B-Instruct\n")
     assert load_config(VLMGRPOConfig, cfg, section="grpo").model == "Qwen/Qwen2-VL-2B-Instruct"  # a hub id
+
+
+def test_score_warns_when_it_resizes(tmp_path, capsys):
+    """Issue 13.9: ``score`` compared images of different sizes silently (the prediction is resized)."""
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "pred.png")
+    Image.new("RGB", (80, 60), "white").save(tmp_path / "ref.png")
+    assert main(["score", "ssim", str(tmp_path / "pred.png"), str(tmp_path / "ref.png")]) == 0
+    assert "prediction (40x30) was resized to the reference (80x60)" in capsys.readouterr().err
+    Image.new("RGB", (80, 60), "white").save(tmp_path / "same.png")
+    assert main(["score", "ssim", str(tmp_path / "same.png"), str(tmp_path / "ref.png")]) == 0
+    assert "resized" not in capsys.readouterr().err

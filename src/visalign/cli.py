@@ -157,6 +157,10 @@ def _score_cmd(args: argparse.Namespace) -> int:
     except ScoreError as exc:
         print(f"visalign score: {exc}", file=sys.stderr)
         return 2
+    if "resized" in details:
+        r = details["resized"]
+        print(f"visalign score: warning: the prediction ({r['pred'][0]}x{r['pred'][1]}) was resized to the "
+              f"reference ({r['ref'][0]}x{r['ref'][1]}) before comparing", file=sys.stderr)
     if args.json:  # strict JSON has no inf (psnr of identical images): write it as a string
         shown = value if math.isfinite(value) else str(value)
         print(json.dumps({"score": shown, **details}, default=str))

@@ -89,4 +89,6 @@ def score_files(metric: str, pred: str | Path, ref: str | Path, timeout: float =
     pred_img = _image_or_render(pred, timeout, details, "pred")
     if pred_img is None:
         return (float("inf") if metric == "mse" else 0.0), details
+    if pred_img.size != ref_img.size:  # the metric resizes the prediction to the reference: say so
+        details["resized"] = {"pred": list(pred_img.size), "ref": list(ref_img.size)}
     return float(getattr(metrics, metric)(pred_img, ref_img)), details
