@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from ..data.shapes import COLOURS, SHAPES, parse_caption
+from ..shape_captions import COLOURS, SHAPES, parse_caption
 from .base import Reward, RewardOutput, Sample
 
 __all__ = ["ShapeColourReward", "analyse_image", "classify_shape_colour", "soft_shape_colour"]
@@ -233,8 +233,6 @@ def soft_shape_colour(images: torch.Tensor, targets: Sequence[tuple[str | None, 
         >>> s[0].backward(); bool(x.grad.abs().sum() > 0)
         True
     """
-    from ..data.shapes import COLOURS as RGB
-
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     if len(targets) != images.shape[0]:
@@ -263,7 +261,7 @@ def soft_shape_colour(images: torch.Tensor, targets: Sequence[tuple[str | None, 
     for i, (shape, colour) in enumerate(targets):
         purity = torch.ones((), device=x.device)
         if colour is not None:
-            c = torch.tensor(RGB[colour], dtype=x.dtype, device=x.device)[:, None, None]
+            c = torch.tensor(COLOURS[colour], dtype=x.dtype, device=x.device)[:, None, None]
             credit = torch.exp(-((x[i] - c) ** 2).sum(0) / (2 * colour_width**2))
             purity = (alpha[i] * credit).sum() / mass[i].clamp(min=1e-6)
         shape_score = torch.ones((), device=x.device)
