@@ -389,3 +389,44 @@ def test_cli_trains_from_a_yaml_config(tiny: dict[str, Any], tmp_path: Path) -> 
     assert (tmp_path / "out" / "final.txt").read_text().strip() == "checkpoint-000001/model"
     assert main(["train", "grpo", str(cfg), "--set", "num_generations=1"]) == 2  # bad option: one line, exit 2
     assert main(["train", "grpo", str(cfg), "--set", "no_such_option=1"]) == 2
+
+
+# ------------------------------------------------------------------------------ one run per directory
+def test_reused_output_dir_is_refused_and_overwrite_starts_clean(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 13.1: a second run into the same output_dir appended to metrics.jsonl and mixed the curves."""
+    from visalign.trainers.runtime import OutputDirError
+
+    def run(**overrides: Any) -> list[dict[str, Any]]:
+        model, processor = load(tiny)
+        trainer = VLMGRPOTrainer(config(tmp_path, **overrides), model=model, processor=processor, reward=CharReward(),
+                                 train_rows=rows())
+        try:
+            return trainer.train()
+        finally:
+            trainer.close()
+
+    run(max_steps=2)
+    with pytest.raises(OutputDirError) as error:
+        run(max_steps=1, learning_rate=1e-2)
+    assert str(tmp_path / "run") in str(error.value) and "overwrite_output_dir" in str(error.value)
+    run(max_steps=1, learning_rate=1e-2, overwrite_output_dir=True)
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1]
+    assert not (tmp_path / "run" / "checkpoint-000002").exists()
+
+
+def test_eval_never_reads_an_earlier_score(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 13.1: the held-out eval resumed from the previous scoring in its directory ("resuming: 8
+    samples already scored") and logged the old scores as "after"."""
+    model, processor = load(tiny)
+    code = "import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, 2])\n"
+    evals = [{"id": "e0", "image": Image.new("RGB", (32, 32), "white"), "code": code}]
+    cfg = config(tmp_path, rewards=["execution"], render_options={"matplotlib": {"dpi": 20, "figsize": [1.6, 1.6]}})
+    trainer = VLMGRPOTrainer(cfg, model=model, processor=processor, train_rows=rows(2), eval_rows=evals)
+    try:
+        scripted(trainer, [code])
+        assert trainer.evaluate("step_000000")["rewards"]["execution"]["mean"] == 1.0
+        scripted(trainer, ["this is not code"])
+        assert trainer.evaluate("step_000000")["rewards"]["execution"]["mean"] == 0.0
+    finally:
+        trainer.close()

@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import math
-import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -51,6 +51,19 @@ from ..rewards.code import fill_code
 from .config import config_to_dict, load_config, option, save_config
 from .grpo import R1_REWARD_LOG_RATIO_BOUND, filter_advantages, group_advantages, policy_loss
 from .prompting import PromptImages, check_prompts, encode_prompts, vision_token_ids
+from .runtime import (
+    Callback,
+    MetricsLog,
+    TimeBudget,
+    plot_curves,
+    prepare_output_dir,
+    progress_bar,
+    reset_rope_deltas,
+    resolve_checkpoint,
+    reward_postfix,
+    run_callbacks,
+    trackers,
+)
 from .tree import SampledGroup, TreeSampling, filter_logits, sample_groups, tree_token_advantages
 
 log = logging.getLogger("visalign.train")
@@ -142,8 +155,12 @@ class VLMGRPOConfig:
     log_completions_every: int = option(10, "save sample completions every N steps")
     log_with: str = option("auto", "accelerate tracker: auto (tensorboard, else none), tensorboard, wandb, none")
     num_threads: int | None = option(None, "torch CPU threads")
-    resume_from: str | None = option(None, "checkpoint directory or 'latest' to resume from")
-    progress: bool = option(True, "progress bar")
+    resume_from: str | None = option(None, "checkpoint directory, or 'latest': the newest checkpoint-<N> in "
+                                     "output_dir (a fresh start when there is none yet)")
+    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
+                                        "(without it or resume_from, such an output_dir is refused)",
+                                        source="HF Trainer")
+    progress: bool = option(True, "progress bar (with ETA and the reward means)")
 
     def __post_init__(self) -> None:
         checks = {"sampling": ("independent", "tree"), "tree_mode": ("segment", "entropy"),
@@ -200,12 +217,8 @@ def completion_logps(model: Any, prompt_inputs: dict[str, torch.Tensor], complet
             [prompt_inputs["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
     if "token_type_ids" in prompt_inputs:  # Gemma 3 marks image tokens with them
         extra["token_type_ids"] = torch.cat([prompt_inputs["token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
-    base = getattr(model, "module", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    inner = getattr(base, "model", None)
-    if inner is not None and hasattr(inner, "rope_deltas"):
-        inner.rope_deltas = None  # Qwen-VL keeps M-RoPE offsets between calls (and derives them from the mask)
-    else:  # 1-D positions count real tokens only, as the sampler does, so left padding changes nothing
+    if not reset_rope_deltas(model):  # Qwen-VL derives its M-RoPE positions from the mask itself
+        # 1-D positions count real tokens only, as the sampler does, so left padding changes nothing
         extra["position_ids"] = (attention.long().cumsum(-1) - 1).clamp(min=0)
     T = completion_ids.shape[1]
     logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=T + 1, use_cache=False, **extra).logits
@@ -290,10 +303,14 @@ class VLMGRPOTrainer:
         if c.num_threads:
             torch.set_num_threads(c.num_threads)
         self.out = Path(c.output_dir)
-        trackers = _trackers(c.log_with)
-        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, log_with=trackers or None,
+        found_trackers = trackers(c.log_with)
+        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, log_with=found_trackers or None,
                                        project_dir=str(self.out), cpu=not torch.cuda.is_available())
         acc = self.accelerator
+        # one run per directory, decided before the model loads (runtime.prepare_output_dir)
+        prepare_output_dir(self.out, overwrite=c.overwrite_output_dir, resume_from=c.resume_from,
+                           main_process=acc.is_main_process)
+        acc.wait_for_everyone()
         set_seed(c.seed)
         if model is None or processor is None:
             from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -349,7 +366,7 @@ class VLMGRPOTrainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(c, self.out / "config.yaml")
-        if trackers:
+        if found_trackers:
             acc.init_trackers("visalign-grpo", config=_flat(config_to_dict(c)))
         if c.resume_from:
             self.load_checkpoint(c.resume_from)
@@ -686,31 +703,37 @@ class VLMGRPOTrainer:
         return m
 
     # ------------------------------------------------------------------------------------------- loop
-    def train(self) -> list[dict[str, Any]]:
-        """Run until ``max_steps``; returns the per-step metrics (also in ``output_dir/metrics.jsonl``)."""
-        from tqdm import tqdm
+    def train(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
+        """Run until ``max_steps``; returns the per-step metrics (also in ``output_dir/metrics.jsonl``).
 
+        ``callbacks`` (``callback(trainer, metrics) -> stop?``) run after every logged step; one that
+        returns True ends the run there (final eval, checkpoint and curves still follow)."""
         c, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.metrics_log.start(self.step_count)
         if self.eval_rows and c.eval_before and self.step_count == 0:
             self.evaluate()
-        bar = tqdm(total=c.max_steps, initial=self.step_count, desc="grpo", unit="step",
-                   disable=not (c.progress and acc.is_main_process) or None)
-        started = time.monotonic()
+        bar = progress_bar(c.max_steps, initial=self.step_count, desc="grpo", unit="step",
+                           enabled=c.progress and acc.is_main_process, output_dir=self.out)
+        budget = TimeBudget(c.max_minutes, acc)
         try:
             while self.step_count < c.max_steps:
-                if c.max_minutes is not None and self._out_of_time(started):
+                if budget.spent():
                     log.info("max_minutes %.1f reached after %d steps", c.max_minutes, self.step_count)
                     break
                 metrics = self.step()
                 self._log(metrics)
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+                bar.set_postfix(**reward_postfix(metrics), loss=f"{metrics['loss']:.4f}")
                 if c.log_completions and self.step_count % max(1, c.log_completions_every) in (0, 1):
                     self._save_completions(self._last_rollout)
                 if c.eval_every and self.eval_rows and self.step_count % c.eval_every == 0 and self.step_count < c.max_steps:
                     self.evaluate()
                 if c.save_every and self.step_count % c.save_every == 0:
                     self.save_checkpoint()
+                if run_callbacks(callbacks, self, metrics):
+                    log.info("a callback stopped the run after %d steps", self.step_count)
+                    break
         finally:
             bar.close()
         if self.eval_rows:
@@ -734,18 +757,17 @@ class VLMGRPOTrainer:
 
     _last_rollout: Rollout | None = None
 
-    def _out_of_time(self, started: float) -> bool:
-        """Whether the time budget is spent, decided alike on every process (the slowest one's clock)."""
-        spent = torch.tensor([time.monotonic() - started], device=self.accelerator.device)
-        return float(self.accelerator.gather(spent).max()) >= 60 * float(self.config.max_minutes or 0)
+    @property
+    def metrics_log(self) -> MetricsLog:
+        """``output_dir/metrics.jsonl`` (one line per step)."""
+        return MetricsLog(self.out / "metrics.jsonl")
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
         acc = self.accelerator
         acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.step_count)
         if acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(metrics) + "\n")
+            self.metrics_log.append(metrics)
         children = " ".join(f"{k[7:-5]} {v:.4f}" for k, v in metrics.items()
                             if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean")
         log.info("step %d reward %.4f (%s) loss %.5f tokens/leaf %.1f (%.1fs)", self.step_count, metrics["reward/mean"],
@@ -786,6 +808,8 @@ class VLMGRPOTrainer:
         gathered = _gather_objects(acc, records)
         summary: dict[str, Any] = {}
         if acc.is_main_process:
+            if d.exists():  # scores of other completions (an earlier run, or a resumed one's): never reused
+                shutil.rmtree(d)
             (d / "refs").mkdir(parents=True, exist_ok=True)
             with open(d / "generations.jsonl", "w", encoding="utf-8") as f:
                 for row, text in gathered:
@@ -808,8 +832,7 @@ class VLMGRPOTrainer:
             acc.log(flat, step=self.step_count)
             self.eval_dirs.append(d / "report")
             self.eval_steps.append(self.step_count)
-            with open(self.out / "eval.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.step_count, "tag": tag, **flat}) + "\n")
+            MetricsLog(self.out / "eval.jsonl").append({"step": self.step_count, "tag": tag, **flat})
             log.info("eval %s: %s", tag, ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
         acc.wait_for_everyone()
         return summary
@@ -832,22 +855,19 @@ class VLMGRPOTrainer:
         return d
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from ``path`` (a checkpoint directory) or ``"latest"`` in ``output_dir``."""
-        if str(path) == "latest":
-            found = sorted(self.out.glob("checkpoint-*"))
-            if not found:
-                log.info("no checkpoint in %s: starting fresh", self.out)
-                return
-            path = found[-1]
-        path = Path(path)
-        self.accelerator.load_state(str(path / "state"))
-        state = json.loads((path / "trainer_state.json").read_text())
+        """Resume from ``path`` (a checkpoint directory) or ``"latest"``: the newest ``checkpoint-<N>`` in
+        ``output_dir`` (none yet: a fresh start, logged). Lines of ``metrics.jsonl`` / ``eval.jsonl``
+        logged after the checkpoint are dropped."""
+        found = resolve_checkpoint(self.out, path)
+        if found is None:
+            return
+        self.accelerator.load_state(str(found / "state"))
+        state = json.loads((found / "trainer_state.json").read_text())
         self.step_count, self.cursor = int(state["step"]), int(state["cursor"])
-        metrics = self.out / "metrics.jsonl"
-        if metrics.exists() and self.accelerator.is_main_process:  # drop steps logged after the checkpoint
-            kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step_count]
-            metrics.write_text("".join(ln + "\n" for ln in kept))
-        log.info("resumed from %s at step %d", path, self.step_count)
+        if self.accelerator.is_main_process:
+            self.metrics_log.truncate(after=self.step_count)
+            MetricsLog(self.out / "eval.jsonl").truncate(after=self.step_count)
+        log.info("resumed from %s at step %d", found, self.step_count)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -910,23 +930,6 @@ def _gather_objects(acc: Any, items: list[Any]) -> list[Any]:
     return gather_object(items)
 
 
-def _trackers(log_with: str) -> list[str]:
-    if log_with == "none":
-        return []
-    if log_with != "auto":
-        return [log_with]
-    found = []
-    for name in ("tensorboard", "wandb"):
-        try:
-            __import__(name)
-        except ImportError:
-            continue
-        if name == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            continue  # installed but not set up: never prompt or reach the network unasked
-        found.append(name)
-    return found
-
-
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -938,64 +941,6 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = json.dumps(v)
     return out
-
-
-def plot_curves(metrics_path: str | Path, out_path: str | Path, keys: Sequence[str] = ("reward/mean", "loss",
-                "tokens/per_leaf", "completion/length_mean", "render/ok")) -> Path | None:
-    """Plot training curves from ``metrics.jsonl`` (each reward's mean first, a moving average over the
-    raw line) and the held-out evaluations from ``eval.jsonl`` beside it, into one PNG. Curves that do
-    not move (e.g. the total of group-normalised rewards, always 0) are left out. Returns the path, or
-    None when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    metrics_path = Path(metrics_path)
-    if not metrics_path.exists():
-        return None
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-    if not rows:
-        return None
-    evals_path = metrics_path.with_name("eval.jsonl")
-    evals = [json.loads(ln) for ln in evals_path.read_text().splitlines() if ln.strip()] if evals_path.exists() else []
-    children = sorted({k for r in rows for k in r if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"})
-
-    def moves(k: str) -> bool:
-        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
-        return len(vals) == 1 or (len(vals) > 1 and max(vals) - min(vals) > 1e-6)
-
-    keys = [k for k in dict.fromkeys((*children, *keys)) if moves(k)]
-    panels = len(keys) + (1 if evals else 0)
-    if not panels:
-        return None
-    cols = min(4, panels)
-    nrows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 2.8 * nrows), squeeze=False)
-    flat = list(axes.flat)
-    for ax, k in zip(flat, keys, strict=False):
-        xs = np.array([r["step"] for r in rows if k in r])
-        ys = np.array([r[k] for r in rows if k in r], dtype=float)
-        ax.plot(xs, ys, lw=0.8, alpha=0.45, color="tab:blue", marker="." if len(ys) < 3 else None)
-        w = max(1, len(ys) // 10)
-        if w > 1:
-            ax.plot(xs[w - 1:], np.convolve(ys, np.ones(w) / w, mode="valid"), lw=1.8, color="tab:blue")
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-    if evals:
-        ax = flat[len(keys)]
-        for k in sorted({k for e in evals for k in e if k.startswith("eval/")}):
-            ax.plot([e["step"] for e in evals if k in e], [e[k] for e in evals if k in e], marker="o", label=k[5:-5])
-        ax.set_title("held-out eval (greedy)", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in flat[panels:]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return Path(out_path)
 
 
 def train_grpo_from_config(source: str | Path | dict[str, Any], **overrides: Any) -> VLMGRPOTrainer:
