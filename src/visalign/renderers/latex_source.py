@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["BORDER_PT", "PRELOADED", "TEXT_WIDTH", "WIDE", "Prepared", "base_preamble", "classify_source",
            "prepare", "strip_comments"]
@@ -80,8 +81,16 @@ def strip_comments(source: str) -> str:
     return _COMMENT.sub("", source)
 
 
-def _delimited(source: str) -> tuple[str, str, str] | None:
-    """``(leading whitespace, inner text, closing)`` when ``source`` is one math-delimited span."""
+class _Delimited(NamedTuple):
+    """A source that is one math-delimited span: its leading whitespace, the text inside, the closing."""
+
+    lead: str
+    inner: str
+    closing: str
+
+
+def _delimited(source: str) -> _Delimited | None:
+    """The parts of ``source`` when it is one math-delimited span, else None."""
     body = source.strip()
     for left in ("$$", r"\[", r"\(", "$"):
         right = _DELIMS[left]
@@ -90,7 +99,7 @@ def _delimited(source: str) -> tuple[str, str, str] | None:
             if "$" in inner or (left != "$$" and right in inner):
                 return None
             lead = source[: len(source) - len(source.lstrip())]
-            return lead, inner, right
+            return _Delimited(lead, inner, right)
     return None
 
 
@@ -170,7 +179,7 @@ def _formula_body(source: str) -> str:
             return source  # already a display environment
         lead, inner = source[: len(source) - len(source.lstrip())], source.lstrip()
     else:
-        lead, inner, _ = delim
+        lead, inner = delim.lead, delim.inner
     # Blank lines would end the display: they become "%" lines, which also keeps the line numbers.
     inner = "\n".join(line if line.strip() else "%" for line in ("\n" * lead.count("\n") + inner.rstrip()).split("\n"))
     env = None

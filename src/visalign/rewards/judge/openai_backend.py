@@ -23,7 +23,7 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -75,6 +75,14 @@ class _Call:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv in the worker thread
             except OSError:
                 pass
+
+
+class _HttpReply(NamedTuple):
+    """What one POST got back: the status, the ``Retry-After`` header, the body."""
+
+    status: int
+    retry_after: str | None
+    body: bytes
 
 
 @dataclass
@@ -223,7 +231,7 @@ class OpenAIJudgeBackend(JudgeBackend):
         body.update(self.extra_body)
         return json.dumps(body).encode("utf-8")
 
-    def _post(self, body: bytes, headers: dict[str, str], call: _Call) -> tuple[int, str | None, bytes]:
+    def _post(self, body: bytes, headers: dict[str, str], call: _Call) -> _HttpReply:
         """One blocking POST (worker thread): status, Retry-After, body."""
         if self._https:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -240,7 +248,7 @@ class OpenAIJudgeBackend(JudgeBackend):
                 raise TimeoutError("deadline passed while reading")
             if len(data) <= self.max_response_bytes and resp.length:  # EOF before Content-Length
                 raise http.client.IncompleteRead(data, resp.length)
-            return resp.status, resp.getheader("Retry-After"), data
+            return _HttpReply(resp.status, resp.getheader("Retry-After"), data)
         finally:
             call.detach()
             conn.close()
@@ -252,7 +260,7 @@ class OpenAIJudgeBackend(JudgeBackend):
         deadline = loop.call_later(self.timeout, call.abort)
         future = loop.run_in_executor(pool, self._post, body, headers, call)
         try:
-            status, retry_after, data = await future
+            reply = await future
         except Exception as e:
             if call.aborted or isinstance(e, TimeoutError):
                 return _Attempt(error=f"timeout: no answer within {self.timeout:g} s", retryable=True)
@@ -265,6 +273,7 @@ class OpenAIJudgeBackend(JudgeBackend):
             deadline.cancel()
             if not future.done():  # cancelled from outside: free the worker thread now
                 call.abort()
+        status, retry_after, data = reply.status, reply.retry_after, reply.body
         if len(data) > self.max_response_bytes:
             return _Attempt(error=f"response larger than {self.max_response_bytes} bytes")
         if not 200 <= status <= 299:
