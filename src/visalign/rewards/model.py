@@ -1,6 +1,6 @@
 """A trained reward model as a reward: ``get_reward("model", path=...)``.
 
-Loads what :class:`~visalign.trainers.reward_model.RewardModel.save_pretrained` wrote (``visalign
+Loads what :class:`~visalign.models.reward_model.RewardModel.save_pretrained` wrote (``visalign
 train reward`` writes it to ``OUTPUT_DIR/model``) and scores batches of samples: the generated image
 (``Sample.image``, or the render of ``Sample.code``) and, by the model's condition, the reference
 image (``Sample.reference_image`` or the render of ``reference_code``) or the prompt. Scores are the
@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
+from ..models.reward_model import RewardModel
 from .base import Reward, RewardOutput, Sample
 
 __all__ = ["ModelReward"]
 
 
 class ModelReward(Reward):
-    """Scores of a trained :class:`~visalign.trainers.reward_model.RewardModel`.
+    """Scores of a trained :class:`~visalign.models.reward_model.RewardModel`.
 
     Args:
         path: the saved model's directory.
@@ -56,8 +57,6 @@ class ModelReward(Reward):
             raise ValueError(f"scale must be 'logit' or 'sigmoid', got {scale!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        from ..trainers.reward_model import RewardModel
-
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = RewardModel.from_pretrained(path) if model is None else model
