@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.visalign-installed
 
-.PHONY: setup system demo demo-flow demo-reward test lint bench clean
+.PHONY: setup system demo demo-flow demo-reward test test-fast lint bench clean
 
 setup: system $(STAMP)
 
@@ -46,8 +46,14 @@ demo-reward: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
+# the full suite, as CI runs it (~12 minutes on 2 cores)
 test: setup lint
 	$(VENV)/bin/pytest -q
+
+# the edit loop (under 3 minutes on 2 cores): every test not marked slow (a test over ~3 s is marked
+# @pytest.mark.slow; `make test` still runs it)
+test-fast: setup lint
+	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/render_throughput.py --markdown

@@ -112,7 +112,8 @@ def test_eval_shards_across_processes(tmp_path):
 
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "sharded"
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "visalign.cli", "eval",
+    # --standalone: a free port for the rendezvous (the default 29500 collides with concurrent runs)
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "visalign.cli", "eval",
                            str(EXAMPLES / "svg.jsonl"), "--task", "svg", "--rewards", "execution",
                            "--out", str(out), "--workers", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -128,7 +128,9 @@ def test_infinite_macro_loop_times_out():
         res = r.render(r"\def\a{\a}\a")
         elapsed = time.perf_counter() - t0
         assert res.error_kind == "timeout", res.error
-        assert 3.0 <= elapsed < 3.0 + 1.5
+        # not before the timeout; and cut off (the macro loops for ever): the upper bound is generous because
+        # a loaded machine can take seconds to kill the TeX process group
+        assert 3.0 <= elapsed < 3.0 + 25.0
     assert not _our_tex_processes(r)
 
 
@@ -234,7 +236,11 @@ def test_info(renderer):
     assert info["versions"]["pdflatex"].startswith("pdfTeX")
     assert "pdftoppm" in info["versions"]["pdftoppm"]
     assert info["dpi"] == 200
-    assert isinstance(info["preamble_format"], bool)
+    # the flag reports the format state: in use exactly when ensure_format found or built one
+    path = renderer.ensure_format()
+    info = renderer.info()
+    assert info["preamble_format"] is (path is not None) and info["preamble_format"] is (
+        info["preamble_format_state"] == "in use"), info["preamble_format_state"]
     assert info["sandbox"]
 
 

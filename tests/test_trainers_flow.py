@@ -501,8 +501,8 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     script = tmp_path / "two.py"
     script.write_text(_TWO_PROCESS_SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path / "two")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29517",
-           str(script)]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--standalone",
+           str(script)]  # --standalone: the rendezvous takes a free port (a fixed one collides with other runs)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     one = {r: two_process_run(tmp_path / "one" / r, r) for r in ("independent", "tree")}  # meanwhile, in process
     _, stderr = proc.communicate(timeout=180)

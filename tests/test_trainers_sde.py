@@ -233,8 +233,12 @@ def _flat_grpo(r: torch.Tensor) -> torch.Tensor:
 def test_depthwise_advantages_reference_from_issue() -> None:
     adv = depthwise_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0]), num_steps=4, split_steps={0, 2})
     assert [a.shape[-1] for a in adv] == [2, 2, 4, 4]
+    # depths 0-1: two nodes, rewards mean(1, 2) = 1.5 and mean(3, 6) = 4.5; unbiased std 3 / sqrt(2), so
+    # (r - 3) / std = -+1 / sqrt(2). Depths 2-3: the leaves, mean 3, unbiased std sqrt(14 / 3)
     torch.testing.assert_close(adv[0], torch.tensor([-0.7071, 0.7071]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(adv[0], torch.tensor([-1.0, 1.0]) / 2 ** 0.5)
     torch.testing.assert_close(adv[3], torch.tensor([-0.9258, -0.4629, 0.0, 1.3887]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(adv[3], torch.tensor([-2.0, -1.0, 0.0, 3.0]) / (14 / 3) ** 0.5)
     torch.testing.assert_close(adv[1], adv[0])
     torch.testing.assert_close(adv[2], adv[3])
 
