@@ -267,6 +267,7 @@ def chromium_processes() -> list[psutil.Process]:
 # Class 1 for HTML: results come back as bytes over the DevTools pipe; the parent opens no file a page
 # can influence. A page that downloads, or points at host files, gets nothing from the host.
 
+@pytest.mark.slow
 @needs_chromium
 def test_html_page_cannot_read_or_plant_host_files(html, tmp_path):
     secret = tmp_path / "secret.html"
@@ -288,6 +289,7 @@ document.body.append(String(held.length));
 </script>"""
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_html_page_over_the_memory_limit_is_memory(html_small):
     res = guarded(html_small.render, ALLOCATE.format(chunks=16))  # 1 GiB of ArrayBuffers, outside V8's heap
@@ -295,6 +297,7 @@ def test_html_page_over_the_memory_limit_is_memory(html_small):
     assert html_small.render("<p>after</p>").ok  # the renderer goes on
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_html_page_burning_cpu_past_the_bound_is_stopped(html_small):
     spin = ("<p>spinning</p><script>const w = new Worker(URL.createObjectURL(new Blob(['for(;;){}'])));"
@@ -372,6 +375,7 @@ def chromium_uids() -> set[int]:
     return uids
 
 
+@pytest.mark.slow
 @needs_tex
 @needs_chromium
 @pytest.mark.skipif(not ROOT, reason="sandbox uids are used only as root")
@@ -480,6 +484,7 @@ def _size_kib(super_opts: str) -> int | None:
     return int(sizes[0][5:].rstrip("k")) if sizes else None
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.parametrize("level", ["namespaces", "rlimits"])
 def test_html_memory_and_cpu_limits_hold_at_the_fallback_levels(level):

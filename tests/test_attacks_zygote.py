@@ -25,6 +25,10 @@ from visalign.renderers import get_renderer
 HERE = os.path.dirname(os.path.abspath(__file__))
 SLOW_TIMEOUT = 2.0
 
+# The whole corpus is slow (~3.5 minutes on 2 cores): its module fixtures start renderer pools at three
+# sandbox levels and run every attack up front; `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 
 # ---- fixtures ---------------------------------------------------------------------------------------
 

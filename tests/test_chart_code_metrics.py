@@ -110,6 +110,7 @@ SELF_CHARTS = ["chart_01_bar", "chart_19_subplots_2x2", "chart_11_pie", "chart_1
                "chart_13_histogram", "chart_18_radar", "chart_21_gridspec_marginals", "chart_29_hexbin"]
 
 
+@pytest.mark.slow
 def test_reference_against_itself_scores_one(renderer):
     sources = [chart(n) for n in SELF_CHARTS]
     first, second = traces(renderer, sources), traces(renderer, sources)  # two separate executions each
@@ -134,6 +135,7 @@ def test_reference_against_itself_scores_one(renderer):
     assert "Revenue" not in heat["text"] and "Pearson r" in heat["text"]  # tick labels out, colorbar label in
 
 
+@pytest.mark.slow
 def test_perturbations_lower_the_right_metric(renderer):
     bar = chart("chart_01_bar")
     two = prog("""
@@ -163,6 +165,7 @@ def test_perturbations_lower_the_right_metric(renderer):
     assert layout == 0 and (text, type_, color) == (1, 1, 1), out["grid"]
 
 
+@pytest.mark.slow
 def test_nested_calls_counted_once_and_render_dedup(renderer):
     data = "rng = np.random.default_rng(0)\nd = rng.normal(size=200)\n"
     sources = [
@@ -216,6 +219,7 @@ def test_nested_calls_counted_once_and_render_dedup(renderer):
     assert two_figs["layout"] == [[1, 1, 0, 0, 0, 0]]
 
 
+@pytest.mark.slow
 def test_no_state_leaks_between_samples(renderer):
     busy = prog("plt.bar([1, 2], [3, 4], color='red')\nplt.plot([1, 2])\nplt.title('Busy')\n")
     quiet = prog("fig, ax = plt.subplots()\nax.set_title('Quiet')\n")  # draws, but logs no plotting call
@@ -251,6 +255,7 @@ def test_empty_sides_and_failures(renderer):
         chart_code_metrics(ref, ref, renderer=object())
 
 
+@pytest.mark.slow
 def test_validator_and_hostile_programs(renderer):
     good = {"text": ["a"], "layout": [[1, 1, 0, 0, 0, 0]], "type": {"bar": 1}, "color": {"bar": ["#000000"]}}
     bad = [
@@ -428,6 +433,7 @@ def test_data_recorded_and_scored_on_renders(renderer):
     assert odd["type"] == {"plot": 2, "bar": 1}
 
 
+@pytest.mark.slow
 def test_data_score_sees_hedged_values(renderer):
     ref = chart("chart_01_bar")
     hedge = ref.replace("sales = [482, 365, 529, 301, 414]", "sales = [418, 418, 418, 418, 418]")
@@ -466,6 +472,7 @@ class CountingService(RenderService):
         pass
 
 
+@pytest.mark.slow
 def test_chart_code_reward(renderer):
     service = CountingService(renderer)
     reward = ChartCodeReward().bind(service)  # as a composite does: its own service is replaced
