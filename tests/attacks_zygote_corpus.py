@@ -1258,8 +1258,10 @@ def level_report(level_dir: str, port: int = 9) -> dict[str, Any]:
     return {"info": info, "problems": problems}
 
 
-def processes_of(uids: list[int], wait: float = 3.0) -> list[str]:
-    """Live (not zombie) processes of ``uids``; polls up to ``wait`` s for ones still being torn down."""
+def processes_of(uids: list[int], wait: float = 30.0) -> list[str]:
+    """Live (not zombie) processes of ``uids``; polls up to ``wait`` s for ones still being torn down
+    (it returns as soon as there are none: the long wait costs only a failing run, and a loaded machine
+    can take seconds to reap a killed sandbox)."""
     import time
 
     deadline = time.monotonic() + wait
