@@ -9,14 +9,17 @@ held-out captions, in a few minutes on one CPU thread (issue 5).
    ``shape_colour`` reward at its DEFAULT options (the headline metric, even when the config trains on a
    narrower coverage window; the training reward's score is kept beside it) and read it back with
    :func:`~visalign.rewards.shapes.analyse_image` (shape, colour, size, background, position);
-3. **train**: GRPO iterations on the training captions only (``FlowGRPOTrainer.train_iteration``),
-   until the config's ``num_iterations`` or the ``--minutes`` budget, whichever comes first;
+3. **train**: GRPO iterations on the training captions only, in the trainer's own loop
+   (``FlowGRPOTrainer.train`` with an :class:`IterationBudget` callback), until the config's
+   ``num_iterations`` or the ``--minutes`` budget, whichever comes first;
 4. **after**: the same seeds again, with the trainer's EMA weights (what its eval uses) when EMA is on;
 5. write ``summary.json`` (means with bootstrap 95 % intervals, the paired difference, accuracy, time,
    and ``drift``: mean coverage, centroid spread and background colour before/after, the things a
    reward hack changes and the reward does not see),
    ``before_after.png`` (the fixed-seed grid), ``curves.png`` (training reward per iteration),
-   ``metrics.jsonl`` (the trainer's per-iteration metrics) and ``final/`` / ``final_ema/`` (weights).
+   ``metrics.jsonl`` (the trainer's per-iteration metrics), ``final/`` / ``final_ema/`` (weights), and
+   the trainer's own ``eval/`` grids and ``comparison.html``. An ``--out`` that holds a previous run is
+   refused unless ``--overwrite``.
 
 Usage::
 
@@ -52,7 +55,7 @@ from visalign.report.compare import paired_difference
 from visalign.report.eval_report import bootstrap_ci
 from visalign.rewards.base import Sample
 from visalign.rewards.shapes import ShapeColourReward, analyse_image
-from visalign.trainers.config import load_config, resolve_config_paths, save_config
+from visalign.trainers.config import load_config, resolve_config_paths
 from visalign.trainers.flow import FlowGRPOConfig, FlowGRPOTrainer, build_reward
 from visalign.trainers.flow_policies import load_flow_policy
 
@@ -81,6 +84,7 @@ def build_trainer(config: str | Path | dict[str, Any] = DEFAULT_CONFIG, n_eval: 
     train_prompts, held_out = split_prompts(n_eval=n_eval, seed=split_seed)
     data.update(prompts=train_prompts, prompts_file=None, eval_prompts=held_out, eval_prompts_file=None)
     data.setdefault("log_with", "none")
+    data.setdefault("progress", False)  # the demo logs one line per iteration itself (IterationBudget)
     cfg = load_config(FlowGRPOConfig, data, **overrides)
     policy = load_flow_policy(cfg.pretrained or ROOT / "models" / "tiny-shapes-flow")
     reward = build_reward(cfg.rewards or {"shape_colour": 1.0}, cfg.reward_aggregation)
@@ -183,37 +187,48 @@ def compare(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -
 # ------------------------------------------------------------------------------------------ train
 
 
+class IterationBudget:
+    """A training callback (``FlowGRPOTrainer.train(callbacks=[...])``): stops when one more iteration
+    of the mean length so far would overrun ``minutes``, and logs one line per iteration.
+
+    Example:
+        >>> ticks = iter([0.0, 10.0, 20.0, 31.0])
+        >>> budget = IterationBudget(0.5, log=None, clock=lambda: next(ticks))
+        >>> [budget(None, {"iteration": i, "reward/mean": 0.5}) for i in (1, 2)]
+        [False, True]
+        >>> budget.stopped_by
+        'time'
+    """
+
+    def __init__(self, minutes: float | None, log: Any = print, clock: Any = time.perf_counter) -> None:
+        self.budget = math.inf if minutes is None else 60.0 * minutes
+        self.log, self.clock = log, clock
+        self.started = clock()
+        self.stopped_by = "iterations"
+
+    def __call__(self, trainer: Any, metrics: dict[str, Any]) -> bool:
+        elapsed = self.clock() - self.started
+        metrics["time/elapsed"] = elapsed
+        if self.log is not None:
+            self.log(f"  iteration {metrics['iteration']:3d}  reward {metrics['reward/mean']:.3f}  "
+                     f"accuracy {metrics.get('reward/accuracy', math.nan):.2f}  ({elapsed:.0f} s)")
+        if elapsed + elapsed / max(1, int(metrics["iteration"])) > self.budget:
+            self.stopped_by = "time"
+            return True
+        return False
+
+
 def train(trainer: FlowGRPOTrainer, minutes: float | None = None, log: Any = print) -> dict[str, Any]:
-    """GRPO iterations until ``config.num_iterations`` or ``minutes`` (checked between iterations: one
-    more is started only if the mean iteration time still fits). Appends each iteration's metrics to
-    ``output_dir/metrics.jsonl`` and saves the final (and EMA) weights."""
-    c = trainer.config
-    out = Path(c.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(c, out / "config.yaml")
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    budget = math.inf if minutes is None else 60.0 * minutes
+    """The trainer's own loop (:meth:`FlowGRPOTrainer.train`: ``metrics.jsonl``, eval grids, curves,
+    final and EMA weights) until ``config.num_iterations`` or ``minutes``, with an :class:`IterationBudget`
+    callback (one more iteration is started only if the mean iteration time still fits)."""
+    budget = IterationBudget(minutes, log)
     t0 = time.perf_counter()
-    stopped_by = "iterations"
-    while trainer.iteration < c.num_iterations:
-        elapsed = time.perf_counter() - t0
-        if trainer.iteration and elapsed + elapsed / trainer.iteration > budget:
-            stopped_by = "time"
-            break
-        metrics = trainer.train_iteration()
-        metrics["time/elapsed"] = time.perf_counter() - t0
-        trainer.history.append(metrics)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if log is not None:
-            log(f"  iteration {metrics['iteration']:3d}  reward {metrics['reward/mean']:.3f}  "
-                f"accuracy {metrics.get('reward/accuracy', math.nan):.2f}  "
-                f"({metrics['time/elapsed']:.0f} s)")
+    trainer.train(callbacks=[budget])
     seconds = time.perf_counter() - t0
-    trainer.save_final()
+    c = trainer.config
     return {"iterations": trainer.iteration, "minutes": seconds / 60.0,
-            "seconds_per_iteration": seconds / max(trainer.iteration, 1), "stopped_by": stopped_by,
+            "seconds_per_iteration": seconds / max(trainer.iteration, 1), "stopped_by": budget.stopped_by,
             "planned_iterations": c.num_iterations, "budget_minutes": minutes}
 
 
@@ -344,7 +359,7 @@ def run_demo(out: str | Path, config: str | Path | dict[str, Any] = DEFAULT_CONF
             f"{dr['centroid_std_px']} px, background RGB {dr['background_rgb']}")
     say(f"{training['iterations']} GRPO iterations in {training['minutes']:.1f} min "
         f"({training['seconds_per_iteration']:.1f} s each); {summary['minutes_total']:.1f} min in all")
-    say(f"wrote {out}/summary.json, before_after.png, curves.png, metrics.jsonl")
+    say(f"wrote {out}/summary.json, before_after.png, curves.png, metrics.jsonl, comparison.html")
     return summary
 
 
@@ -359,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-per-caption", type=int, default=32,
                    help="fixed seeds per held-out caption (default: 32)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
     args = p.parse_args(argv)
     import yaml
@@ -371,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides[key.strip()] = yaml.safe_load(value)
     if args.iterations is not None:
         overrides["num_iterations"] = args.iterations
+    if args.overwrite:
+        overrides["overwrite_output_dir"] = True
     run_demo(args.out, args.config, minutes=args.minutes or None, eval_per_caption=args.eval_per_caption,
              threads=args.threads, **overrides)
     return 0

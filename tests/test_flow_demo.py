@@ -71,35 +71,15 @@ def test_flow_demo_writes_outputs(tmp_path):
     assert any("held-out reward" in line for line in lines)
 
 
-def test_flow_demo_time_budget_stops_between_iterations(tmp_path, monkeypatch):
+def test_flow_demo_time_budget_stops_between_iterations() -> None:
+    """The demo's budget is a callback on the trainer's loop: it stops when one more iteration of the mean
+    length so far would overrun the budget (a fake clock: 0.06 s per iteration, a 0.2 s budget)."""
     demo = _load_demo()
-
-    class FakeTrainer:
-        def __init__(self):
-            from visalign.trainers.flow import FlowGRPOConfig
-
-            self.config = FlowGRPOConfig(num_iterations=100, output_dir=str(tmp_path))
-            self.iteration, self.history = 0, []
-
-        def train_iteration(self):
-            clock.now += 0.25  # each iteration takes 0.25 s of a fake clock: no sleep, no load dependence
-            self.iteration += 1
-            return {"iteration": self.iteration, "reward/mean": 0.5}
-
-        def save_final(self):
-            return None
-
-    class Clock:
-        now = 0.0
-
-        def perf_counter(self) -> float:
-            return self.now
-
-    clock = Clock()
-    monkeypatch.setattr(demo, "time", clock)
-    trainer = FakeTrainer()
-    result = demo.train(trainer, minutes=0.9 / 60, log=None)  # a 0.9 s budget
-    # after 3 iterations (0.75 s) a 4th would end at 0.75 + 0.75 / 3 = 1.0 s > 0.9 s: it is not started
-    # (binary fractions, so the sums are exact)
-    assert result["stopped_by"] == "time" and result["iterations"] == 3
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == result["iterations"]
+    clock = iter([0.0, *[0.06 * i for i in range(1, 100)]])
+    lines: list[str] = []
+    budget = demo.IterationBudget(0.2 / 60, log=lines.append, clock=lambda: next(clock))
+    stops = [budget(None, {"iteration": i, "reward/mean": 0.5}) for i in range(1, 4)]
+    assert stops == [False, False, True] and budget.stopped_by == "time"  # 0.12 + 0.06 fits, 0.18 + 0.06 does not
+    assert len(lines) == 3 and "iteration   3" in lines[-1]
+    unlimited = demo.IterationBudget(None, log=None, clock=lambda: 1e9)
+    assert not unlimited(None, {"iteration": 1, "reward/mean": 0.5}) and unlimited.stopped_by == "iterations"

@@ -105,3 +105,116 @@ def test_curves_of_iterations_with_eval_keys(tmp_path: Path) -> None:
                       eval_keys=("eval/reward_mean",))
     assert out is not None and out.stat().st_size > 1000
     assert plot_curves(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
+
+
+# ------------------------------------------------------------------------ the trainers on the runtime
+def _flow_trainer(out: Path, reward: object = None, **overrides: object) -> object:
+    """A Flow-GRPO trainer on a random tiny class-conditional UNet (seconds per iteration)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from visalign.trainers.config import load_config
+    from visalign.trainers.flow import FlowGRPOConfig, FlowGRPOTrainer
+    from visalign.trainers.flow_policies import ClassConditionalFlowPolicy
+
+    torch.manual_seed(0)
+    classes = ["a red circle", "a blue square"]
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=len(classes) + 1)
+    options = {"num_steps": 2, "group_size": 2, "prompts_per_iteration": 2, "batch_size": 8, "guidance_scale": 1.0,
+               "lora": False, "beta": 0.0, "eval_every": 0, "num_iterations": 1, "log_with": "none",
+               "output_dir": str(out), "learning_rate": 1e-3, "eval_num_steps": 2, "eval_images_per_prompt": 2,
+               "ema_every": 1, "progress": False, **overrides}
+    return FlowGRPOTrainer(load_config(FlowGRPOConfig, options), ClassConditionalFlowPolicy(unet, classes),
+                           reward or _Bright(), classes)
+
+
+class _Bright:
+    """Mean brightness (a visalign Reward without the import at module level)."""
+
+    def __new__(cls, name: str = "bright", scale: float = 1.0):
+        import numpy as np
+
+        from visalign.rewards import Reward, RewardOutput
+
+        class Bright(Reward):
+            def score(self, samples):
+                return RewardOutput([scale * float(np.asarray(s.image).mean()) / 255 for s in samples],
+                                    [{} for _ in samples])
+
+        reward = Bright()
+        reward.name = name
+        return reward
+
+
+def test_flow_reused_output_dir_is_refused_and_overwrite_starts_clean(tmp_path: Path) -> None:
+    """Issue 13.1 in `visalign train flow`: a rerun appended to metrics.jsonl."""
+    _flow_trainer(tmp_path / "run").train()
+    with pytest.raises(OutputDirError, match="overwrite_output_dir"):
+        _flow_trainer(tmp_path / "run", learning_rate=1e-2)
+    history = _flow_trainer(tmp_path / "run", learning_rate=1e-2, overwrite_output_dir=True).train()
+    assert [r["iteration"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()] == [1] == \
+        [h["iteration"] for h in history]
+
+
+def test_flow_resume_latest_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
+    """``resume_from: latest`` means one thing in every trainer (it raised in flow, started fresh in VLM)."""
+    trainer = _flow_trainer(tmp_path / "run", resume_from="latest", save_every=1, num_iterations=1)
+    trainer.train()
+    resumed = _flow_trainer(tmp_path / "run", resume_from="latest", num_iterations=2)
+    assert resumed.iteration == 1
+    resumed.train()
+    assert [r["iteration"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()] == [1, 2]
+
+
+def test_flow_writes_the_run_artefacts_and_its_final_weights_reload(tmp_path: Path) -> None:
+    """Issue 13.5: no curves.png / comparison.html, eval grids without captions, and final/ without
+    classes.json, so `load_flow_policy(final)` failed."""
+    import torch
+    from PIL import Image
+
+    from visalign.trainers.flow_policies import load_flow_policy
+
+    out = tmp_path / "run"
+    trainer = _flow_trainer(out, num_iterations=2, eval_every=1)
+    trainer.train()
+    assert (out / "curves.png").stat().st_size > 1000
+    html = (out / "comparison.html").read_text()
+    assert "a red circle" in html and "a blue square" in html and html.count("<img") >= 2
+    grid = Image.open(out / "eval" / "iteration_000002.png")
+    raw_height = 2 * 8 * max(1, 128 // 8)  # two prompts' rows of 8 px tiles, upscaled
+    assert grid.height > raw_height  # room for the captions above the tiles
+    for name in ("final", "final_ema"):
+        reloaded = load_flow_policy(out / name)
+        assert reloaded.classes == trainer.policy.classes
+    reloaded = load_flow_policy(out / "final")
+    for (n, p), q in zip(trainer.policy.model.named_parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(p.detach().cpu(), q), n
+
+
+def test_flow_progress_bar_shows_raw_reward_means_and_callbacks_stop(tmp_path: Path, monkeypatch) -> None:
+    """Issue 13.7: `reward=0.000` was the z-scored composite; the bar now shows each reward's raw mean.
+    A callback sees every iteration's metrics and can stop the run."""
+    import visalign.trainers.flow as flow
+    from visalign.rewards import CompositeReward
+
+    shown: list[dict[str, str]] = []
+
+    class Bar:
+        def update(self, n: int) -> None: ...
+        def set_postfix(self, **fields: str) -> None:
+            shown.append(fields)
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(flow, "progress_bar", lambda *a, **k: Bar())
+    reward = CompositeReward({"bright": _Bright("bright"), "half": _Bright("half", 0.5)},
+                             aggregation="normalize_then_sum")
+    seen: list[int] = []
+    history = _flow_trainer(tmp_path / "run", reward, num_iterations=3).train(
+        callbacks=[lambda trainer, metrics: seen.append(metrics["iteration"]) or metrics["iteration"] >= 2])
+    assert seen == [1, 2] and len(history) == 2
+    assert abs(history[0]["reward/mean"]) < 1e-6  # the composite of z-scores
+    assert set(shown[0]) >= {"bright", "half"} and "reward" not in shown[0]
+    assert history[0]["reward/bright/mean"] > 0
+    assert float(shown[0]["bright"]) == pytest.approx(history[0]["reward/bright/mean"], abs=1e-3)

@@ -74,6 +74,18 @@ from ..rewards.base import Reward, Sample
 from .config import config_to_dict, load_config, option, save_config
 from .flow_policies import Conditioning, FlowPolicy, flow_policy_class, image_grid, load_flow_policy
 from .grpo import group_advantages, keyed_group_advantages
+from .runtime import (
+    Callback,
+    MetricsLog,
+    TimeBudget,
+    plot_curves,
+    prepare_output_dir,
+    progress_bar,
+    resolve_checkpoint,
+    reward_postfix,
+    run_callbacks,
+    trackers,
+)
 from .sde import depthwise_advantages, kl_to_reference
 
 __all__ = [
@@ -262,7 +274,12 @@ class FlowGRPOConfig:
     seed: int = option(0, "seed of prompts, noise and LoRA init")
     output_dir: str = option("runs/flow_grpo", "metrics.jsonl, checkpoints, eval grids, final weights")
     save_every: int = option(0, "checkpoint every k iterations (0: only the final weights)")
-    resume_from: str | None = option(None, "checkpoint directory, or 'latest' in output_dir")
+    resume_from: str | None = option(None, "checkpoint directory, or 'latest': the newest checkpoint-<N> in "
+                                     "output_dir (a fresh start when there is none yet)")
+    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
+                                        "(without it or resume_from, such an output_dir is refused)",
+                                        source="HF Trainer")
+    progress: bool = option(True, "progress bar (with ETA and each reward's mean)")
     eval_every: int = option(10, "eval grid every k iterations (0: never); also before the first iteration")
     eval_num_steps: int = option(10, "ODE steps of the eval samples", source="Flow-GRPO uses 40 at 512 px")
     eval_images_per_prompt: int = option(4, "columns of the eval grid")
@@ -800,17 +817,14 @@ class FlowGRPOTrainer:
             raise ValueError("no training prompts")
         self.eval_prompts = list(eval_prompts) if eval_prompts else self.prompts[:4]
         self.output_dir = Path(config.output_dir)
-        log_with = config.log_with
-        if log_with == "auto":
-            import importlib.util
-
-            log_with = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
-        elif log_with in ("none", ""):
-            log_with = None
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
-                                       log_with=log_with, project_dir=str(self.output_dir))
+                                       log_with=trackers(config.log_with) or None, project_dir=str(self.output_dir))
+        prepare_output_dir(self.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
+                           main_process=self.accelerator.is_main_process)
+        self.accelerator.wait_for_everyone()
+        self.eval_results: list[dict[str, Any]] = []  # per eval: iteration, grid, prompts, scores
         torch.manual_seed(config.seed)  # LoRA init
         if config.lora:
             policy.add_lora(config.lora_rank, config.lora_alpha, config.lora_target_modules)
@@ -862,38 +876,74 @@ class FlowGRPOTrainer:
             raise ValueError("group_by / per_prompt_stat_tracking apply to independent rollouts")
 
     # ----------------------------------------------------------------------------- the loop
-    def train(self) -> list[dict[str, Any]]:
-        """Run ``num_iterations`` iterations (from the resumed one); returns the per-iteration metrics."""
+    @property
+    def metrics_log(self) -> MetricsLog:
+        """``output_dir/metrics.jsonl`` (one line per iteration)."""
+        return MetricsLog(self.output_dir / "metrics.jsonl", step_key="iteration")
+
+    def train(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
+        """Run ``num_iterations`` iterations (from the resumed one); returns the per-iteration metrics.
+
+        Writes ``metrics.jsonl``, eval grids (``eval/iteration_<N>.png``, captioned), ``curves.png``,
+        ``comparison.html`` (first and last eval grid side by side) and ``final/`` (+ ``final_ema/``).
+        ``callbacks`` (``callback(trainer, metrics) -> stop?``) run after every logged iteration; one that
+        returns True ends the run there (the final eval, weights and curves still follow)."""
         c, acc = self.config, self.accelerator
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(c, self.output_dir / "config.yaml")
+            self.metrics_log.start(self.iteration)
         acc.init_trackers("flow_grpo", config={k: str(v) for k, v in config_to_dict(c).items()})
+        bar = progress_bar(c.num_iterations, initial=self.iteration, desc="flow-grpo", unit="it",
+                           enabled=c.progress and acc.is_main_process, output_dir=self.output_dir)
         start: dict[str, Any] = {}
         if c.eval_every > 0 and self.iteration == 0:
             start = {k.replace("eval/", "eval_start/").replace("time/eval", "time/eval_start"): v
                      for k, v in self.evaluate().items()}
-        started = time.monotonic()
-        while self.iteration < c.num_iterations:
-            metrics = {**self.train_iteration(), **start}
-            start = {}
-            out_of_time = False
-            if c.max_minutes is not None:
-                spent = torch.tensor([time.monotonic() - started], device=acc.device)
-                out_of_time = float(acc.gather(spent).max()) >= 60 * c.max_minutes  # alike on every process
-            last = out_of_time or self.iteration == c.num_iterations
-            if c.save_every > 0 and self.iteration % c.save_every == 0:
-                self.save_checkpoint()
-            if c.eval_every > 0 and (self.iteration % c.eval_every == 0 or last):
-                metrics.update(self.evaluate())
-            self._log(metrics)
-            if out_of_time:
-                logger.info("max_minutes %.1f reached after %d iterations", c.max_minutes, self.iteration)
-                break
+        budget = TimeBudget(c.max_minutes, acc)
+        try:
+            while self.iteration < c.num_iterations:
+                metrics = {**self.train_iteration(), **start}
+                start = {}
+                out_of_time = budget.spent()
+                metrics["time/elapsed"] = budget.seconds()
+                stop = run_callbacks(callbacks, self, metrics)  # before the eval: a stop makes this the last
+                last = out_of_time or stop or self.iteration == c.num_iterations
+                if c.save_every > 0 and self.iteration % c.save_every == 0:
+                    self.save_checkpoint()
+                if c.eval_every > 0 and (self.iteration % c.eval_every == 0 or last):
+                    metrics.update(self.evaluate())
+                self._log(metrics)
+                bar.update(1)
+                bar.set_postfix(**reward_postfix(metrics), loss=f"{metrics.get('loss', math.nan):.4f}")
+                if out_of_time:
+                    logger.info("max_minutes %.1f reached after %d iterations", c.max_minutes, self.iteration)
+                    break
+                if stop:
+                    logger.info("a callback stopped the run after %d iterations", self.iteration)
+                    break
+        finally:
+            bar.close()
         self.save_final()
+        if acc.is_main_process:
+            self.write_report()
         for tracker in acc.trackers:  # not end_training(): it destroys the process group of the caller's script
             tracker.finish()
         return self.history
+
+    def write_report(self) -> dict[str, Path]:
+        """``curves.png`` from ``metrics.jsonl`` and, with two evals or more, ``comparison.html``: the first
+        and the last eval grid with their captions and reward means. Returns what was written."""
+        written: dict[str, Path] = {}
+        curves = plot_curves(self.output_dir / "metrics.jsonl", self.output_dir / "curves.png",
+                             ("reward/mean", "reward/std", "loss", "kl", "clip_fraction"), step_key="iteration",
+                             eval_keys=("eval/reward_mean", "eval_start/reward_mean"))
+        if curves is not None:
+            written["curves"] = curves
+        if len(self.eval_results) >= 2:
+            written["comparison"] = write_eval_comparison(self.eval_results[0], self.eval_results[-1],
+                                                          self.output_dir / "comparison.html", curves=curves)
+        return written
 
     def train_iteration(self) -> dict[str, Any]:
         """One GRPO iteration: rollout, reward, advantages, ``num_inner_updates`` optimizer steps."""
@@ -1166,16 +1216,18 @@ class FlowGRPOTrainer:
         path = self.output_dir / "eval" / f"iteration_{self.iteration:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         scale = max(1, 128 // max(images[0].size))
-        image_grid(images, columns=n, scale=scale).save(path)
+        per_image = [float(s) if isinstance(s, (int, float)) and math.isfinite(float(s)) else None for s in out.scores]
+        captioned_grid(images, self.eval_prompts, per_image, columns=n, scale=scale).save(path)
+        mean = float(np.mean(scores)) if scores else math.nan
+        self.eval_results.append({"iteration": self.iteration, "grid": path, "prompts": list(self.eval_prompts),
+                                  "scores": per_image, "reward_mean": mean})
         acc.wait_for_everyone()
-        return {"eval/reward_mean": float(np.mean(scores)) if scores else math.nan, "eval/grid": str(path),
-                "time/eval": time.perf_counter() - t0}
+        return {"eval/reward_mean": mean, "eval/grid": str(path), "time/eval": time.perf_counter() - t0}
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
         if self.accelerator.is_main_process:
-            with open(self.output_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            self.metrics_log.append(metrics)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(scalars, step=metrics["iteration"])
 
@@ -1212,13 +1264,12 @@ class FlowGRPOTrainer:
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore what :meth:`save_checkpoint` wrote (``"latest"``: the newest in ``output_dir``)."""
-        if str(path) == "latest":
-            found = sorted(self.output_dir.glob("checkpoint-*"))
-            if not found:
-                raise FileNotFoundError(f"no checkpoint in {self.output_dir}")
-            path = found[-1]
-        path = Path(path)
+        """Restore what :meth:`save_checkpoint` wrote (``"latest"``: the newest ``checkpoint-<N>`` in
+        ``output_dir``; none yet: a fresh start, logged)."""
+        found = resolve_checkpoint(self.output_dir, path)
+        if found is None:
+            return
+        path = found
         weights = torch.load(path / "trainable.pt", map_location="cpu")
         with torch.no_grad():
             for name, p in zip(self.param_names, self.params, strict=True):
@@ -1243,10 +1294,89 @@ class FlowGRPOTrainer:
             return None
         path = self.output_dir / "final"
         self.policy.model.save_pretrained(str(path))
+        _save_policy_extras(self.policy, path)
         if self.ema is not None:
             with self.ema.swapped_in(self.params):
                 self.policy.model.save_pretrained(str(self.output_dir / "final_ema"))
+            _save_policy_extras(self.policy, self.output_dir / "final_ema")
         return path
+
+
+def _save_policy_extras(policy: FlowPolicy, path: Path) -> None:
+    """What ``load_flow_policy`` needs beside the weights: a class-conditional UNet's ``classes.json``."""
+    classes = getattr(policy, "classes", None)
+    if classes is not None:
+        (path / "classes.json").write_text(json.dumps(list(classes), indent=1) + "\n")
+
+
+def captioned_grid(images: Sequence[Any], prompts: Sequence[str], scores: Sequence[float | None], columns: int,
+                   scale: int = 1) -> Any:
+    """:func:`image_grid` with a caption band above each row (its prompt) and each tile's reward under it.
+
+    Example:
+        >>> from PIL import Image
+        >>> grid = captioned_grid([Image.new("RGB", (8, 8))] * 4, ["a", "b"], [0.5, None, 1.0, 0.25], 2, 4)
+        >>> grid.size
+        (64, 100)
+    """
+    from PIL import Image, ImageDraw
+
+    w, h = images[0].size
+    tile_w, tile_h, band, label = w * scale, h * scale, 14, 11
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * tile_w, rows * (band + tile_h + label)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r in range(rows):
+        y = r * (band + tile_h + label)
+        draw.text((2, y + 1), str(prompts[r]) if r < len(prompts) else "", fill="black")
+        row = images[r * columns:(r + 1) * columns]
+        grid.paste(image_grid(row, columns=columns, scale=scale), (0, y + band))
+        for c in range(len(row)):
+            score = scores[r * columns + c] if r * columns + c < len(scores) else None
+            text = "n/a" if score is None else f"{score:.3f}"
+            draw.text((c * tile_w + 2, y + band + tile_h), text, fill=(70, 70, 70))
+    return grid
+
+
+def write_eval_comparison(before: Mapping[str, Any], after: Mapping[str, Any], out_path: str | Path, *,
+                          curves: Path | None = None, title: str = "Flow-GRPO: held-out eval grid") -> Path:
+    """A standalone HTML page: the ``before`` and ``after`` eval grids side by side (captioned PNGs, kept
+    inline), the mean reward of each and of each prompt, and the training curves when given."""
+    import html
+
+    from PIL import Image
+
+    from ..report.eval_report import _png_data_uri
+
+    def uri(path: str | Path) -> str:
+        with Image.open(path) as im:
+            return _png_data_uri(im.convert("RGB"), max_side=max(im.size))
+
+    def per_prompt(ev: Mapping[str, Any]) -> dict[str, float]:
+        n = max(1, len(ev["scores"]) // max(1, len(ev["prompts"])))
+        out = {}
+        for i, p in enumerate(ev["prompts"]):
+            vals = [s for s in ev["scores"][i * n:(i + 1) * n] if s is not None]
+            out[p] = float(np.mean(vals)) if vals else math.nan
+        return out
+
+    b, a = per_prompt(before), per_prompt(after)
+    rows = "".join(f"<tr><td>{html.escape(p)}</td><td>{b[p]:.4f}</td><td>{a.get(p, math.nan):.4f}</td>"
+                   f"<td>{a.get(p, math.nan) - b[p]:+.4f}</td></tr>" for p in b)
+    figs = "".join(f"<figure><figcaption>{name} (iteration {ev['iteration']}): mean reward {ev['reward_mean']:.4f}"
+                   f"</figcaption><img src='{uri(ev['grid'])}' alt='{name} eval grid'></figure>"
+                   for name, ev in (("before", before), ("after", after)))
+    curve = f"<h2>Training curves</h2><img src='{uri(curves)}' alt='curves'>" if curves is not None else ""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:1.5em}figure{display:inline-block;margin:0 1em 1em 0}"
+            "img{image-rendering:pixelated;border:1px solid #ccc}td,th{padding:2px 10px;text-align:right}"
+            "td:first-child{text-align:left}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Fixed-seed ODE samples of the eval prompts (same noise before and "
+            f"after; EMA weights when EMA is on). Each row is one prompt, each tile's reward under it.</p>{figs}"
+            f"<h2>Mean reward per prompt</h2><table><tr><th>prompt</th><th>before</th><th>after</th>"
+            f"<th>difference</th></tr>{rows}</table>{curve}</body></html>")
+    Path(out_path).write_text(page, encoding="utf-8")
+    return Path(out_path)
 
 
 # ------------------------------------------------------------------------------------- from config
@@ -1319,6 +1449,8 @@ def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: 
     config = load_config(FlowGRPOConfig, source, section="flow", **overrides)
     if not config.pretrained:
         raise ValueError("train_flow_from_config needs `pretrained` (a local model directory)")
+    prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
+                       main_process=False)  # refused before the model loads; the trainer clears it
     options = flow_policy_class(config.pretrained).config_options  # what this family's policy takes
     policy = load_flow_policy(config.pretrained, **{name: getattr(config, name) for name in options})
     reward = build_reward(config.rewards, config.reward_aggregation)

@@ -86,6 +86,7 @@ from .flow_policies import (
     flow_policy_class,
     load_flow_policy,
 )
+from .runtime import prepare_output_dir
 
 __all__ = [
     "DifferentiableReward",
@@ -213,6 +214,8 @@ class ReFLConfig:
     output_dir: str = _shared("output_dir", "runs/refl")
     save_every: int = _shared("save_every")
     resume_from: str | None = _shared("resume_from")
+    overwrite_output_dir: bool = _shared("overwrite_output_dir")
+    progress: bool = _shared("progress")
     eval_every: int = _shared("eval_every")
     eval_num_steps: int = _shared("eval_num_steps", 40)
     eval_images_per_prompt: int = _shared("eval_images_per_prompt")
@@ -930,6 +933,8 @@ def build_refl_trainer(source: str | Path | Mapping[str, Any], **overrides: Any)
     config = load_config(ReFLConfig, _options(source), **overrides)
     if not config.pretrained:
         raise ValueError("pretrained: train_refl_from_config needs a local model directory")
+    prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
+                       main_process=False)  # refused before the model loads; the runtime clears it
     if not config.rewards:
         raise ValueError("rewards: give at least one differentiable reward (model, clip, shape_colour, pixel, ssim)")
     prompts = _read_prompts(config.prompts, config.prompts_file)
