@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                   rewards=[{"name": "model", "weight": 1.0, "options": {"path": str(model_dir)}}]
                   + ([{"name": "chart_code", "weight": 1.0, "options": CHART_CODE}] if args.with_chart_code else []),
                   reward_aggregation="normalize_then_sum" if args.with_chart_code else "sum", max_steps=args.steps, max_minutes=None, render_workers=args.workers,
-                  progress=False)
+                  progress=False, overwrite_output_dir=True)  # the script owns out/.../run
     trainer = train_grpo_from_config(config)
     seconds_train = time.perf_counter() - t0
     (before_dir, after_dir) = trainer.eval_dirs[0].parent, trainer.eval_dirs[-1].parent
