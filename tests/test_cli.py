@@ -19,6 +19,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "visalign.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_render_json_lines_and_pngs(tmp_path):
     good = tmp_path / "bar.py"
     good.write_text(GOOD_CHART)
@@ -36,6 +37,7 @@ def test_render_json_lines_and_pngs(tmp_path):
     assert not (out / "broken.png").exists()
 
 
+@pytest.mark.slow
 def test_render_auto_by_extension_with_gallery(tmp_path):
     (tmp_path / "a.py").write_text(GOOD_CHART)
     (tmp_path / "b.svg").write_text(SVG)
@@ -71,6 +73,7 @@ def test_render_expands_directories_and_skips_what_it_cannot_render(tmp_path, ca
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_nonzero(tmp_path):
     assert _run("render", "matplotlib", str(tmp_path / "missing.py"), "-o", str(tmp_path)).returncode == 2
     (tmp_path / "x.unknown").write_text("?")
@@ -80,6 +83,7 @@ def test_usage_errors_exit_nonzero(tmp_path):
     assert _run("render", "svg", "x").returncode == 2  # -o is required
 
 
+@pytest.mark.slow
 def test_undecodable_file_is_a_failed_render(tmp_path):
     f = tmp_path / "bin.py"
     f.write_bytes(b"\xff\xfe\x00garbage")
@@ -88,6 +92,7 @@ def test_undecodable_file_is_a_failed_render(tmp_path):
     assert proc.returncode == 0 and not rec["ok"] and rec["error_kind"] == "syntax"
 
 
+@pytest.mark.slow
 def test_doctor_reports_sandbox_backends_and_torch():
     proc = _run("doctor", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -102,6 +107,7 @@ def test_doctor_reports_sandbox_backends_and_torch():
     assert "sandbox:" in text and "torch:" in text
 
 
+@pytest.mark.slow
 def test_score_images_code_and_tables(tmp_path):
     chart = tmp_path / "chart.py"
     chart.write_text(GOOD_CHART)
@@ -125,6 +131,7 @@ def test_score_images_code_and_tables(tmp_path):
     assert float(_run("score", "teds", str(tex2), str(tex)).stdout) < 1.0
 
 
+@pytest.mark.slow
 def test_score_failures(tmp_path):
     good = tmp_path / "good.py"
     good.write_text(GOOD_CHART)
@@ -138,6 +145,7 @@ def test_score_failures(tmp_path):
     assert _run("score", "teds", str(good), str(good)).returncode == 2
 
 
+@pytest.mark.slow
 def test_train_options_are_checked_before_anything_loads(tmp_path, capsys):
     """Issue 13.6: ``--set max_steps=two`` was a TypeError traceback after the model loaded, and a typo'd
     key listed 70 keys with no suggestion."""

@@ -39,6 +39,7 @@ def test_chart_codes_are_seeded_unique_and_short() -> None:
     assert all(extract_code(c, "matplotlib") == c for c in a[:50])
 
 
+@pytest.mark.slow
 def test_every_kind_and_option_renders_at_96_pixels() -> None:
     rng = random.Random(1)
     codes = [random_chart_code(rng, k, title_prob=1.0, label_prob=1.0, legend_prob=1.0) for k in CHART_KINDS]
@@ -50,6 +51,7 @@ def test_every_kind_and_option_renders_at_96_pixels() -> None:
         random_chart_code(rng, "area")
 
 
+@pytest.mark.slow
 def test_chart_dataset_rows_and_disjoint_held_out_set() -> None:
     rows = chart_dataset(6, seed=3, kinds=("bar", "line", "pie"), workers=2)
     assert [r["chart_type"] for r in rows] == ["bar", "line", "pie"] * 2
@@ -103,6 +105,7 @@ def test_column_names_limit_and_splits() -> None:
         load_rows(src, split="validation")
 
 
+@pytest.mark.slow
 def test_jsonl_round_trip_with_png_files_and_relative_paths(tmp_path) -> None:
     charts = chart_dataset(3, seed=0, workers=1)
     path = write_jsonl(charts, tmp_path / "sub" / "charts.jsonl")

@@ -145,6 +145,7 @@ def test_cli_data_pairs(tmp_path: Path) -> None:
     assert main(["data", "pairs", "svg", "0", str(tmp_path / "z.jsonl")]) == 2
 
 
+@pytest.mark.slow
 def test_html_document_pairs_render() -> None:
     if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
         pytest.skip("no Chromium")
@@ -161,6 +162,7 @@ def _png(colour: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_load_pairs_formats(tmp_path: Path) -> None:
     white, black = _png("white"), _png("black")
     # chosen / rejected columns with base64 strings and a data: URL, in a list

@@ -87,6 +87,7 @@ def test_table_teds_of_itself_is_one_and_of_another_is_less() -> None:
     assert a != b and teds(latex_table_to_html(a), latex_table_to_html(b)) == 1.0
 
 
+@pytest.mark.slow
 @requires_latex
 def test_every_table_option_renders_with_the_real_latex_renderer() -> None:
     rng = random.Random(2)
@@ -102,6 +103,7 @@ def test_every_table_option_renders_with_the_real_latex_renderer() -> None:
         assert np.asarray(res.image.convert("L")).min() < 100  # black ink on white
 
 
+@pytest.mark.slow
 @requires_latex
 def test_table_dataset_rows_load_and_held_out_set_is_disjoint(tmp_path) -> None:
     rows = table_dataset(4, seed=3, workers=2)

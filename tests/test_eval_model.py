@@ -20,6 +20,7 @@ def _rows(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_eval_generates_with_a_local_hf_model_and_resumes(tmp_path):
     data = _rows(tmp_path / "rows.jsonl", 3)
     out = tmp_path / "out"
@@ -37,6 +38,7 @@ def test_eval_generates_with_a_local_hf_model_and_resumes(tmp_path):
     assert (out / "generations.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_eval_generates_through_an_openai_endpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("VISALIGN_TEST_KEY", "sk-test")
     server = JudgeServer()

@@ -245,6 +245,7 @@ def test_registry_names_every_family() -> None:
 CASES = [(0, 0, PROMPTS[:1]), (1, 0, MIXED), (0, 1, MIXED), (1, 1, PROMPTS[:1])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,size,prompts", CASES,
                          ids=[f"seed{s}-size{i}-{len(p)}prompt" for s, i, p in CASES])
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -297,6 +298,7 @@ def video_reward() -> Reward:
 LORA_FAMILIES = ["sdxl", "qwenimage", "flux2_klein", "flux2", "wan"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", LORA_FAMILIES)
 def test_one_lora_iteration_with_guidance_and_kl(family: str, saved: dict[str, Path], tmp_path: Path) -> None:
     fam, policy = FAMILIES[family], load(saved, family)
@@ -312,6 +314,7 @@ def test_one_lora_iteration_with_guidance_and_kl(family: str, saved: dict[str, P
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_one_full_finetune_iteration(family: str, saved: dict[str, Path], tmp_path: Path) -> None:
     fam, policy = FAMILIES[family], load(saved, family)
@@ -395,6 +398,7 @@ def test_flux2_prompts_go_through_the_pixtral_chat_template(step_policies: Calla
         plain.predict(x, 1.0, plain.encode_prompts(PROMPTS[:1]), 4.0)
 
 
+@pytest.mark.slow
 def test_wan_trains_from_a_config_with_video_rewards(saved: dict[str, Path], tmp_path: Path) -> None:
     """``train_flow_from_config`` passes ``num_frames`` to the video policy; the rewards see every frame."""
     trainer = train_flow_from_config({
