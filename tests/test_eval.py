@@ -44,6 +44,7 @@ def svg_eval(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_eval_outputs(svg_eval):
     records = [json.loads(line) for line in (svg_eval / "results.jsonl").read_text().splitlines()]
     rows = [json.loads(line) for line in (EXAMPLES / "svg.jsonl").read_text().splitlines()]
@@ -61,6 +62,7 @@ def test_eval_outputs(svg_eval):
     assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
 
 
+@pytest.mark.slow
 def test_eval_resumes(svg_eval, tmp_path):
     out = tmp_path / "resume"
     shutil.copytree(svg_eval, out)
@@ -75,6 +77,7 @@ def test_eval_resumes(svg_eval, tmp_path):
     assert (out / "results.jsonl").read_text() == before  # nothing left to score
 
 
+@pytest.mark.slow
 def test_report_in_chromium(svg_eval):
     from playwright.sync_api import sync_playwright
 
@@ -105,6 +108,7 @@ def test_report_in_chromium(svg_eval):
             browser.close()
 
 
+@pytest.mark.slow
 def test_eval_shards_across_processes(tmp_path):
     """Under torchrun / accelerate launch each process scores every N-th row; process 0 merges."""
     import subprocess
@@ -124,6 +128,7 @@ def test_eval_shards_across_processes(tmp_path):
     assert json.loads((out / "summary.json").read_text())["rows"] == len(rows)
 
 
+@pytest.mark.slow
 def test_text_to_image_eval_with_reward_options(tmp_path):
     """Generated images (no code) scored by the face identity reward, options from the command line."""
     from PIL import Image, ImageOps
@@ -167,6 +172,7 @@ def test_eval_with_misnamed_fields_fails_naming_the_file_and_fields(tmp_path, ca
     assert not (tmp_path / "out2" / "results.jsonl").exists()  # nothing slow started
 
 
+@pytest.mark.slow
 def test_eval_counts_a_row_without_completion_as_a_failed_sample(tmp_path):
     """Issue 13.2: a row with no completion dropped out of ``n`` and the execution rate stayed 100 %."""
     data = _jsonl(tmp_path / "data.jsonl", [{"id": "a", "completion": SVG_OK, "reference_code": SVG_OK},
@@ -191,6 +197,7 @@ def test_eval_missing_reference_image_names_file_line_row_and_field(tmp_path):
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_eval_rerun_computes_a_reward_added_later(tmp_path):
     """Issue 13.3: a reward added on a rerun was never computed (``nan n=0``): resume per reward."""
     data = _jsonl(tmp_path / "data.jsonl", [{"id": str(i), "completion": SVG_OK, "reference_code": SVG_OK}

@@ -71,6 +71,7 @@ def test_flow_demo_writes_outputs(tmp_path):
     assert any("held-out reward" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_flow_demo_time_budget_stops_between_iterations() -> None:
     """The demo's budget is a callback on the trainer's loop: it stops when one more iteration of the mean
     length so far would overrun the budget (a fake clock: 0.06 s per iteration, a 0.2 s budget)."""

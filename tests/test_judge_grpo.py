@@ -63,6 +63,7 @@ def test_pre_clip_bound_is_r1_rewards() -> None:
     assert R1_REWARD_LOG_RATIO_BOUND == pytest.approx(np.log(1e3)) == pytest.approx(-np.log(1e-3))
 
 
+@pytest.mark.slow
 def test_pre_clip_matches_r1_reward_policy_loss() -> None:
     g = torch.Generator().manual_seed(0)
     old = -torch.rand(4, 6, generator=g) * 3
@@ -324,6 +325,7 @@ def _judge_options(tmp_path, model: str, **extra) -> dict:
             "max_prompt_length": 1024, "num_threads": 1, **extra}
 
 
+@pytest.mark.slow
 def test_judge_trainer_steps_evaluates_and_plugs_into_vlm_judge(tmp_path, tiny_judge: str) -> None:
     """Two GRPO steps of a pointwise judge (StableReinforce on), held-out accuracy before / after, the
     saved judge loaded by the local backend and asked through the trained_judge preset."""
@@ -382,6 +384,7 @@ def test_trained_judge_preset_refuses_pairwise_and_missing(tmp_path) -> None:
         trained_judge_preset(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_train_reward_mode_judge(tmp_path, tiny_judge: str, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "visalign"
 
 #: floor of each top-level module or package (a part may import parts on lower floors only)
@@ -52,6 +54,7 @@ def test_every_part_has_a_floor():
     assert parts <= set(FLOORS), f"give these a floor in FLOORS: {sorted(parts - set(FLOORS))}"
 
 
+@pytest.mark.slow
 def test_no_import_runs_back_up():
     bad = []
     for path in sorted(SRC.rglob("*.py")):
