@@ -486,6 +486,7 @@ TINY = {"num_steps": 4, "group_size": 2, "prompts_per_iteration": 2, "batch_size
         "learning_rate": 1e-4, "resolution": 8}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,extra", [
     ("flow_grpo", {}),
     ("dance_grpo", {}),

@@ -121,6 +121,7 @@ def test_broken_latex_is_syntax_with_message(renderer):
     assert "line 4" in res.error and "\\midrul" in res.error
 
 
+@pytest.mark.slow
 def test_infinite_macro_loop_times_out():
     with LatexRenderer(timeout=3.0, workers=1) as r:
         r.ensure_format()  # the once-per-machine format build is not part of the sample's time

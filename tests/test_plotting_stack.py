@@ -86,6 +86,7 @@ VENN_DIAGRAM = answer("""
 """)
 
 
+@pytest.mark.slow
 def test_plotting_stack_is_preloaded_and_renders(renderer):
     """seaborn, pandas, squarify and matplotlib-venn are imported in the zygote (a job finds them in
     ``sys.modules`` before importing anything) and the answers that use them render."""
@@ -150,6 +151,7 @@ OLD_API = answer("""
 """)
 
 
+@pytest.mark.slow
 def test_compat_layer_restores_removed_names_and_reports_them(renderer):
     from visalign.renderers._sandboxed import mpl_compat
 
@@ -225,6 +227,7 @@ def _plain_python_png(program: str, tmp_path) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(out.stdout)).convert("RGB"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["plt.show()", "plt.savefig('figure.png', dpi=300)\nplt.show()"])
 def test_shown_figure_is_drawn_once_like_plain_python(renderer, tmp_path, ending):
     program = CONSTRAINED_SHOW.replace("plt.show()", ending)

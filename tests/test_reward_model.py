@@ -120,6 +120,7 @@ def _config(tmp_path: Path, **kw) -> RewardModelConfig:
     return load_config(RewardModelConfig, {**base, **kw})
 
 
+@pytest.mark.slow
 def test_train_save_reload_score_and_reward(tmp_path: Path) -> None:
     train, held = _pairs(16, 0), _pairs(8, 1)
     trainer = RewardModelTrainer(_config(tmp_path), train_rows=train, eval_rows=held)
@@ -151,6 +152,7 @@ def test_train_save_reload_score_and_reward(tmp_path: Path) -> None:
     assert sig == pytest.approx([1 / (1 + math.exp(-v)) for v in out.scores[:2]], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
     rows = _pairs(12, 2)
     straight = RewardModelTrainer(_config(tmp_path / "a", max_steps=4), train_rows=rows)
@@ -168,6 +170,7 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
     assert log_b == pytest.approx(log_a, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_head_only(tmp_path: Path) -> None:
     trainer = RewardModelTrainer(_config(tmp_path, use_lora=True, lora_r=4, max_steps=2), train_rows=_pairs(8, 3))
     before = {k: v.clone() for k, v in trainer.reward_model.state_dict().items()}
@@ -284,6 +287,7 @@ def test_qwen2vl_patchify_matches_the_processor(tiny_vlm) -> None:
     assert torch.allclose(mine, enc["pixel_values"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_vlm_backbone_last_token_lora_save_and_gradient(tiny_vlm, tmp_path: Path) -> None:
     import copy
 
