@@ -113,6 +113,7 @@ def _direct_cosines(model, preprocess, tokenizer, images, prompts) -> list[float
     return (img * txt).sum(-1).tolist()
 
 
+@pytest.mark.slow
 def test_clip_score_is_torchmetrics_clipscore(tiny_clip) -> None:
     from visalign.rewards.clip import ClipReward
 
@@ -131,6 +132,7 @@ def test_clip_score_is_torchmetrics_clipscore(tiny_clip) -> None:
     assert out01.scores == pytest.approx([max(c, 0.0) for c in cos], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_clip_loads_a_local_checkpoint(tiny_clip, tmp_path: Path) -> None:
     from visalign.rewards.clip import ClipReward
 
@@ -212,6 +214,7 @@ def grace_hopper() -> Image.Image:
         return im.convert("RGB")
 
 
+@pytest.mark.slow
 def test_identity_of_the_same_face_under_edits(identity_reward, astronaut: Image.Image) -> None:
     ref = identity_reward.reference_face(astronaut)
     assert ref is not None and ref.box == (175, 76, 265, 166)  # the face, not the mission patch
@@ -236,6 +239,7 @@ def test_identity_of_the_same_face_under_edits(identity_reward, astronaut: Image
         assert scores[name] == pytest.approx(1 - details[name]["distance"] / 1.2)
 
 
+@pytest.mark.slow
 def test_identity_of_a_different_person_is_lower(identity_reward, astronaut, grace_hopper) -> None:
     same = identity_reward([Sample(image=astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
                                    reference_image=astronaut)])
@@ -273,6 +277,7 @@ def test_identity_no_face_and_not_applicable(identity_reward, astronaut) -> None
 SMALL = 160  # astronaut at 160 px: a 32 px face, found by the HOG detector only after 2 upsamplings
 
 
+@pytest.mark.slow
 def test_identity_options_and_reference_cache(identity_reward, astronaut, monkeypatch) -> None:
     from visalign.rewards.identity import IdentityReward
 
@@ -340,6 +345,7 @@ def ocr_reward():
     reward.close()
 
 
+@pytest.mark.slow
 def test_ocr_reads_rendered_text(ocr_reward) -> None:
     hello, other, blank = _text_image("HELLO WORLD"), _text_image("GOODBYE MOON"), Image.new("RGB", (400, 120), "white")
     prompt = 'a white card that says "Hello World" in black letters'

@@ -96,6 +96,7 @@ def test_callbacks_all_run_and_any_can_stop() -> None:
     assert seen == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_curves_of_iterations_with_eval_keys(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"iteration": i, "reward/mean": 0.1 * i, "loss": 1.0 / i,
@@ -148,6 +149,7 @@ class _Bright:
         return reward
 
 
+@pytest.mark.slow
 def test_flow_reused_output_dir_is_refused_and_overwrite_starts_clean(tmp_path: Path) -> None:
     """Issue 13.1 in `visalign train flow`: a rerun appended to metrics.jsonl."""
     _flow_trainer(tmp_path / "run").train()
@@ -158,6 +160,7 @@ def test_flow_reused_output_dir_is_refused_and_overwrite_starts_clean(tmp_path: 
         [h["iteration"] for h in history]
 
 
+@pytest.mark.slow
 def test_flow_resume_latest_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
     """``resume_from: latest`` means one thing in every trainer (it raised in flow, started fresh in VLM)."""
     trainer = _flow_trainer(tmp_path / "run", resume_from="latest", save_every=1, num_iterations=1)
@@ -168,6 +171,7 @@ def test_flow_resume_latest_without_checkpoint_starts_fresh(tmp_path: Path) -> N
     assert [r["iteration"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_flow_writes_the_run_artefacts_and_its_final_weights_reload(tmp_path: Path) -> None:
     """Issue 13.5: no curves.png / comparison.html, eval grids without captions, and final/ without
     classes.json, so `load_flow_policy(final)` failed."""
@@ -193,6 +197,7 @@ def test_flow_writes_the_run_artefacts_and_its_final_weights_reload(tmp_path: Pa
         assert torch.equal(p.detach().cpu(), q), n
 
 
+@pytest.mark.slow
 def test_flow_progress_bar_shows_raw_reward_means_and_callbacks_stop(tmp_path: Path, monkeypatch) -> None:
     """Issue 13.7: `reward=0.000` was the z-scored composite; the bar now shows each reward's raw mean.
     A callback sees every iteration's metrics and can stop the run."""
