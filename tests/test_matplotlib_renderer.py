@@ -337,3 +337,29 @@ def test_runtime_error_names_the_program_line(renderer):
     assert res.error == "NameError: name 'targets' is not defined (line 4: ax.plot(x, targets))"
     res = renderer.render("import matplotlib.pyplot as plt\nplt.plot([1, 2], [1, 2, 3])\n")
     assert res.error_kind == "runtime" and res.error.endswith("(line 2: plt.plot([1, 2], [1, 2, 3]))")
+
+
+BAR3D = """
+import numpy as np
+import matplotlib.pyplot as plt
+np.random.seed(0)
+fig = plt.figure(figsize=(3, 3))
+ax = fig.add_subplot(111, projection="3d")
+x, y = np.meshgrid(np.arange(3), np.arange(3))
+ax.bar3d(x.ravel(), y.ravel(), 0, 0.5, 0.5, np.random.rand(9) * 3, zsort="average", color="red")
+ax.set_box_aspect(None, zoom=0.8)
+plt.tight_layout()
+plt.savefig("out.png")
+"""
+
+
+def test_chart_instrument_does_not_change_a_3d_drawing():
+    """Found on ChartMimic's ori_500/3d_10 (benchmarks/chartmimic_programs.py): reading a 3D collection's
+    colours right after ``bar3d`` projected it with the view of that moment, and the instrumented render
+    differed from the plain one in 42,928 pixels."""
+    with get_renderer("matplotlib", timeout=30, dpi=50, instrument=("chart",)) as on, \
+            get_renderer("matplotlib", timeout=30, dpi=50, instrument=()) as off:
+        a, b = on.render(BAR3D), off.render(BAR3D)
+    assert a.ok and b.ok, (a.error, b.error)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.trace["chart"]["color"]["3d.bar3d"]  # the colours are still read, when the figure is drawn

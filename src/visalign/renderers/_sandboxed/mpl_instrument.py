@@ -339,7 +339,8 @@ class ChartInstrument:
             return
         artists = list(_artists(result))
         key = self._figure_key(fig) if fig is not None else None
-        self.calls.append({"kind": kind, "figure": key, "artists": artists, "colors": _call_colors(artists)})
+        self.calls.append({"kind": kind, "figure": key, "artists": artists,
+                           "colors": _call_colors(artists, at_call=True)})
 
     def _record_data(self, ax, base: str, result) -> None:
         kind = _kind(ax, base)
@@ -455,11 +456,19 @@ def _owner_figure(artists):
     return None
 
 
-def _call_colors(artists) -> list[str]:
-    """The distinct colours of a call's artists, in order first seen, at most MAX_COLORS_PER_CALL."""
+def _call_colors(artists, at_call: bool = False) -> list[str]:
+    """The distinct colours of a call's artists, in order first seen, at most MAX_COLORS_PER_CALL.
+
+    ``at_call``: read right after the plotting call, before the program finished the figure. 3D
+    collections are skipped then: their ``get_facecolor`` projects and depth-sorts them with the axes'
+    view of that moment, and that state would survive into the real drawing (a ``bar3d`` chart changed
+    its pixels when instrumented); they are read when the figure is drawn for its capture.
+    """
     colors: list[str] = []
     seen: set[str] = set()
     for artist in _artists(artists):
+        if at_call and type(artist).__module__.startswith("mpl_toolkits.mplot3d"):
+            continue
         for c in _artist_colors(artist):
             if c not in seen:
                 seen.add(c)
