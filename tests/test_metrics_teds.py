@@ -430,6 +430,7 @@ def _perturb(rng: random.Random, table: str) -> str:
     return table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vector_min_size", [1, 24, 10**9])  # all numpy, the default mix, all Python
 def test_random_tables_match_the_reference(monkeypatch, vector_min_size):
     monkeypatch.setattr(tree_edit, "_VECTOR_MIN_SIZE", vector_min_size)

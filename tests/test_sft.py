@@ -53,6 +53,7 @@ def config(tmp_path, **kw) -> SFTConfig:
     return load_config(SFTConfig, {**base, **kw})
 
 
+@pytest.mark.slow
 def test_labels_cover_exactly_the_answer_and_eos(processor) -> None:
     data = rows(3)
     data[1]["code"] = "import matplotlib.pyplot as plt"  # shorter answer: right padding
@@ -81,6 +82,7 @@ def test_labels_cover_exactly_the_answer_and_eos(processor) -> None:
         build_sft_batch(processor, [data[0]["image"]], [INSTRUCTION], [data[0]["code"]], max_length=10)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_checkpoints_reload_and_generate(processor, tmp_path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
