@@ -174,6 +174,9 @@ def test_format_is_r1_rewards_verify_format() -> None:
     assert not format_ok("<think>a</think><think>b</think><answer>1</answer>")
     assert not format_ok("<think>a</think><answer>1</answer><answer>2</answer>")
     assert not format_ok("sure. <think>a</think><answer>1</answer>")
+    # closing tags count too: a tiny judge's GRPO answer that the opening-tag count let through
+    assert not format_ok("<think>image 1</answer>is c cl</think></think><answer>1</answer>")
+    assert not format_ok("<think>a</think><answer>1</answer></answer>")
 
 
 @pytest.mark.parametrize(("text", "answer", "error"), [

@@ -59,18 +59,23 @@ __all__ = [
 _FORMAT = re.compile(r"^<think>.*?</think><answer>.*?</answer>$", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def format_ok(text: str) -> bool:
     """R1-Reward's ``verify_format``: ``<think>...</think><answer>...</answer>`` and nothing else (the
-    answer stripped of surrounding whitespace), exactly one ``<think>`` and one ``<answer>``.
+    answer stripped of surrounding whitespace), each of the four tags exactly once. Counting the opening
+    tags only passed ``<think>a</answer>b</think></think><answer>1</answer>``, a broken answer a tiny judge
+    learned to write while the format reward still paid for it.
 
     Example:
         >>> format_ok("<think>a</think><answer>1</answer>"), format_ok("<think>a</think> <answer>1</answer>")
         (True, False)
+        >>> format_ok("<think>a</answer>b</think></think><answer>1</answer>")
+        False
     """
     text = text.strip()
-    return bool(_FORMAT.match(text)) and text.count("<think>") == 1 and text.count("<answer>") == 1
+    return bool(_FORMAT.match(text)) and all(text.count(tag) == 1 for tag in _TAGS)
 
 
 @dataclass(frozen=True)
