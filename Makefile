@@ -36,12 +36,16 @@ demo-flow: setup
 	$(PY) scripts/flow_grpo_demo.py --out out/demo-flow --minutes 0 --eval-per-caption 64 --threads 1
 	@echo "demo-flow: open out/demo-flow/before_after.png and out/demo-flow/summary.json"
 
-# the reward-model demo (~3-5 minutes on 2 cores): rendered chart pairs -> a tiny Bradley-Terry reward model ->
-# held-out pairwise accuracy (bootstrap interval, per perturbation kind, calibration) and ladder ranking
+# the reward-model demo (~8-10 minutes on 2 cores): rendered chart pairs -> a tiny Bradley-Terry reward model ->
+# held-out pairwise accuracy (bootstrap interval, per perturbation kind, calibration) and ladder ranking; then
+# ReFL (DRaFT) on the shipped shapes model with a differentiable reward, judged by a reward it was not trained on
+# (chart GRPO with the trained reward model: scripts/reward_grpo_demo.py, ~15-25 minutes, see the README)
 demo-reward: setup
-	rm -rf out/demo-reward
+	rm -rf out/demo-reward out/demo-refl
 	$(PY) scripts/reward_demo.py --out out/demo-reward --threads 2
-	@echo "demo-reward: open out/demo-reward/summary.json, run/curves.png and run/eval/calibration.png"
+	$(PY) scripts/refl_demo.py --out out/demo-refl --minutes 3 --eval-per-caption 32
+	@echo "demo-reward: open out/demo-reward/summary.json, run/curves.png and run/eval/calibration.png;"
+	@echo "             out/demo-refl/summary.json and its before / after grid"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
