@@ -17,6 +17,7 @@ from PIL import Image
 
 from visalign.rewards import Sample
 from visalign.rewards.shapes import ShapeColourReward
+from visalign.rewards.specs import parse_reward_specs
 from visalign.trainers.config import load_config
 from visalign.trainers.flow_policies import (
     ClassConditionalFlowPolicy,
@@ -376,7 +377,8 @@ def test_id_aligner_config_parses_and_builds_on_a_tiny_sd15_pipeline(tmp_path: P
     assert "| `mode` | `'refl'` | config |" in table and "identity" in table
     data = yaml.safe_load(path.read_text())["flow"]
     config = load_config(ReFLConfig, data)
-    assert config.lora and config.eval_rewards and set(config.rewards) == {"clip", "model"}
+    specs = {s.name: s for s in parse_reward_specs(config.rewards)}  # the list form of the reward schema
+    assert config.lora and config.eval_rewards and list(specs) == ["clip", "model"] and specs["model"].weight == 0.1
     tiny_sd15_pipeline(workdir=tmp_path / "tok").save_pretrained(tmp_path / "sd15")
     torch.manual_seed(0)
     clip_dir = tmp_path / "clip"
@@ -384,9 +386,10 @@ def test_id_aligner_config_parses_and_builds_on_a_tiny_sd15_pipeline(tmp_path: P
     (clip_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
     torch.save(_tiny_clip_state(open_clip, tmp_path), clip_dir / "open_clip_pytorch_model.bin")
     Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8)).save(tmp_path / "face.png")
-    clip = dict(data["rewards"]["clip"], model_name=f"local-dir:{clip_dir}", pretrained=None, device="cpu")
+    clip = dict(specs["clip"].options, model_name=f"local-dir:{clip_dir}", pretrained=None, device="cpu")
     trainer = build_refl_trainer(data, pretrained=str(tmp_path / "sd15"), resolution=16, num_steps=3, refl_steps=None, mixed_precision="no",
-                                 rewards={"clip": clip, "ssim": 0.1}, reference_image=str(tmp_path / "face.png"),
+                                 rewards=[{"name": "clip", "options": clip}, {"name": "ssim", "weight": 0.1}],
+                                 reference_image=str(tmp_path / "face.png"),
                                  prompts_per_iteration=1, micro_batch_size=1, eval_every=0,
                                  output_dir=str(tmp_path / "run"), prompts_file=None, prompts=["a photo of a person"])
     assert isinstance(trainer.policy, StableDiffusionPolicy) and trainer.policy.lora

@@ -18,7 +18,6 @@ each process takes every N-th sample and process 0 merges the shards.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -31,7 +30,8 @@ from PIL import Image
 
 from .languages import DEFAULT_REWARDS, TASKS
 from .report.eval_report import summarize, write_report
-from .rewards import RenderService, Reward, Sample, get_reward
+from .rewards import RenderService, Reward, Sample
+from .rewards.specs import build_reward_map
 
 log = logging.getLogger("visalign.eval")
 
@@ -150,24 +150,13 @@ def _batches(rows: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[st
 
 def build_rewards(names: Sequence[str], service: RenderService,
                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, Reward]:
-    """Rewards by name with their ``options`` (name -> keyword arguments), sharing ``service``."""
+    """Rewards by name with their ``options`` (name -> keyword arguments), sharing ``service``
+    (a thin wrapper of :func:`visalign.rewards.specs.build_reward_map`)."""
     options = options or {}
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise ValueError(f"options given for rewards not asked for: {unknown}")
-    built = {}
-    for n in names:
-        kwargs = dict(options.get(n, {}))
-        if _takes_service(n):
-            kwargs["service"] = service
-        built[n] = get_reward(n, **kwargs)
-    return built
-
-
-def _takes_service(name: str) -> bool:
-    from .rewards import reward_class
-
-    return "service" in inspect.signature(reward_class(name).__init__).parameters
+    return build_reward_map([{"name": n, "options": options.get(n) or {}} for n in names], service)
 
 
 def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: str | Path, *,

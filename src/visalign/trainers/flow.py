@@ -71,6 +71,7 @@ import torch
 import yaml
 
 from ..rewards.base import Reward, Sample
+from ..rewards.specs import build_rewards, instantiate, parse_reward_specs
 from .config import config_to_dict, load_config, option, save_config
 from .flow_policies import Conditioning, FlowPolicy, flow_policy_class, image_grid, load_flow_policy
 from .grpo import group_advantages, keyed_group_advantages
@@ -145,9 +146,10 @@ class FlowGRPOConfig:
     prompts_file: str | None = option(None, "text file, one training prompt per line")
     eval_prompts: list[str] = option([], "fixed prompts of the eval grid (or eval_prompts_file)")
     eval_prompts_file: str | None = option(None, "text file, one eval prompt per line")
-    rewards: dict[str, Any] = option({}, "reward name -> weight, or -> {weight: w, <reward options>} "
-                                     "(train_flow_from_config only; names from visalign.rewards.REWARDS or "
-                                     "'package.module:Class')")
+    rewards: list | dict = option([], "rewards: a list of names or {name, weight, options} mappings (the older "
+                                  "name -> weight | {weight, <options>} mapping is read too; "
+                                  "train_flow_from_config only; names from visalign.rewards.REWARDS or "
+                                  "'package.module:Class')")
     reward_aggregation: str = option("normalize_then_sum", "how several rewards combine (CompositeReward): sum, "
                                      "normalize_then_sum or sum_then_normalize", source="Flow-GRPO")
     # sampling
@@ -287,6 +289,7 @@ class FlowGRPOConfig:
     log_with: str | None = option("auto", "accelerate tracker: auto (tensorboard when installed), none, or a name")
 
     def __post_init__(self) -> None:
+        parse_reward_specs(self.rewards)  # a bad reward entry fails here, before anything loads
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
         explicit = _EXPLICIT.get()
@@ -1382,34 +1385,22 @@ def write_eval_comparison(before: Mapping[str, Any], after: Mapping[str, Any], o
 # ------------------------------------------------------------------------------------- from config
 
 
-def build_reward(spec: Mapping[str, Any] | Sequence[Any], aggregation: str = "normalize_then_sum") -> Reward:
-    """A reward from a config: ``{name: weight}`` or ``{name: {weight: w, **options}}``; several make a
-    :class:`~visalign.rewards.CompositeReward`. Names: :data:`visalign.rewards.REWARDS` or ``"module:Class"``.
+def build_reward(spec: Any, aggregation: str = "normalize_then_sum") -> Reward:
+    """A reward from a config's ``rewards`` (a list of names or ``{name, weight, options}``; the older
+    ``{name: weight | {weight, **options}}`` mapping is read too: :func:`visalign.rewards.specs.parse_reward_specs`);
+    several, or one with a weight other than 1, make a :class:`~visalign.rewards.CompositeReward`.
+    Names: :data:`visalign.rewards.REWARDS` or ``"module:Class"``.
 
     Example:
-        >>> build_reward({"format": {"allow_bare": True}}).name
+        >>> build_reward([{"name": "format", "options": {"allow_bare": True}}]).name
         'format'
     """
-    import importlib
-
-    from ..rewards import CompositeReward, get_reward
-
-    items = dict(spec) if isinstance(spec, Mapping) else {s["name"]: {k: v for k, v in s.items() if k != "name"}
-                                                          for s in spec}
-    if not items:
-        raise ValueError("no reward configured")
-    rewards, weights = {}, {}
-    for name, opts in items.items():
-        opts = {"weight": opts} if isinstance(opts, (int, float)) else dict(opts or {})
-        weights[name] = float(opts.pop("weight", 1.0))
-        if ":" in name:
-            module, cls = name.split(":", 1)
-            rewards[name] = getattr(importlib.import_module(module), cls)(**opts)
-        else:
-            rewards[name] = get_reward(name, **opts)
-    if len(rewards) == 1 and next(iter(weights.values())) == 1.0:
-        return next(iter(rewards.values()))
-    return CompositeReward(rewards, weights, aggregation=aggregation)  # type: ignore[arg-type]
+    specs = parse_reward_specs(spec)
+    if not specs:
+        raise ValueError("rewards: no reward configured")
+    if len(specs) == 1 and specs[0].weight == 1.0:
+        return instantiate(specs[0])
+    return build_rewards(specs, aggregation=aggregation)
 
 
 def _read_prompts(inline: Sequence[str], file: str | None) -> list[str]:

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..rewards.base import Reward, RewardOutput, Sample
+from ..rewards.specs import parse_reward_specs
 from .config import load_config, option, save_config
 from .flow import FlowGRPOConfig, FlowGRPOTrainer, _noise, _read_prompts, build_reward
 from .flow_policies import (
@@ -151,11 +152,13 @@ class ReFLConfig:
     prompts_file: str | None = _shared("prompts_file")
     eval_prompts: list[str] = _shared("eval_prompts")  # noqa: RUF009 (a fresh field per call)
     eval_prompts_file: str | None = _shared("eval_prompts_file")
-    rewards: dict[str, Any] = option({}, "differentiable rewards: name -> weight or -> {weight: w, <options>}; "
-                                     "names: model, clip, shape_colour, pixel, ssim, or 'package.module:Class' "
-                                     "with a differentiable() method (train_refl_from_config only)")
-    eval_rewards: dict[str, Any] = option({}, "rewards of the eval grid and logs, any visalign reward (e.g. the "
-                                          "dlib identity reward); {}: the training rewards' own scores")
+    rewards: list | dict = option([], "differentiable rewards: a list of names or {name, weight, options} "
+                                  "mappings (the older name -> weight | {weight, <options>} mapping is read too); "
+                                  "names: model, clip, shape_colour, pixel, ssim, or 'package.module:Class' "
+                                  "with a differentiable() method (train_refl_from_config only)")
+    eval_rewards: list | dict = option([], "rewards of the eval grid and logs, any visalign reward (e.g. the "
+                                       "dlib identity reward), in the rewards' form; []: the training rewards' "
+                                       "own scores")
     reference_image: str | None = option(None, "image file every sample is compared with (rewards that take a "
                                          "reference: model with condition reference, clip image_image, pixel, "
                                          "ssim)")
@@ -225,6 +228,10 @@ class ReFLConfig:
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+
+        # a bad reward entry fails here, before anything loads
+        parse_reward_specs(self.rewards, extra_names=_TARGET_METRICS)
+        parse_reward_specs(self.eval_rewards, where="eval_rewards")
 
         if self.algorithm != "refl":
             raise bad("algorithm", "ReFLConfig is the 'refl' algorithm (grpo: FlowGRPOConfig)")
@@ -714,43 +721,44 @@ class WeightedDifferentiableReward(Reward):
             reward.close()
 
 
-def build_differentiable_reward(spec: Mapping[str, Any]) -> WeightedDifferentiableReward | Any:
-    """Differentiable reward(s) from a config: ``{name: weight}`` or ``{name: {weight: w, **options}}``;
-    names: ``pixel`` / ``ssim`` (:class:`TargetSimilarityReward`; option ``target``: an image path), any
-    name of :data:`visalign.rewards.REWARDS` whose reward has ``differentiable`` (``model``, ``clip``,
+_TARGET_METRICS = ("pixel", "ssim")
+
+
+def build_differentiable_reward(spec: Any) -> WeightedDifferentiableReward | Any:
+    """Differentiable reward(s) from a config's ``rewards`` (a list of names or ``{name, weight, options}``;
+    the older ``{name: weight | {weight, **options}}`` mapping is read too:
+    :func:`visalign.rewards.specs.parse_reward_specs`); names: ``pixel`` / ``ssim``
+    (:class:`TargetSimilarityReward`; option ``target``: an image path), any name of
+    :data:`visalign.rewards.REWARDS` whose reward has ``differentiable`` (``model``, ``clip``,
     ``shape_colour``), or ``"package.module:Class"``. Raises ``ValueError`` naming the reward that is not
     differentiable.
 
     Example:
-        >>> type(build_differentiable_reward({"shape_colour": 1.0})).__name__
+        >>> type(build_differentiable_reward(["shape_colour"])).__name__
         'ShapeColourReward'
-        >>> build_differentiable_reward({"ocr": 1.0})
+        >>> build_differentiable_reward(["ocr"])
         Traceback (most recent call last):
             ...
         ValueError: rewards.ocr: OcrReward has no differentiable() method; differentiable rewards: model, clip, shape_colour, pixel, ssim
     """
-    import importlib
+    from ..rewards.specs import reward_type
 
-    from ..rewards import reward_class
-
-    if not spec:
+    specs = parse_reward_specs(spec, extra_names=_TARGET_METRICS)
+    if not specs:
         raise ValueError("rewards: give at least one differentiable reward (model, clip, shape_colour, pixel, ssim)")
     rewards, weights = {}, {}
-    for name, opts in spec.items():
-        opts = {"weight": opts} if isinstance(opts, (int, float)) else dict(opts or {})
-        weights[name] = float(opts.pop("weight", 1.0))
-        if name in ("pixel", "ssim"):
+    for s in specs:
+        opts = dict(s.options)
+        if s.name in _TARGET_METRICS:
             cls: Any = TargetSimilarityReward
-            opts = {"metric": name, **opts}
-        elif ":" in name:
-            module, attr = name.split(":", 1)
-            cls = getattr(importlib.import_module(module), attr)
+            opts = {"metric": s.name, **opts}
         else:
-            cls = reward_class(name)
+            cls = reward_type(s.name)
         if not callable(getattr(cls, "differentiable", None)):
-            raise ValueError(f"rewards.{name}: {cls.__name__} has no differentiable() method; differentiable "
+            raise ValueError(f"rewards.{s.name}: {cls.__name__} has no differentiable() method; differentiable "
                              "rewards: model, clip, shape_colour, pixel, ssim")
-        rewards[name] = cls(**opts)
+        rewards[s.name] = cls(**opts)
+        weights[s.name] = s.weight
     if len(rewards) == 1 and next(iter(weights.values())) == 1.0:
         return next(iter(rewards.values()))
     return WeightedDifferentiableReward(rewards, weights)

@@ -48,6 +48,7 @@ import torch
 from ..languages import DEFAULT_INSTRUCTIONS, KIND_TO_TASK
 from ..rewards import CompositeReward, RenderService, Reward, Sample
 from ..rewards.code import fill_code
+from ..rewards.specs import build_rewards, parse_reward_specs
 from .config import config_to_dict, load_config, option, save_config
 from .grpo import R1_REWARD_LOG_RATIO_BOUND, filter_advantages, group_advantages, policy_loss
 from .prompting import PromptImages, check_prompts, encode_prompts, vision_token_ids
@@ -87,8 +88,9 @@ class VLMGRPOConfig:
     max_train_rows: int | None = option(None, "use only the first N training rows")
     max_eval_rows: int | None = option(64, "evaluate on the first N held-out rows")
     # rewards and rendering
-    rewards: list = option([{"name": "render_similarity", "weight": 1.0}],
-                           "rewards: names or {name, weight, options} mappings", source="visalign")
+    rewards: list | dict = option([{"name": "render_similarity", "weight": 1.0}],
+                                  "rewards: a list of names or {name, weight, options} mappings",
+                                  source="visalign")
     reward_aggregation: str = option("sum", "sum, normalize_then_sum or sum_then_normalize (CompositeReward)")
     render_options: dict = option({}, "renderer options per kind, e.g. {matplotlib: {dpi: 64, figsize: [1.5, 1.5]}}")
     render_timeout: float = option(10.0, "seconds per render")
@@ -176,6 +178,7 @@ class VLMGRPOConfig:
             raise ValueError("num_iterations, prompts_per_step and generation_batch_size must be >= 1")
         if not self.pre_clip_bound > 0 or not self.advantage_filter_sigma > 0:
             raise ValueError("pre_clip_bound and advantage_filter_sigma must be > 0")
+        parse_reward_specs(self.rewards)  # a bad reward entry fails here, before anything loads
 
 
 @dataclass
@@ -244,28 +247,22 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def reward_specs(specs: Sequence[Any]) -> tuple[list[str], dict[str, float], dict[str, dict[str, Any]]]:
-    """Names, weights and options of the configured rewards (names or ``{name, weight, options}``).
+def reward_specs(specs: Any) -> tuple[list[str], dict[str, float], dict[str, dict[str, Any]]]:
+    """Names, weights and options of the configured rewards (read by
+    :func:`visalign.rewards.specs.parse_reward_specs`).
 
     Example:
         >>> reward_specs(["format", {"name": "chart_code", "weight": 2, "options": {"metric": "data"}}])
         (['format', 'chart_code'], {'format': 1.0, 'chart_code': 2.0}, {'chart_code': {'metric': 'data'}})
     """
-    names, weights, options = [], {}, {}
-    for spec in specs:
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        unknown = set(spec) - {"name", "weight", "options"}
-        if unknown or "name" not in spec:
-            raise ValueError(f"a reward is a name or a mapping with name, weight, options; got {spec}")
-        names.append(spec["name"])
-        weights[spec["name"]] = float(spec.get("weight", 1.0))
-        if spec.get("options"):
-            options[spec["name"]] = dict(spec["options"])
-    return names, weights, options
+    parsed = parse_reward_specs(specs)
+    return ([s.name for s in parsed], {s.name: s.weight for s in parsed},
+            {s.name: dict(s.options) for s in parsed if s.options})
 
 
-def build_reward(specs: Sequence[Any], service: RenderService, aggregation: str = "sum") -> CompositeReward:
-    """A composite of ``specs`` (names or ``{name, weight, options}`` mappings) sharing ``service``.
+def build_reward(specs: Any, service: RenderService, aggregation: str = "sum") -> CompositeReward:
+    """A composite of ``specs`` (names or ``{name, weight, options}`` mappings) sharing ``service``
+    (:func:`visalign.rewards.specs.build_rewards`).
 
     Example:
         >>> with RenderService(workers=1) as service:
@@ -273,13 +270,7 @@ def build_reward(specs: Sequence[Any], service: RenderService, aggregation: str 
         ...     list(zip(reward.names, reward.weights))
         [('format', 1.0), ('execution', 0.5)]
     """
-    from ..evaluate import build_rewards
-
-    names, weights, options = reward_specs(specs)
-    if not names:
-        raise ValueError("no rewards configured")
-    built = build_rewards(names, service, options)
-    return CompositeReward(built, weights=weights, aggregation=aggregation, service=service)
+    return build_rewards(specs, service, aggregation)
 
 
 class VLMGRPOTrainer:
