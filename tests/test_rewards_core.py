@@ -240,6 +240,7 @@ def test_format_reward() -> None:
 # execution
 
 
+@pytest.mark.slow
 def test_execution_reward_across_renderers(service: CountingService) -> None:
     samples = [
         Sample(completion=fenced(chart(), "python"), kind="matplotlib"),
@@ -271,6 +272,7 @@ def test_execution_reward_across_renderers(service: CountingService) -> None:
 # render similarity
 
 
+@pytest.mark.slow
 def test_render_similarity_ssim(service: CountingService) -> None:
     reward = RenderSimilarityReward(service=service)
     samples = [
@@ -299,6 +301,7 @@ def test_render_similarity_ssim(service: CountingService) -> None:
     assert broken.scores == [-1.0] and broken.details[0]["error_kind"] == "syntax"
 
 
+@pytest.mark.slow
 def test_reference_code_rendered_once(service: CountingService) -> None:
     ref = chart((5, 4, 3))
     samples = [Sample(code=chart((5, 4, h)), reference_code=ref, kind="matplotlib") for h in (1, 2, 1)]
@@ -321,6 +324,7 @@ def test_reference_code_rendered_once(service: CountingService) -> None:
     assert service.sources[before:] == [s.code] and s.reference_rendered is None
 
 
+@pytest.mark.slow
 def test_render_similarity_metrics_and_options(service: CountingService) -> None:
     ref, other = chart(), chart((1, 3, 2))
     samples = [Sample(code=ref, reference_code=ref, kind="matplotlib"),
@@ -581,6 +585,7 @@ def test_trl_adapter_without_a_renderer_kind_fails_loudly() -> None:
         f(prompts=["Draw it"] * 2, completions=["```python\nimport matplotlib\n```"] * 2, completion_ids=[[1]] * 2)
 
 
+@pytest.mark.slow
 def test_trl_adapter_chat_messages_and_images(service: CountingService) -> None:
     ref_a, ref_b = chart((1, 2, 3)), chart((3, 2, 1))
     refs = [Sample(code=ref_a, kind="matplotlib"), Sample(code=ref_b, kind="matplotlib")]
@@ -632,6 +637,7 @@ def test_registry() -> None:
         get_reward("nope")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options, expected", [
     ("ocr", {"failed_score": -1.0}, -1.0),
     ("identity", {"no_face_score": -2.0}, -2.0),
