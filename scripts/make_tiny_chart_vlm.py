@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           flush=True)
 
     config = load_config(SFTConfig, {
-        "output_dir": str(out), "max_steps": args.steps, "max_minutes": args.minutes,
+        "output_dir": str(out), "overwrite_output_dir": True,  # the script rebuilds the model directory
+        "max_steps": args.steps, "max_minutes": args.minutes,
         "batch_size": args.batch_size, "learning_rate": args.lr, "warmup_steps": args.warmup,
         "lr_scheduler": "cosine", "weight_decay": 0.0, "max_grad_norm": 1.0, "max_length": 256,
         "seed": args.seed, "log_every": 10, "num_threads": args.threads, "save_optimizer": False})

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         "difference": chart, "head_hidden": 128,
         "train_data": str(train_path), "eval_data": str(eval_path), "epochs": epochs, "batch_size": 32,
         "learning_rate": 5e-4, "warmup_steps": 10, "weight_decay": 0.01, "use_margin": True,
-        "output_dir": str(out / "run"), "log_every": 5, "seed": 0, "progress": False})
+        "output_dir": str(out / "run"), "overwrite_output_dir": True,  # the demo's run directory is its own
+        "log_every": 5, "seed": 0, "progress": False})
     t1 = time.perf_counter()
     result = RewardModelTrainer(config).train()
     t_train = time.perf_counter() - t1

@@ -349,6 +349,29 @@ def test_qwen25vl_backbone(tiny_vlm, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------- config and CLI
 
+def test_a_reused_output_dir_is_refused_and_latest_is_the_largest_step(tmp_path: Path) -> None:
+    """One run per output_dir (issue 13.1), and ``resume_from: latest`` is the checkpoint with the largest
+    step, not the last name in lexical order (``checkpoint-9`` sorts after ``checkpoint-10``)."""
+    from visalign.trainers.runtime import OutputDirError
+
+    run, rows = tmp_path / "run", _pairs(2, 0)
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="overwrite_output_dir"):
+        RewardModelTrainer(_config(tmp_path), train_rows=rows)
+    trainer = RewardModelTrainer(_config(tmp_path, overwrite_output_dir=True), train_rows=rows)
+    assert not (run / "metrics.jsonl").exists() and (run / "notes.txt").read_text() == "mine"
+    for n in (9, 10):
+        (run / f"checkpoint-{n}").mkdir()
+        (run / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"step": n, "micro": 2 * n}))
+    loaded: list[str] = []
+    trainer.accelerator.load_state = lambda d: loaded.append(Path(d).parent.name)
+    trainer.load_checkpoint("latest")
+    assert loaded == ["checkpoint-10"] and (trainer.step, trainer.micro) == (10, 20)
+
+
+
 def test_config_yaml_cli_and_refusals(tmp_path: Path) -> None:
     from visalign.cli import main
     from visalign.data.pairs import write_pairs

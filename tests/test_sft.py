@@ -130,3 +130,20 @@ def test_yaml_config_with_jsonl_data_and_lora(processor, tmp_path) -> None:
     with pytest.raises(ValueError, match="SFT needs an image and code in every training row"):
         SFTTrainer(config(tmp_path), model=tiny_model(processor), processor=processor,
                    train_rows=[{"id": "x", "image": None, "code": "import matplotlib", "prompt": INSTRUCTION}])
+
+
+def test_a_reused_output_dir_is_refused_unless_overwritten(processor, tmp_path) -> None:
+    """SFT writes its final weights straight into output_dir: a directory holding them (or metrics.jsonl)
+    is a previous run, refused without overwrite_output_dir; overwriting deletes only its artefacts."""
+    from visalign.trainers.runtime import OutputDirError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"old")
+    (run / "config.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"model\.safetensors"):
+        SFTTrainer(config(tmp_path), model=tiny_model(processor), processor=processor, train_rows=rows(2))
+    SFTTrainer(config(tmp_path, overwrite_output_dir=True), model=tiny_model(processor), processor=processor,
+               train_rows=rows(2))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]

@@ -63,6 +63,7 @@ from ..models.reward_model import (  # noqa: F401 (the model lives below the rew
     qwen2vl_patchify,
 )
 from .config import load_config, option, save_config
+from .runtime import MetricsLog, TimeBudget, plot_curves, prepare_output_dir, progress_bar, resolve_checkpoint
 
 __all__ = [
     "RewardModel",
@@ -303,7 +304,11 @@ class RewardModelConfig:
     seed: int = option(0, "seed of the head, a random backbone, the shuffling")
     output_dir: str = option("out/reward", "model, checkpoints, metrics.jsonl, curves.png, eval/")
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end)")
-    resume_from: str | None = option(None, "a checkpoint directory, or 'latest' in output_dir")
+    resume_from: str | None = option(None, "a checkpoint directory, or 'latest' in output_dir (a fresh start when "
+                                           "there is none yet)")
+    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
+                                        "(without it or resume_from, such an output_dir is refused)",
+                                        source="HF Trainer")
     log_every: int = option(10, "log the mean loss and accuracy every this many steps")
     eval_every: int = option(0, "held-out accuracy every this many steps (0: only at the end)")
     eval_batch_size: int = option(64, "images per forward pass in evaluation")
@@ -356,6 +361,10 @@ class RewardModelTrainer:
         self.config = config
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
+        # one run per output_dir, decided before the data and the model load
+        self.out = prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir,
+                                      resume_from=config.resume_from,
+                                      main_process=self.accelerator.is_main_process)
         set_seed(config.seed)
         rows = list(train_rows) if train_rows is not None else _load_pair_sources(config.train_data, config.limit)
         if train_rows is not None and config.limit is not None:
@@ -388,7 +397,6 @@ class RewardModelTrainer:
         if config.freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
-        self.out = Path(config.output_dir)
         self.step = 0
         self.micro = 0  # micro-batches consumed (the data position)
         n_batches = math.ceil(len(rows) / config.batch_size / self.accelerator.num_processes)
@@ -446,9 +454,7 @@ class RewardModelTrainer:
     # ----------------------------------------------------------------------------- loop
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            MetricsLog(self.out / "metrics.jsonl").append(record)
 
     def evaluate(self, rows: Sequence[Mapping[str, Any]] | None = None, out_dir: str | Path | None = None,
                  ) -> dict[str, Any] | None:
@@ -462,17 +468,16 @@ class RewardModelTrainer:
     def train(self) -> dict[str, Any]:
         """Run the optimizer steps, save the model to ``output_dir/model`` and evaluate; returns
         ``dict(steps, loss, train_accuracy, eval, seconds, model_dir)``."""
-        from tqdm.auto import tqdm
-
         cfg, acc = self.config, self.accelerator
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "reward_config.yaml")
-            if self.step == 0:  # a fresh run starts a fresh log; a resumed one appends
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            # a fresh run starts a fresh log; a resumed one drops the lines logged after its checkpoint
+            MetricsLog(self.out / "metrics.jsonl").start(self.step)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="reward",
-                   disable=not (cfg.progress and acc.is_main_process))
+        bar = progress_bar(self.total_steps, initial=self.step, desc="reward",
+                           enabled=cfg.progress and acc.is_main_process, output_dir=self.out)
+        budget = TimeBudget(cfg.max_minutes, acc)
         start = time.perf_counter()
         losses: list[float] = []
         accs: list[float] = []
@@ -500,11 +505,7 @@ class RewardModelTrainer:
             self.step += 1
             bar.update(1)
             elapsed = time.perf_counter() - start
-            out_of_time = False
-            if cfg.max_minutes is not None:
-                spent = acc.gather(torch.tensor([elapsed], device=acc.device))
-                out_of_time = float(spent.max()) >= 60 * cfg.max_minutes
-            done = self.step >= self.total_steps or out_of_time
+            done = self.step >= self.total_steps or budget.spent()
             if self.step % max(1, cfg.log_every) == 0 or done:
                 last = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs)}
                 losses, accs = [], []
@@ -532,7 +533,8 @@ class RewardModelTrainer:
             self._log({"step": self.step, "eval/accuracy": result["accuracy"], "eval/ci_low": result["ci95"][0],
                        "eval/ci_high": result["ci95"][1], "seconds": round(time.perf_counter() - start, 2)})
         if acc.is_main_process:
-            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", ("loss", "train/accuracy", "lr"),
+                        eval_keys=("eval/accuracy",))
         acc.wait_for_everyone()
         return {"steps": self.step, "loss": last["loss"], "train_accuracy": last["accuracy"], "eval": result,
                 "seconds": seconds, "model_dir": str(model_dir)}
@@ -550,49 +552,17 @@ class RewardModelTrainer:
         return d
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from a checkpoint directory, or ``"latest"`` in ``output_dir`` (fresh start if none)."""
-        if str(path) == "latest":
-            found = sorted(self.out.glob("checkpoint-*"))
-            if not found:
-                return
-            path = found[-1]
-        path = Path(path)
+        """Resume from a checkpoint directory, or ``"latest"`` in ``output_dir`` (the largest step; a fresh
+        start if there is none yet)."""
+        found = resolve_checkpoint(self.out, path)
+        if found is None:
+            return
+        path = Path(found)
         if not (path / "trainer_state.json").is_file():
             raise ValueError(f"{path} is not a reward-model checkpoint (no trainer_state.json)")
         self.accelerator.load_state(str(path / "state"))
         state = json.loads((path / "trainer_state.json").read_text())
         self.step, self.micro = int(state["step"]), int(state["micro"])
-
-
-def plot_curves(metrics_path: str | Path, out_path: str | Path,
-                keys: Sequence[str] = ("loss", "train/accuracy", "eval/accuracy", "lr")) -> Path | None:
-    """One panel per key of ``metrics.jsonl`` that was logged (raw values and, with many points, a
-    moving average); None when nothing was logged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(metrics_path)
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-    keys = [k for k in keys if any(k in r for r in rows)]
-    if not keys:
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
-    for ax, k in zip(axes[0], keys, strict=True):
-        xs = [r["step"] for r in rows if k in r]
-        ys = [float(r[k]) for r in rows if k in r]
-        ax.plot(xs, ys, lw=0.9, alpha=0.5 if len(ys) > 10 else 1.0, marker="." if len(ys) < 20 else None)
-        w = len(ys) // 10
-        if w > 1:
-            avg = [sum(ys[i - w + 1:i + 1]) / w for i in range(w - 1, len(ys))]
-            ax.plot(xs[w - 1:], avg, lw=1.8, color="tab:blue")
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return Path(out_path)
 
 
 def train_reward_from_config(source: str | Path | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:

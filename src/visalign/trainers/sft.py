@@ -30,6 +30,7 @@ from PIL import Image
 
 from .config import load_config, option, save_config
 from .prompting import encode_prompts, vision_token_ids
+from .runtime import MetricsLog, TimeBudget, plot_curves, prepare_output_dir, progress_bar, reset_rope_deltas
 
 __all__ = [
     "SFTConfig",
@@ -39,6 +40,16 @@ __all__ = [
     "reset_rope_deltas",
     "train_sft_from_config",
 ]
+
+#: What :meth:`SFTTrainer.save` writes straight into ``output_dir`` (``save_pretrained`` of the model or
+#: LoRA adapter and of the processor, the optimizer state): a previous run's, for
+#: :func:`~visalign.trainers.runtime.prepare_output_dir`, besides its metrics and checkpoints.
+FINAL_ARTEFACTS: tuple[str, ...] = (
+    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+    "adapter_config.json", "adapter_model.*", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.*",
+    "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
+    "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
 @dataclass
@@ -72,6 +83,9 @@ class SFTConfig:
     max_length: int = option(1024, "prompt + answer tokens; the answer is cut to fit, the prompt never")
     seed: int = option(0, "seed of the weights (LoRA), the shuffling and dropout")
     output_dir: str = option("out/sft", "where the model, processor, checkpoints and metrics.jsonl go")
+    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir (its metrics, "
+                                        "checkpoints and final weights) and start over (without it such an "
+                                        "output_dir is refused)", source="HF Trainer")
     save_every: int = option(0, "save a checkpoint-STEP directory every this many steps (0: only at the end)")
     save_optimizer: bool = option(True, "save optimizer and scheduler states with checkpoints (for resuming)")
     log_every: int = option(10, "log the mean loss every this many steps")
@@ -87,21 +101,6 @@ class SFTConfig:
     mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (accelerate)")
     num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
     progress: bool = option(True, "show a tqdm progress bar")
-
-
-def reset_rope_deltas(model: Any) -> None:
-    """Forget the M-RoPE offsets Qwen2-VL caches between calls (FIELD_NOTES: a stale cache from
-    ``generate`` shifts the positions of the next forward). Works through peft / DDP wrappers.
-
-    Example:
-        >>> import torch
-        >>> m = torch.nn.Sequential(torch.nn.Linear(1, 1)); m[0].rope_deltas = 3
-        >>> reset_rope_deltas(m); m[0].rope_deltas is None
-        True
-    """
-    for module in model.modules():
-        if getattr(module, "rope_deltas", None) is not None:
-            module.rope_deltas = None
 
 
 def build_sft_batch(processor: Any, images: Sequence[Image.Image | None], instructions: Sequence[str],
@@ -241,6 +240,9 @@ class SFTTrainer:
             raise ValueError(f"lr_scheduler must be 'cosine' or 'constant', got {config.lr_scheduler!r}")
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
+        # one run per output_dir, decided before the model loads; the final weights go straight into it
+        self.output_dir = prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir,
+                                             extra=FINAL_ARTEFACTS, main_process=self.accelerator.is_main_process)
         set_seed(config.seed)
         if model is None or processor is None:
             if config.model is None:
@@ -285,7 +287,6 @@ class SFTTrainer:
         self.total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.epochs * per_epoch))
         self.scheduler = self._scheduler()
         self.step = 0
-        self.output_dir = Path(config.output_dir)
 
     def _scheduler(self) -> Any:
         from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -313,9 +314,7 @@ class SFTTrainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with (self.output_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            MetricsLog(self.output_dir / "metrics.jsonl").append(record)
 
     def evaluate(self) -> float | None:
         """Mean loss over the eval rows (None without eval rows)."""
@@ -333,16 +332,16 @@ class SFTTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run the optimizer steps; returns ``dict(steps, loss, eval_loss, seconds, output_dir)``."""
-        import torch
-        from tqdm.auto import tqdm
-
         cfg, acc = self.config, self.accelerator
         self.model.train()
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / "sft_config.yaml")
+            MetricsLog(self.output_dir / "metrics.jsonl").start(self.step)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        bar = tqdm(total=self.total_steps, desc="sft", disable=not (cfg.progress and acc.is_main_process))
+        bar = progress_bar(self.total_steps, initial=self.step, desc="sft",
+                           enabled=cfg.progress and acc.is_main_process, output_dir=self.output_dir)
+        budget = TimeBudget(cfg.max_minutes, acc)
         start = time.perf_counter()
         window: list[float] = []
         last_loss = float("nan")
@@ -364,11 +363,7 @@ class SFTTrainer:
             self.step += 1
             bar.update(1)
             elapsed = time.perf_counter() - start
-            out_of_time = False
-            if cfg.max_minutes is not None:  # decided on the slowest clock, alike on every process
-                spent = acc.gather(torch.tensor([elapsed], device=acc.device))
-                out_of_time = float(spent.max()) >= 60 * cfg.max_minutes
-            done = self.step >= self.total_steps or out_of_time
+            done = self.step >= self.total_steps or budget.spent()  # alike on every process
             if self.step % max(1, cfg.log_every) == 0 or done:
                 last_loss = sum(window) / len(window)
                 window = []
@@ -391,6 +386,9 @@ class SFTTrainer:
             eval_loss = self.evaluate()
             self._log({"step": self.step, "eval_loss": round(eval_loss, 6), "seconds": round(seconds, 2)})
         self.save(self.output_dir, final=True)
+        if acc.is_main_process:
+            plot_curves(self.output_dir / "metrics.jsonl", self.output_dir / "curves.png", ("loss", "lr"),
+                        eval_keys=("eval_loss",))
         return {"steps": self.step, "loss": last_loss, "eval_loss": eval_loss, "seconds": seconds,
                 "output_dir": str(self.output_dir)}
 
