@@ -87,6 +87,7 @@ def test_split_prompts() -> None:
 
 # --- reward -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_reward_prefers_the_true_caption(rows: list[dict], reward: ShapeColourReward) -> None:
     true = np.array(reward([Sample(prompt=r["caption"], image=r["image"]) for r in rows]).scores)
     assert true.mean() > 0.9 and true.min() > 0.5
@@ -97,6 +98,7 @@ def test_reward_prefers_the_true_caption(rows: list[dict], reward: ShapeColourRe
     assert wins / len(rows) > 0.95
 
 
+@pytest.mark.slow
 def test_classifier_accuracy(rows: list[dict]) -> None:
     acc = np.mean([classify_shape_colour(r["image"]) == (r["shape"], r["colour"]) for r in rows])
     assert acc > 0.95
@@ -140,6 +142,7 @@ def test_reward_contract(reward: ShapeColourReward) -> None:
 
 # --- shipped model ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_shipped_model_samples_follow_captions(reward: ShapeColourReward) -> None:
     from diffusers import UNet2DModel
 

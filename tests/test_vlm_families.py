@@ -75,6 +75,7 @@ def padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_sampler_logprobs_equal_training_logprobs(saved: Any, family: str) -> None:
     """Tokens drawn by the KV-cached tree sampler score the same under the training forward (one
@@ -104,6 +105,7 @@ def test_sampler_logprobs_equal_training_logprobs(saved: Any, family: str) -> No
         torch.testing.assert_close(logps[i, :len(lp)], torch.tensor(lp), rtol=0, atol=2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_greedy_sampling_equals_generate(saved: Any, family: str) -> None:
     model, processor = saved(family)["model"], saved(family)["processor"]
@@ -134,6 +136,7 @@ class Letters(Reward):
         return RewardOutput(scores, [{} for _ in samples])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_grpo_step_saves_and_reloads(saved: Any, tmp_path: Path, family: str, lora: bool) -> None:
@@ -207,6 +210,7 @@ def test_check_model_refuses_an_unsupported_model(tmp_path: Path, capsys: pytest
     assert "model_type 'qwen2' is not a supported VLM family" in out and "supported: no" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_multi_image_prompts(saved: Any, family: str) -> None:
     """Prompts showing two images (a pairwise judge's), batched with a one-image prompt: each image gets
