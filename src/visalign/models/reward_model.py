@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .rope import reset_rope_deltas
+
 __all__ = ["BACKBONES", "CONDITIONS", "ClipBackbone", "RewardModel", "VlmBackbone", "image_to_tensor",
            "qwen2vl_patchify"]
 
@@ -255,12 +257,11 @@ class VlmBackbone(nn.Module):
             mask[r, width - len(row):] = 1
         hf = self.net.model if type(self.net).__name__ == "LoraModel" else self.net
         inner = hf.model
-        if getattr(inner, "rope_deltas", None) is not None:
-            inner.rope_deltas = None  # a stale M-RoPE offset would shift the positions
+        reset_rope_deltas(inner)  # a stale M-RoPE offset would shift the positions
         image_token = hf.config.image_token_id
         out = inner(input_ids=input_ids, attention_mask=mask, pixel_values=flat.to(hf.dtype), image_grid_thw=grid,
                     mm_token_type_ids=(input_ids == image_token).long(), use_cache=False)
-        inner.rope_deltas = None
+        reset_rope_deltas(inner)
         return out.last_hidden_state[:, -1, :]
 
     def save(self, directory: Path) -> None:

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models.rope import reset_rope_deltas  # re-exported: the trainers' name for it
+
 log = logging.getLogger("visalign.train")
 
 __all__ = ["RUN_ARTEFACTS", "Callback", "MetricsLog", "OutputDirError", "TimeBudget", "checkpoint_step",
@@ -335,27 +337,6 @@ def run_callbacks(callbacks: Sequence[Callback], trainer: Any, metrics: dict[str
     for callback in callbacks:
         stop = bool(callback(trainer, metrics)) or stop
     return stop
-
-
-# ---------------------------------------------------------------------------------------- models
-def reset_rope_deltas(model: Any) -> bool:
-    """Forget the M-RoPE offsets Qwen-VL models cache between calls (a stale one shifts the positions
-    of the next batch); returns whether the model keeps them (then it derives positions from the mask
-    itself, and 1-D ``position_ids`` must not be passed).
-
-    Example:
-        >>> import torch
-        >>> m = torch.nn.Sequential(torch.nn.Linear(1, 1)); m[0].rope_deltas = 3
-        >>> reset_rope_deltas(m), m[0].rope_deltas, reset_rope_deltas(torch.nn.Linear(1, 1))
-        (True, None, False)
-    """
-    found = False
-    modules = model.modules() if hasattr(model, "modules") else [model]
-    for module in modules:
-        if hasattr(module, "rope_deltas"):
-            module.rope_deltas = None
-            found = True
-    return found
 
 
 # ---------------------------------------------------------------------------------------- curves

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..models.rope import reset_rope_deltas
 from .grpo import Scale, _nan_std, group_advantages
 
 
@@ -277,9 +278,8 @@ def sample_groups(model: Any, inputs: Mapping[str, torch.Tensor], plan: TreeSamp
         raise ValueError("sampling needs at least one EOS token id")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
     inner = getattr(base, "model", None)
+    reset_rope_deltas(base)
     mrope = inner is not None and hasattr(inner, "rope_deltas")
-    if mrope:
-        inner.rope_deltas = None
     params = inspect.signature(base.forward).parameters
     # transformers 5.24 names the KV cache ``cache`` (``past_key_values`` is deprecated); older ones the latter
     cache_arg = "past_key_values" if "past_key_values" in params and "cache" not in params else "cache"

@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from ...models.rope import reset_rope_deltas
 from .backend import JudgeBackend, JudgeRequest, JudgeResponse
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,7 @@ class TransformersJudgeBackend(JudgeBackend):
             images = [[im.convert("RGB") for im in r.images] for r in batch if r.images]
             inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
             inputs = inputs.to(self.model.device)
-            inner = getattr(self.model, "model", None)
-            if inner is not None and hasattr(inner, "rope_deltas"):
-                inner.rope_deltas = None  # Qwen-VL caches M-RoPE offsets between calls
+            reset_rope_deltas(self.model)  # Qwen-VL caches M-RoPE offsets between calls
             kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
             if self.suppress_tokens:
                 kwargs["suppress_tokens"] = self.suppress_tokens
