@@ -99,6 +99,7 @@ def read_metrics(run: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_sd3_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
     pipe = tiny_sd3_pipeline(workdir=tmp_path / "tok")
     pipe.save_pretrained(tmp_path / "sd3")
@@ -120,6 +121,7 @@ def test_sd3_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_flux_pipeline_end_to_end_lora_kl(tmp_path: Path) -> None:
     tiny_flux_pipeline(workdir=tmp_path / "tok").save_pretrained(tmp_path / "flux")
     trainer = train_flow_from_config({
@@ -140,6 +142,7 @@ def test_flux_pipeline_end_to_end_lora_kl(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_flux_policy_guidance_schedule_and_loading(tmp_path: Path) -> None:
     from diffusers import FluxPipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -180,6 +183,7 @@ def test_flux_policy_guidance_schedule_and_loading(tmp_path: Path) -> None:
         schnell.predict(x, 1.0, cond, 3.5)
 
 
+@pytest.mark.slow
 def test_sana_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
     tiny_sana_pipeline().save_pretrained(tmp_path / "sana")
     trainer = train_flow_from_config({
@@ -201,6 +205,7 @@ def test_sana_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_sana_policy_cfg_schedule_and_loading(tmp_path: Path) -> None:
     tiny_sana_pipeline().save_pretrained(tmp_path / "sana")
     policy = load_flow_policy(tmp_path / "sana", resolution=16)
@@ -251,6 +256,7 @@ def test_sana_policy_cfg_schedule_and_loading(tmp_path: Path) -> None:
     assert torch.allclose(big.sigmas(4)[1:], torch.tensor([*shifted, 0.0]), atol=1e-3) and big.sigmas(4)[0] > 0.999
 
 
+@pytest.mark.slow
 def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
     tiny_unet().save_pretrained(tmp_path / "unet")
     (tmp_path / "unet" / "classes.json").write_text(json.dumps(CLASSES))
@@ -270,6 +276,7 @@ def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
     assert set(a[0]).isdisjoint(b[0]) and sorted(a[0] + b[0]) == list(range(8))
 
 
+@pytest.mark.slow
 def test_class_unet_one_full_finetune_iteration_with_cfg_and_kl(tmp_path: Path) -> None:
     """A full fine-tune of the class-conditional UNet (the frozen copy is the KL reference); the final
     checkpoint loads back with the trained weights."""
@@ -286,6 +293,7 @@ def test_class_unet_one_full_finetune_iteration_with_cfg_and_kl(tmp_path: Path) 
     assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in final.state_dict().items())
 
 
+@pytest.mark.slow
 def test_sd15_pipeline_end_to_end_ddim_lora_cfg_kl(tmp_path: Path) -> None:
     tiny_sd15_pipeline(workdir=tmp_path / "tok").save_pretrained(tmp_path / "sd15")
     assert isinstance(load_flow_policy(tmp_path / "sd15", resolution=16), StableDiffusionPolicy)
@@ -306,6 +314,7 @@ def test_sd15_pipeline_end_to_end_ddim_lora_cfg_kl(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_cps_sampler_end_to_end(tmp_path: Path) -> None:
     c = config(tmp_path, sampler="cps", noise_level=0.5, guidance_scale=3.0, beta=0.04)
     trainer = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES)
@@ -332,6 +341,7 @@ def test_samplers_are_checked_against_the_policy(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------- ratio
 
 
+@pytest.mark.slow
 def test_reevaluating_a_rollout_gives_ratio_exactly_one(tmp_path: Path) -> None:
     trainer = FlowGRPOTrainer(config(tmp_path, guidance_scale=3.0), unet_policy(), Bright(), CLASSES)
     levels = step_noise_levels(trainer.config, 0)
@@ -345,6 +355,7 @@ def test_reevaluating_a_rollout_gives_ratio_exactly_one(tmp_path: Path) -> None:
         assert log_prob.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_reevaluating_a_ddim_rollout_gives_ratio_exactly_one(tmp_path: Path) -> None:
     from diffusers import DDIMScheduler
 
@@ -373,6 +384,7 @@ def test_reevaluating_a_ddim_rollout_gives_ratio_exactly_one(tmp_path: Path) -> 
 # ------------------------------------------------------------------------------------------ trees
 
 
+@pytest.mark.slow
 def test_tree_rollout_nfe_equals_its_formula(tmp_path: Path) -> None:
     c = config(tmp_path, rollout="tree", split_steps=[0, 2], branch_factor=2, guidance_scale=3.0)
     (m,) = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES).train()
@@ -382,6 +394,7 @@ def test_tree_rollout_nfe_equals_its_formula(tmp_path: Path) -> None:
     assert m["transitions/trained"] == 2 * (2 + 2 + 4)
 
 
+@pytest.mark.slow
 def test_width_pruning_trains_exactly_best_and_worst(tmp_path: Path) -> None:
     reward = Bright()
     c = config(tmp_path, rollout="tree", split_steps=[0, 1], branch_factor=2, width_pruning=True, num_steps=3,
@@ -421,6 +434,7 @@ def test_split_noise_scale_log_prob_uses_the_applied_noise(tmp_path: Path) -> No
 # ---------------------------------------------------------------------------------------- MixGRPO
 
 
+@pytest.mark.slow
 def test_mixgrpo_window_trains_only_window_steps_and_uses_ode_outside(tmp_path: Path) -> None:
     c = config(tmp_path, sde_window_size=2, sde_window_shift_every=1, num_iterations=2, timestep_fraction=1.0)
     trainer = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES)
@@ -443,6 +457,7 @@ def test_mixgrpo_window_trains_only_window_steps_and_uses_ode_outside(tmp_path: 
 # ------------------------------------------------------------------------------ resume, robustness
 
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     keys = ("loss", "reward/mean", "ratio/max", "adv/std", "clip_fraction")
     opts = {"num_iterations": 4, "ema_every": 1, "eval_every": 2, "eval_images_per_prompt": 1, "clip_range": 1e-3}
@@ -460,6 +475,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     assert full[0]["reward/mean"] != full[3]["reward/mean"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rollout", ["independent", "tree"])
 def test_missing_and_garbage_rewards_do_not_stop_the_run(tmp_path: Path, rollout: str) -> None:
     c = config(tmp_path, rollout=rollout, split_steps=[0, 1], num_iterations=2)

@@ -77,6 +77,7 @@ def config(tmp_path: Path, **overrides: Any) -> VLMGRPOConfig:
 
 
 # ---------------------------------------------------------------------------------------- sampling
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["independent", "segment", "entropy"])
 def test_greedy_tree_sampling_equals_generate(tiny: dict[str, Any], mode: str) -> None:
     """Split branches continue from copied KV-cache rows with the right M-RoPE positions: with top-k 1
@@ -98,6 +99,7 @@ def test_greedy_tree_sampling_equals_generate(tiny: dict[str, Any], mode: str) -
             assert c == ref[p, :len(c)].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "top_k", "top_p"), [("independent", 0, 1.0), ("segment", 0, 1.0),
                                                      ("independent", 0, 0.9), ("segment", 20, 0.8)])
 def test_sampling_logprobs_equal_training_logprobs(tiny: dict[str, Any], mode: str, top_k: int, top_p: float) -> None:
@@ -127,6 +129,7 @@ def test_sampling_logprobs_equal_training_logprobs(tiny: dict[str, Any], mode: s
             assert logps[i, :len(lp)].tolist() == pytest.approx(lp, abs=2e-5)
 
 
+@pytest.mark.slow
 def test_one_d_position_models_sample_and_score_alike() -> None:
     """LLaVA-style models (1-D positions, image tokens in the sequence): with left padding, greedy tree
     sampling equals ``generate`` and the sampler's log-probs equal the training forward's."""
@@ -160,6 +163,7 @@ def test_one_d_position_models_sample_and_score_alike() -> None:
             assert logps[i, :len(lp)].tolist() == pytest.approx(lp, abs=2e-5)
 
 
+@pytest.mark.slow
 def test_tree_shares_prefixes_and_keeps_group_size(tiny: dict[str, Any]) -> None:
     model, processor = tiny["model"].eval(), tiny["processor"]
     inputs = encode_prompts(processor, [Image.new("RGB", (32, 32), "red")] * 3, ["Write code."] * 3)
@@ -178,6 +182,7 @@ def test_tree_shares_prefixes_and_keeps_group_size(tiny: dict[str, Any]) -> None
 
 
 # ------------------------------------------------------------------------------------------ training
+@pytest.mark.slow
 @pytest.mark.parametrize(("sampling", "lora", "beta", "iterations"), [
     ("independent", False, 0.0, 1), ("tree", True, 0.04, 2), ("tree", False, 0.04, 1), ("independent", True, 0.0, 2)])
 def test_train_step(tiny: dict[str, Any], tmp_path: Path, sampling: str, lora: bool, beta: float,
@@ -211,6 +216,7 @@ def test_train_step(tiny: dict[str, Any], tmp_path: Path, sampling: str, lora: b
     assert list((tmp_path / "run").glob("checkpoint-000002/model/*.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny: dict[str, Any], tmp_path: Path) -> None:
     def run(out: Path, steps: int, resume: str | None = None) -> list[dict[str, Any]]:
         model, processor = load(tiny)
@@ -297,6 +303,7 @@ def scripted(trainer: VLMGRPOTrainer, texts: list[str]) -> None:
     trainer.sample = sample  # type: ignore[method-assign]
 
 
+@pytest.mark.slow
 def test_hostile_and_garbage_completions_are_failed_renders(tiny: dict[str, Any], tmp_path: Path) -> None:
     model, processor = load(tiny)
     cfg = config(tmp_path, max_steps=1, max_completion_length=48, render_timeout=3,
@@ -320,6 +327,7 @@ def test_hostile_and_garbage_completions_are_failed_renders(tiny: dict[str, Any]
     assert m["reward/execution/mean"] == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_overlong_prompt_is_rejected_not_truncated(tiny: dict[str, Any], tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     model, processor = load(tiny)
@@ -340,6 +348,7 @@ class FlatForSomeRows(Reward):
         return RewardOutput(out, [{} for _ in samples])
 
 
+@pytest.mark.slow
 def test_dynamic_sampling_refills_groups_without_signal(tiny: dict[str, Any], tmp_path: Path) -> None:
     model, processor = load(tiny)
     cfg = config(tmp_path, dynamic_sampling=True, dynamic_sampling_rounds=4, prompts_per_step=2)
@@ -354,6 +363,7 @@ def test_dynamic_sampling_refills_groups_without_signal(tiny: dict[str, Any], tm
     assert m["dynamic_sampling/dropped_groups"] >= 1
 
 
+@pytest.mark.slow
 def test_evaluation_writes_the_report(tiny: dict[str, Any], tmp_path: Path) -> None:
     model, processor = load(tiny)
     code = "import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, 2])\n"
@@ -372,6 +382,7 @@ def test_evaluation_writes_the_report(tiny: dict[str, Any], tmp_path: Path) -> N
     assert json.loads((tmp_path / "run" / "eval.jsonl").read_text().splitlines()[0])["tag"] == "check"
 
 
+@pytest.mark.slow
 def test_cli_trains_from_a_yaml_config(tiny: dict[str, Any], tmp_path: Path) -> None:
     """``visalign data charts`` writes rows; ``visalign train grpo CONFIG --set ...`` trains on them with
     rewards by name and leaves metrics, a checkpoint and the final model."""
@@ -402,6 +413,7 @@ def test_cli_trains_from_a_yaml_config(tiny: dict[str, Any], tmp_path: Path) -> 
 
 
 # ------------------------------------------------------------------------------ one run per directory
+@pytest.mark.slow
 def test_reused_output_dir_is_refused_and_overwrite_starts_clean(tiny: dict[str, Any], tmp_path: Path) -> None:
     """Issue 13.1: a second run into the same output_dir appended to metrics.jsonl and mixed the curves."""
     from visalign.trainers.runtime import OutputDirError
@@ -425,6 +437,7 @@ def test_reused_output_dir_is_refused_and_overwrite_starts_clean(tiny: dict[str,
     assert not (tmp_path / "run" / "checkpoint-000002").exists()
 
 
+@pytest.mark.slow
 def test_eval_never_reads_an_earlier_score(tiny: dict[str, Any], tmp_path: Path) -> None:
     """Issue 13.1: the held-out eval resumed from the previous scoring in its directory ("resuming: 8
     samples already scored") and logged the old scores as "after"."""
