@@ -1319,8 +1319,8 @@ def captioned_grid(images: Sequence[Any], prompts: Sequence[str], scores: Sequen
     Example:
         >>> from PIL import Image
         >>> grid = captioned_grid([Image.new("RGB", (8, 8))] * 4, ["a", "b"], [0.5, None, 1.0, 0.25], 2, 4)
-        >>> grid.size
-        (64, 100)
+        >>> grid.size  # 2 columns of 8 px x 4; 2 rows of 14 (caption) + 32 (tile) + 11 (score)
+        (64, 114)
     """
     from PIL import Image, ImageDraw
 
