@@ -43,7 +43,6 @@ from PIL import Image
 from ..rewards import Sample
 from ..rewards.verdict import format_ok, parse_verdict
 from .config import load_config, option
-from .tree import TreeSampling
 from .vlm import VLMGRPOConfig, VLMGRPOTrainer, _gather_objects
 
 log = logging.getLogger("visalign.train")
@@ -267,17 +266,12 @@ class JudgeGRPOTrainer(VLMGRPOTrainer):
 
         c, acc = self.config, self.accelerator
         tag = tag or f"step_{self.step_count:06d}"
-        rows = self.eval_rows[acc.process_index::acc.num_processes]
         records = []
-        for b in range(0, len(rows), c.generation_batch_size):
-            chunk = rows[b:b + c.generation_batch_size]
-            groups = self.sample(chunk, list(range(len(chunk))), plan=TreeSampling(1), greedy=True)
-            for row, g in zip(chunk, groups, strict=True):
-                text = self.tokenizer.decode(g.completions[0], skip_special_tokens=True)
-                v = parse_verdict(text, row.get("choices") or CHOICES[c.judge_mode])
-                records.append({"id": row["id"], "label": row["label"], "answer": v.answer,
-                                "correct": float(v.answer == str(row["label"]).lower()), "format_ok": format_ok(text),
-                                "perturbation": row.get("perturbation", "unknown"), "completion": text})
+        for row, text in self.greedy_completions(self.eval_rows):
+            v = parse_verdict(text, row.get("choices") or CHOICES[c.judge_mode])
+            records.append({"id": row["id"], "label": row["label"], "answer": v.answer,
+                            "correct": float(v.answer == str(row["label"]).lower()), "format_ok": format_ok(text),
+                            "perturbation": row.get("perturbation", "unknown"), "completion": text})
         gathered = _gather_objects(acc, records)
         summary: dict[str, Any] = {}
         if acc.is_main_process and gathered:

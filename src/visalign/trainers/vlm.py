@@ -781,6 +781,19 @@ class VLMGRPOTrainer:
                 f.write(json.dumps(rec) + "\n")
 
     # ------------------------------------------------------------------------------------------- eval
+    def greedy_completions(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """``(row, greedy completion)`` for this process's share of ``rows`` (every N-th across
+        processes), sampled ``generation_batch_size`` prompts at a time."""
+        c, acc = self.config, self.accelerator
+        mine = list(rows)[acc.process_index::acc.num_processes]
+        out = []
+        for b in range(0, len(mine), c.generation_batch_size):
+            chunk = mine[b:b + c.generation_batch_size]
+            groups = self.sample(chunk, list(range(len(chunk))), plan=TreeSampling(1), greedy=True)
+            out += [(row, self.tokenizer.decode(g.completions[0], skip_special_tokens=True))
+                    for row, g in zip(chunk, groups, strict=True)]
+        return out
+
     def evaluate(self, tag: str | None = None) -> dict[str, Any]:
         """Greedy completions for the held-out rows, scored by the configured rewards through the eval
         report (``output_dir/eval/<tag>/report.html``); returns the summary and logs ``eval/*``."""
@@ -789,14 +802,7 @@ class VLMGRPOTrainer:
         c, acc = self.config, self.accelerator
         tag = tag or f"step_{self.step_count:06d}"
         d = self.out / "eval" / tag
-        rows = self.eval_rows[acc.process_index::acc.num_processes]
-        records = []
-        for b in range(0, len(rows), c.generation_batch_size):
-            chunk = rows[b:b + c.generation_batch_size]
-            groups = self.sample(chunk, list(range(len(chunk))), plan=TreeSampling(1), greedy=True)
-            for row, g in zip(chunk, groups, strict=True):
-                records.append((row, self.tokenizer.decode(g.completions[0], skip_special_tokens=True)))
-        gathered = _gather_objects(acc, records)
+        gathered = _gather_objects(acc, self.greedy_completions(self.eval_rows))
         summary: dict[str, Any] = {}
         if acc.is_main_process:
             if d.exists():  # scores of other completions (an earlier run, or a resumed one's): never reused
