@@ -55,7 +55,7 @@ from visalign.report.compare import paired_difference
 from visalign.report.eval_report import bootstrap_ci
 from visalign.rewards.base import Sample
 from visalign.rewards.shapes import ShapeColourReward, analyse_image
-from visalign.trainers.config import load_config, resolve_config_paths
+from visalign.trainers.config import load_config, parse_overrides, resolve_config_paths
 from visalign.trainers.flow import FlowGRPOConfig, FlowGRPOTrainer, build_reward
 from visalign.trainers.flow_policies import load_flow_policy
 
@@ -377,14 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config option")
     args = p.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.iterations is not None:
         overrides["num_iterations"] = args.iterations
     if args.overwrite:

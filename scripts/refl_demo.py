@@ -39,7 +39,7 @@ import torch
 
 from visalign.data.shapes import split_prompts
 from visalign.report.compare import paired_difference
-from visalign.trainers.config import load_config, resolve_config_paths, save_config
+from visalign.trainers.config import load_config, parse_overrides, resolve_config_paths, save_config
 from visalign.trainers.flow import build_reward
 from visalign.trainers.flow_policies import load_flow_policy
 from visalign.trainers.refl import ReFLConfig, ReFLTrainer, build_differentiable_reward
@@ -177,14 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     run_demo(args.out, args.config, minutes=args.minutes or None, eval_per_caption=args.eval_per_caption,
              threads=args.threads, **overrides)
     return 0

@@ -235,23 +235,10 @@ TRAINERS = {  # visalign train NAME -> (config class, entry point), imported on 
 }
 
 
-def _parse_sets(items: Sequence[str] | None) -> dict:
-    """``--set key=value`` pairs, values read as YAML (numbers, booleans, lists)."""
-    import yaml
-
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def _train_cmd(args: argparse.Namespace) -> int:
     import importlib
 
-    from .trainers.config import describe_config
+    from .trainers.config import describe_config, parse_overrides
 
     if getattr(args, "check_model", None):
         if args.trainer != "grpo":
@@ -283,7 +270,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         if args.trainer == "flow" and (args.config or args.set):  # resolved values and where each came from
             try:
                 describe = mod.describe_refl_options if refl else mod.describe_flow_options
-                print(describe(args.config, **_parse_sets(args.set)))
+                print(describe(args.config, **parse_overrides(args.set)))
             except (ValueError, OSError) as exc:
                 print(f"visalign train flow: {exc}", file=sys.stderr)
                 return 2
@@ -302,7 +289,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         print(f"visalign train {args.trainer}: no such file: {args.config}", file=sys.stderr)
         return 2
     try:
-        overrides = _parse_sets(args.set)
+        overrides = parse_overrides(args.set)
         if args.mode:
             overrides["mode"] = args.mode
         if refl:

@@ -32,7 +32,7 @@ import json
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -208,6 +208,22 @@ def _resolve(value: str, role: str, base: Path, what: str) -> str:
         hint = (f"; {raw} exists relative to the current directory, but paths in a config file are relative "
                 f"to the file: write {os.path.relpath(Path(raw).resolve(), base)} or an absolute path")
     raise ValueError(f"{what}: no such file or directory: {here}{hint}")
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as options, each value read as YAML (numbers, booleans, lists).
+
+    Example:
+        >>> parse_overrides(["max_steps=2", "lora=true", "adam_betas=[0.9, 0.95]"])
+        {'max_steps': 2, 'lora': True, 'adam_betas': [0.9, 0.95]}
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
