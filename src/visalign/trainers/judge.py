@@ -23,7 +23,7 @@ Example:
     >>> rows = judge_rows([{"id": "p0", "chosen": a, "rejected": b, "reference": None, "prompt": "a chart"}],
     ...                   mode="pairwise", seed=0)
     >>> rows[0]["label"], rows[0]["choices"], len(rows[0]["images"])
-    ('2', ['1', '2'], 2)
+    ('1', ['1', '2'], 2)
 """
 
 from __future__ import annotations
