@@ -461,10 +461,21 @@ def _wait(pid: int, timeout: float | None) -> tuple[int | None, bool]:
             os.close(fd)
 
 
+REAP_SECONDS = 6.0  # at most, waiting for a job's processes to be gone (returns as soon as they are); under
+# the parent's REPLY_MARGIN (10 s), so a slow clean-up is never taken for a hung worker
+
+
 def _reap_all(kill_all: bool, pgid: int) -> None:
     """Kill whatever the job left running: every process we may signal when they are all ours (a
-    PID namespace or a uid of our own), else the job's process group."""
-    for _ in range(200):
+    PID namespace or a uid of our own), else the job's process group.
+
+    With a uid of our own, this returns only once no other process of the uid is left, or after
+    REAP_SECONDS: a fork bomb's thousands of processes (and their zombies, which count against
+    RLIMIT_NPROC until init reaps them) can take seconds to go on a loaded machine, and the next job's
+    process, forked right after, would otherwise find no room left and die before its job."""
+    deadline = time.monotonic() + REAP_SECONDS
+    pause = 0.005
+    while True:
         try:
             if kill_all:
                 os.kill(-1, signal.SIGKILL)  # every process we may signal, except us and init
@@ -477,9 +488,10 @@ def _reap_all(kill_all: bool, pgid: int) -> None:
                 pass
         except ChildProcessError:
             pass
-        if not kill_all or not _others_alive():
+        if not kill_all or not _others_alive() or time.monotonic() > deadline:
             return
-        time.sleep(0.005)
+        time.sleep(pause)
+        pause = min(0.05, pause * 1.5)
 
 
 def _others_alive() -> bool:
