@@ -83,3 +83,27 @@ def sandbox_info():
 requires_bwrap = pytest.mark.skipif(detect_sandbox().level != "bubblewrap",
                                     reason="needs the bubblewrap sandbox level (make setup installs bwrap)")
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="uid separation is used only when running as root")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and a shared 2-core machine stalls two spinning threads;
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_class_unet(num_classes: int, seed: int = 0):
+    """A random class-conditional ``UNet2DModel`` on 8x8 RGB (two levels of 8 / 16 channels): the tiny
+    denoiser the flow tests train and sample."""
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=num_classes)

@@ -63,12 +63,7 @@ class Bright(Reward):
                             [{} for _ in samples])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _packed_2x2(policy: Any, z: torch.Tensor) -> torch.Tensor:

@@ -34,12 +34,7 @@ SHAPES = [(2, 4, 8, 8), (3, 16, 5), (1, 2, 3, 4)]
 F32 = {"rtol": 1e-5, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sd3_sigmas(n: int, shift: float = 3.0) -> np.ndarray:

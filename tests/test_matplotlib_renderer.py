@@ -64,6 +64,7 @@ def _assert_fails(renderer, code: str, kinds: set[str]):
 
 # ---- good programs ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bar_chart_renders_at_default_size(renderer):
     res = renderer.render(GOOD_CHART)
     assert res.ok and res.error_kind is None
@@ -89,6 +90,7 @@ def test_backend_switch_is_ignored(renderer):
     assert res.ok, res.error
 
 
+@pytest.mark.slow
 def test_dpi_figsize_and_policy_options():
     code = ("import matplotlib.pyplot as plt\nplt.figure(figsize=(4, 2))\nplt.plot([1, 2])\n"
             "plt.figure(figsize=(2, 2))\nplt.plot([2, 1])\n")
@@ -136,6 +138,7 @@ def test_empty_figure_is_blank(renderer):
     assert renderer.render("import matplotlib.pyplot as plt\nplt.figure()").error_kind == "blank"
 
 
+@pytest.mark.slow
 def test_infinite_loop_times_out(renderer):
     _assert_fails(renderer, "while True:\n    pass", {"timeout"})
 
@@ -150,6 +153,7 @@ def test_memory_bomb(renderer):
     assert "MemoryError" in res.error
 
 
+@pytest.mark.slow
 def test_growing_memory_bomb():
     # a smaller address space so that faulting in the pages fits the timeout on a slow, busy machine
     with get_renderer("matplotlib", timeout=TIMEOUT, workers=1, memory_mb=768) as small:
@@ -163,6 +167,7 @@ def test_absurd_figure_size(renderer):
     assert "max_pixels" in res.error
 
 
+@pytest.mark.slow
 @requires_root
 def test_fork_bomb_is_contained(renderer):
     _assert_fails(renderer, "import os\nwhile True:\n    os.fork()", {"sandbox", "timeout"})
@@ -201,6 +206,7 @@ def test_killing_the_host_process(renderer):
 
 # ---- the sandbox ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @requires_bwrap
 def test_cannot_write_outside_the_work_dir(renderer, tmp_path):
     target = tmp_path / "planted.txt"
@@ -232,6 +238,7 @@ def test_cannot_read_planted_secrets(renderer, tmp_path, monkeypatch):
     assert "alice" not in res.error
 
 
+@pytest.mark.slow
 def test_environment_is_clean(tmp_path, monkeypatch):
     monkeypatch.setenv("VISALIGN_TEST_TOKEN", "TOPSECRET-ENV-1234")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:8080")
@@ -267,6 +274,7 @@ def _script(body: str) -> str:
 
 @pytest.mark.parametrize("ending", ["r.close()", "pass", "os.kill(os.getpid(), 9)"],
                          ids=["close", "interpreter-exit", "sigkill"])
+@pytest.mark.slow
 def test_nothing_left_running(ending):
     out = subprocess.run([sys.executable, "-c", _script(ending)], capture_output=True, text=True, timeout=120)
     lines = out.stdout.split("\n")
@@ -305,6 +313,7 @@ def private_install(tmp_path_factory):
     return str(home / "site")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["namespaces", "rlimits"])
 def test_weaker_sandbox_levels_still_render_and_time_out(level, private_install):
     code = textwrap.dedent(f"""
@@ -323,6 +332,7 @@ def test_weaker_sandbox_levels_still_render_and_time_out(level, private_install)
         assert not out.stdout.strip().endswith("None"), out.stdout
 
 
+@pytest.mark.slow
 def test_runtime_error_names_the_program_line(renderer):
     """Issue 13.9: a runtime error says where in the program it arose (the deepest frame of the program,
     not of matplotlib), so a user or a log reader can find the model's mistake."""
@@ -353,6 +363,7 @@ plt.savefig("out.png")
 """
 
 
+@pytest.mark.slow
 def test_chart_instrument_does_not_change_a_3d_drawing():
     """Found on ChartMimic's ori_500/3d_10 (benchmarks/chartmimic_programs.py): reading a 3D collection's
     colours right after ``bar3d`` projected it with the view of that moment, and the instrumented render

@@ -15,6 +15,7 @@ import torch
 from diffusers import UNet2DModel
 from PIL import Image
 
+from conftest import tiny_class_unet
 from visalign.rewards import Sample
 from visalign.rewards.shapes import ShapeColourReward
 from visalign.rewards.specs import parse_reward_specs
@@ -50,19 +51,11 @@ TINY_CLIP = {"embed_dim": 16,
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(seed: int = 0) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, num_class_embeds=len(CLASSES))
+    return tiny_class_unet(len(CLASSES), seed)
 
 
 def tiny_policy(seed: int = 0) -> ClassConditionalFlowPolicy:
@@ -85,6 +78,7 @@ def step_gates(policy, schedule: torch.Tensor) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------- gradients: which steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["draft", "refl"])
 def test_gradient_flows_only_through_the_chosen_steps(mode: str) -> None:
     policy = tiny_policy()
@@ -132,6 +126,7 @@ def test_draft_through_every_step_reaches_the_initial_noise_and_lv_redoes_the_la
 # --------------------------------------------------------------------------- the one-step prediction
 
 
+@pytest.mark.slow
 def test_one_step_x0_matches_the_scheduler_formulas(tmp_path: Path) -> None:
     # flow matching: x_t = (1 - s) x0 + s n, v = n - x0  =>  x0 = x_t - s v, exactly
     policy = tiny_policy()
@@ -189,6 +184,7 @@ def test_reward_loss_regulariser_and_pretraining_loss_hand_derived() -> None:
     assert pretraining_loss(zero, x0, cond, torch.tensor([0.3, 0.9]), n).tolist() == pytest.approx([0.25, 0.25])
 
 
+@pytest.mark.slow
 def test_kl_regulariser_is_zero_at_the_reference_and_matches_the_reference_pass() -> None:
     policy = tiny_policy()
     policy.add_lora(4, 4.0)
@@ -237,6 +233,7 @@ def test_one_gradient_step_raises_a_toy_reward() -> None:
 # --------------------------------------------------------------------------- rewards
 
 
+@pytest.mark.slow
 def test_bt_reward_model_saved_reloaded_and_used_by_refl(tmp_path: Path) -> None:
     model = RewardModel.build(clip_config=TINY_CLIP, condition="prompt", head_hidden=8, seed=0)
     model.save_pretrained(tmp_path / "rm")
@@ -366,6 +363,7 @@ def test_pretraining_loss_from_data_rows_runs_in_the_loop(tmp_path: Path) -> Non
     assert math.isfinite(metrics["pretrain_loss"]) and metrics["pretrain_loss"] > 0 and metrics["grad_steps"] == [2]
 
 
+@pytest.mark.slow
 def test_id_aligner_config_parses_and_builds_on_a_tiny_sd15_pipeline(tmp_path: Path) -> None:
     """The example config resolves as written (it names SD1.5 and CLIP weights that are not here), and the
     same options build and run one DRaFT iteration on a tiny SD1.5 pipeline with a tiny local CLIP."""
@@ -403,6 +401,7 @@ def _tiny_clip_state(open_clip, tmp_path: Path) -> dict:
     return open_clip.create_model("refl-tiny-clip2").state_dict()
 
 
+@pytest.mark.slow
 def test_cli_train_flow_algorithm_refl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 

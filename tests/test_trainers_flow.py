@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
+from conftest import tiny_class_unet
 from visalign.rewards import Reward, RewardOutput
 from visalign.trainers.config import load_config
 from visalign.trainers.flow import (
@@ -64,20 +65,11 @@ class Flaky(Reward):
         return RewardOutput(scores, [{} for _ in samples])  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine stalls two spinning threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(seed: int = 0) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, num_class_embeds=len(CLASSES) + 1)  # + a null class for CFG
+    return tiny_class_unet(len(CLASSES) + 1, seed)  # + a null class for CFG
 
 
 def unet_policy(seed: int = 0) -> ClassConditionalFlowPolicy:
