@@ -491,7 +491,9 @@ def test_html_memory_and_cpu_limits_hold_at_the_fallback_levels(level):
     # One subprocess per level (the level is chosen once per process): the memory and CPU watchdog
     # stops its pages, and (class 9) each renderer's pages run as a uid of its own, not root and not
     # the other renderer's, inside Chromium's own sandbox, with a size-limited /tmp, /dev/shm and profile.
-    spin = "<p>spin</p><script>const t = Date.now(); while (Date.now() - t < 20000) {}</script>"
+    # spins forever: stopped by the CPU watchdog (1.5 s of CPU) or, on a starved machine, by the 30 s page
+    # timeout; both are 'timeout'. (A 20 s wall-clock loop got under 1.5 s of CPU at load 17 and finished.)
+    spin = "<p>spin</p><script>for (;;) {}</script>"
     busy = "<p>second</p><script>const t = Date.now(); while (Date.now() - t < 1000) {}</script>"
     out = run_level(level, CHROMIUM_PROBE + textwrap.dedent(f"""
         from visalign.renderers.html import HtmlRenderer

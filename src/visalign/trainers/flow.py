@@ -1441,7 +1441,7 @@ def train_flow_from_config(source: str | Path | Mapping[str, Any], **overrides: 
     if not config.pretrained:
         raise ValueError("train_flow_from_config needs `pretrained` (a local model directory)")
     prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
-                       main_process=False)  # refused before the model loads; the trainer clears it
+                       check_only=True)  # refused before the model loads; the trainer clears it
     options = flow_policy_class(config.pretrained).config_options  # what this family's policy takes
     policy = load_flow_policy(config.pretrained, **{name: getattr(config, name) for name in options})
     reward = build_reward(config.rewards, config.reward_aggregation)

@@ -75,7 +75,7 @@ from PIL import Image
 
 from ..rewards.base import Reward, RewardOutput, Sample
 from ..rewards.specs import parse_reward_specs
-from .config import load_config, option, save_config
+from .config import load_config, option, resolve_config_paths, save_config
 from .flow import FlowGRPOConfig, FlowGRPOTrainer, _noise, _read_prompts, build_reward
 from .flow_policies import (
     ClassConditionalFlowPolicy,
@@ -938,11 +938,15 @@ def build_refl_trainer(source: str | Path | Mapping[str, Any], **overrides: Any)
     """Policy (``pretrained``), rewards, prompts, reference and data from a YAML file or mapping (options
     under a ``flow:`` key or at the top level): the trainer, not yet trained. Every option is checked
     (errors name the field) before the model loads."""
-    config = load_config(ReFLConfig, _options(source), **overrides)
+    options = _options(source)
+    if isinstance(source, (str, Path)):  # paths in a config file are relative to the file
+        kept = {k: v for k, v in options.items() if k not in overrides}
+        options = resolve_config_paths(kept, Path(source).resolve().parent, str(source))
+    config = load_config(ReFLConfig, options, **overrides)
     if not config.pretrained:
         raise ValueError("pretrained: train_refl_from_config needs a local model directory")
     prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
-                       main_process=False)  # refused before the model loads; the runtime clears it
+                       check_only=True)  # refused before the model loads; the runtime clears it
     if not config.rewards:
         raise ValueError("rewards: give at least one differentiable reward (model, clip, shape_colour, pixel, ssim)")
     prompts = _read_prompts(config.prompts, config.prompts_file)

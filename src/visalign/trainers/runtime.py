@@ -147,7 +147,7 @@ def resolve_checkpoint(output_dir: str | Path, resume_from: str | Path | None) -
 
 
 def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resume_from: str | Path | None = None,
-                       extra: Iterable[str] = (), main_process: bool = True) -> Path:
+                       extra: Iterable[str] = (), main_process: bool = True, check_only: bool = False) -> Path:
     """Make ``output_dir`` ready for one run, before anything slow starts; returns it as a Path.
 
     - ``resume_from`` given: the directory is kept (the trainer continues its run); ``"latest"`` with no
@@ -156,12 +156,18 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resum
     - else, a directory with a previous run's artefacts (:func:`find_run_artefacts`) is refused unless
       ``overwrite``, which deletes those artefacts (only them: other files stay).
 
-    Only ``main_process`` deletes; every process checks.
+    Only ``main_process`` checks and deletes: the others return at once (their trainer then waits at a
+    barrier for the main one). Had every process checked, a process of a multi-process run could look at
+    the directory after the main one had begun writing this run into it, and refuse its own run.
+    ``check_only``: refuse as above but change nothing (an early check before a model loads, in every
+    process, before any trainer exists).
 
     Raises:
         OutputDirError: naming the directory, what is in it, and the ways out.
     """
     out = Path(output_dir)
+    if not main_process:
+        return out
     artefacts = find_run_artefacts(out, extra)
     shown = ", ".join(p.name for p in artefacts[:5]) + (", ..." if len(artefacts) > 5 else "")
     if resume_from:
@@ -177,14 +183,15 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool = False, resum
                 f"output_dir {out} holds a previous run ({shown}): set resume_from: latest to continue it, or "
                 f"overwrite_output_dir: true to delete its artefacts and start over (or choose another output_dir; "
                 f"--set overwrite_output_dir=true on the command line)")
-        if main_process:
-            for p in artefacts:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink(missing_ok=True)
-            log.info("overwrite_output_dir: deleted the previous run's %d artefacts in %s", len(artefacts), out)
-    if main_process:
+        if check_only:
+            return out
+        for p in artefacts:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        log.info("overwrite_output_dir: deleted the previous run's %d artefacts in %s", len(artefacts), out)
+    if not check_only:
         out.mkdir(parents=True, exist_ok=True)
     return out
 
