@@ -199,16 +199,22 @@ def expose_keep(root: str, paths, as_root: bool) -> dict[str, str]:
                 _check(_libc.mount(b"visalign-keep", a.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755"),
                        f"cover {a}")
             for p, fd in fds.items():
-                if os.path.isdir(f"/proc/self/fd/{fd}"):
-                    os.makedirs(p, 0o755, exist_ok=True)
-                else:
-                    os.makedirs(os.path.dirname(p), 0o755, exist_ok=True)
-                    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
-                _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), p.encode(), None, MS_BIND | MS_REC, None),
-                       f"expose {p}")
-                os.close(fd)
+                _bind_back(p, fd, "expose")
             read_only_mounts(set(fds))
     return {p: p for p in kept if any(p.startswith(d + "/") for d in REPLACED)}
+
+
+def _bind_back(path: str, fd: int, what: str) -> None:
+    """Bind what the ``O_PATH`` descriptor ``fd`` holds back at ``path`` (a directory or a file mount
+    point made for it), then close ``fd``; read-only comes after, from :func:`read_only_mounts`."""
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+        os.makedirs(path, 0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
+           f"{what} {path}")
+    os.close(fd)
 
 
 def isolate(root: str, quota: dict, keep: dict[str, str] | None = None) -> str:
@@ -248,14 +254,7 @@ def isolate(root: str, quota: dict, keep: dict[str, str] | None = None) -> str:
             src = f"/proc/self/fd/{root_fd}/{name}".encode()
             _check(_libc.mount(src, shared.encode(), None, MS_BIND, None), f"bind {shared}")
         for path, fd in hidden.items():  # what the job needs from under a replaced place, read-only
-            if os.path.isdir(f"/proc/self/fd/{fd}"):
-                os.makedirs(path, 0o755, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-            _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
-                   f"bind {path}")
-            os.close(fd)
+            _bind_back(path, fd, "bind")
         read_only_mounts(set(hidden))
         if not (os.path.isdir(root) and os.path.samestat(os.stat(root), os.fstat(root_fd))):
             os.makedirs(root, 0o700)  # the worker's directory was under a place just replaced
