@@ -504,12 +504,6 @@ def two_process_run(out: Path, rollout: str) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "found 2026-12-03: under torchrun the FlowGRPOTrainer's Accelerator reports num_processes 1 and "
-    "is_main_process on every rank (torch.distributed itself is initialised), so both ranks run the whole "
-    "single-process job and write the same output_dir; the metrics then match trivially, and since the "
-    "one-run-per-output-dir rule the second rank's files make the first refuse its run (seen in 2 of 2 "
-    "fresh-clone runs). Open in issue 13's notes; the VLM trainer's twin passes."))
 def test_two_processes_match_one(tmp_path: Path) -> None:
     """``torchrun --nproc_per_node 2`` (gloo, CPU) gives the metrics of one process on the same data."""
     script = tmp_path / "two.py"

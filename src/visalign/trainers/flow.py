@@ -79,6 +79,7 @@ from .runtime import (
     Callback,
     MetricsLog,
     TimeBudget,
+    make_accelerator,
     plot_curves,
     prepare_output_dir,
     progress_bar,
@@ -810,7 +811,6 @@ class FlowGRPOTrainer:
 
     def __init__(self, config: FlowGRPOConfig, policy: FlowPolicy, reward: Reward, prompts: Sequence[str],
                  eval_prompts: Sequence[str] | None = None) -> None:
-        from accelerate import Accelerator
 
         self.config = config
         self._validate()
@@ -822,7 +822,7 @@ class FlowGRPOTrainer:
         self.output_dir = Path(config.output_dir)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
+        self.accelerator = make_accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
                                        log_with=trackers(config.log_with) or None, project_dir=str(self.output_dir))
         prepare_output_dir(self.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
                            main_process=self.accelerator.is_main_process)
@@ -1078,14 +1078,14 @@ class FlowGRPOTrainer:
                 flat = keyed_group_advantages(all_rewards, keys, scale, c.std_eps, c.adv_ddof)
             else:
                 flat = group_advantages(all_rewards, c.group_size, scale, c.std_eps, c.adv_ddof)
-            per_step = [flat[mine]] * c.num_steps
+            per_step, everyone = [flat[mine]] * c.num_steps, flat
         else:
             trees = all_rewards.view(-1, rollout.leaves_per_root)
             depth = tree_advantages(trees, c.num_steps, c.split_steps, c.branch_factor, eps=c.tree_std_eps)
             r0 = acc.process_index * len(rollout.roots)
-            per_step = [d[r0:r0 + len(rollout.roots)].reshape(-1) for d in depth]
+            per_step, everyone = [d[r0:r0 + len(rollout.roots)].reshape(-1) for d in depth], depth[-1].reshape(-1)
         per_step = [a.clamp(-c.adv_clip, c.adv_clip).float() for a in per_step]
-        last = per_step[-1]
+        last = everyone.clamp(-c.adv_clip, c.adv_clip).float()  # the logged statistics: all processes' leaves
         return per_step, {"adv/mean": float(last.mean()), "adv/std": float(last.std()) if last.numel() > 1 else 0.0,
                           "adv/abs_max": float(last.abs().max())}
 
@@ -1168,15 +1168,9 @@ class FlowGRPOTrainer:
                                    first_dev)
             stats["ratio"].extend(ratios)
             self._step_optimizer()
-        cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in stats.items()}
-        ratio = cat["ratio"]
-        return {"loss": float(cat["loss"].mean()) if ratio.numel() else math.nan,
-                "kl": float(cat["kl"].mean()) if ratio.numel() else math.nan,
-                "clip_fraction": float(cat["clipped"].mean()) if ratio.numel() else math.nan,
-                "ratio/mean": float(ratio.mean()) if ratio.numel() else math.nan,
-                "ratio/min": float(ratio.min()) if ratio.numel() else math.nan,
-                "ratio/max": float(ratio.max()) if ratio.numel() else math.nan,
-                "ratio/first_update_max_abs_dev": first_dev,
+        pooled = self._pool_over_processes({k: torch.cat(v) if v else torch.zeros(0) for k, v in stats.items()},
+                                           first_dev)
+        return {**pooled,
                 "transitions/trained": self._sum_over_processes(int(sum(int(m.sum()) for m in masks))),
                 "nfe/train": self._sum_over_processes(nfe_train),
                 "nfe/train_backward": self._sum_over_processes(nfe_backward),
@@ -1233,6 +1227,30 @@ class FlowGRPOTrainer:
             self.metrics_log.append(metrics)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(scalars, step=metrics["iteration"])
+
+    def _pool_over_processes(self, per_transition: dict[str, torch.Tensor], first_dev: float) -> dict[str, float]:
+        """Loss, KL, clip fraction and ratio statistics over the transitions *every* process trained (a
+        rank's own mean would make the logged loss depend on how the batch was split)."""
+        ratio = per_transition["ratio"].double()
+        sums = torch.stack([per_transition[k].double().sum() for k in ("loss", "kl", "clipped")]
+                           + [torch.tensor(float(ratio.numel()), dtype=torch.float64), ratio.sum()])
+        low = ratio.min() if ratio.numel() else torch.tensor(math.inf, dtype=torch.float64)
+        high = ratio.max() if ratio.numel() else torch.tensor(-math.inf, dtype=torch.float64)
+        dev = torch.tensor(-math.inf if math.isnan(first_dev) else first_dev, dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            device = self.accelerator.device
+            sums, low, high, dev = (t.to(device) for t in (sums, low, high, dev))
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+            torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+            torch.distributed.all_reduce(dev, op=torch.distributed.ReduceOp.MAX)
+        loss, kl, clipped, n, ratio_sum = (float(v) for v in sums.cpu())
+        if n == 0:
+            return {k: math.nan for k in ("loss", "kl", "clip_fraction", "ratio/mean", "ratio/min", "ratio/max",
+                                          "ratio/first_update_max_abs_dev")}
+        return {"loss": loss / n, "kl": kl / n, "clip_fraction": clipped / n, "ratio/mean": ratio_sum / n,
+                "ratio/min": float(low), "ratio/max": float(high),
+                "ratio/first_update_max_abs_dev": float(dev) if math.isfinite(float(dev)) else math.nan}
 
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes == 1:

@@ -63,7 +63,15 @@ from ..models.reward_model import (  # noqa: F401 (the model lives below the rew
     qwen2vl_patchify,
 )
 from .config import load_config, option, save_config
-from .runtime import MetricsLog, TimeBudget, plot_curves, prepare_output_dir, progress_bar, resolve_checkpoint
+from .runtime import (
+    MetricsLog,
+    TimeBudget,
+    make_accelerator,
+    plot_curves,
+    prepare_output_dir,
+    progress_bar,
+    resolve_checkpoint,
+)
 
 __all__ = [
     "RewardModel",
@@ -349,7 +357,6 @@ class RewardModelTrainer:
     def __init__(self, config: RewardModelConfig, model: RewardModel | None = None,
                  train_rows: Sequence[Mapping[str, Any]] | None = None,
                  eval_rows: Sequence[Mapping[str, Any]] | None = None) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         if config.mode != "bt":
@@ -359,7 +366,7 @@ class RewardModelTrainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+        self.accelerator = make_accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
         # one run per output_dir, decided before the data and the model load
         self.out = prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir,
@@ -507,7 +514,10 @@ class RewardModelTrainer:
             elapsed = time.perf_counter() - start
             done = self.step >= self.total_steps or budget.spent()
             if self.step % max(1, cfg.log_every) == 0 or done:
-                last = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs)}
+                means = torch.tensor([sum(losses) / len(losses), sum(accs) / len(accs)], device=acc.device)
+                if acc.num_processes > 1:  # every process's batches, not the main one's
+                    means = acc.reduce(means, reduction="mean")
+                last = {"loss": float(means[0]), "accuracy": float(means[1])}
                 losses, accs = [], []
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
                 self._log({"step": self.step, "loss": round(last["loss"], 6),

@@ -56,7 +56,7 @@ from ..models.rope import reset_rope_deltas  # re-exported: the trainers' name f
 log = logging.getLogger("visalign.train")
 
 __all__ = ["RUN_ARTEFACTS", "Callback", "MetricsLog", "OutputDirError", "TimeBudget", "checkpoint_step",
-           "find_run_artefacts", "latest_checkpoint", "plot_curves", "prepare_output_dir", "progress_bar",
+           "find_run_artefacts", "latest_checkpoint", "make_accelerator", "plot_curves", "prepare_output_dir", "progress_bar",
            "reset_rope_deltas", "resolve_checkpoint", "reward_postfix", "run_callbacks", "trackers"]
 
 #: Names (glob patterns) a trainer writes into ``output_dir``: what makes a directory "a previous run",
@@ -275,6 +275,21 @@ class TimeBudget:
 
             elapsed = float(acc.gather(torch.tensor([elapsed], device=acc.device)).max())
         return elapsed >= 60.0 * float(self.max_minutes)
+
+
+def make_accelerator(*, cpu: bool = False, **kwargs: Any) -> Any:
+    """The ``accelerate.Accelerator`` every trainer runs under: on the CPU when asked or when there is no
+    CUDA device. (``Accelerator(cpu=False)`` on a CPU-only host under ``torchrun`` sets up no process
+    group: every rank would train alone, writing one ``output_dir``.)
+
+    Example:
+        >>> make_accelerator(cpu=True).device.type
+        'cpu'
+    """
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=bool(cpu) or not torch.cuda.is_available(), **kwargs)
 
 
 def trackers(log_with: str | None) -> list[str]:

@@ -30,7 +30,15 @@ from PIL import Image
 
 from .config import load_config, option, save_config
 from .prompting import encode_prompts, vision_token_ids
-from .runtime import MetricsLog, TimeBudget, plot_curves, prepare_output_dir, progress_bar, reset_rope_deltas
+from .runtime import (
+    MetricsLog,
+    TimeBudget,
+    make_accelerator,
+    plot_curves,
+    prepare_output_dir,
+    progress_bar,
+    reset_rope_deltas,
+)
 
 __all__ = [
     "SFTConfig",
@@ -230,7 +238,6 @@ class SFTTrainer:
                  train_rows: Sequence[Mapping[str, Any]] | None = None,
                  eval_rows: Sequence[Mapping[str, Any]] | None = None) -> None:
         import torch
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.config = config
@@ -238,7 +245,7 @@ class SFTTrainer:
             torch.set_num_threads(config.num_threads)
         if config.lr_scheduler not in ("cosine", "constant"):
             raise ValueError(f"lr_scheduler must be 'cosine' or 'constant', got {config.lr_scheduler!r}")
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+        self.accelerator = make_accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps)
         # one run per output_dir, decided before the model loads; the final weights go straight into it
         self.output_dir = prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir,

@@ -56,6 +56,7 @@ from .runtime import (
     Callback,
     MetricsLog,
     TimeBudget,
+    make_accelerator,
     plot_curves,
     prepare_output_dir,
     progress_bar,
@@ -287,7 +288,6 @@ class VLMGRPOTrainer:
     def __init__(self, config: VLMGRPOConfig, *, model: Any = None, processor: Any = None, reward: Reward | None = None,
                  train_rows: Sequence[dict[str, Any]] | None = None,
                  eval_rows: Sequence[dict[str, Any]] | None = None) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.config = c = config
@@ -295,8 +295,8 @@ class VLMGRPOTrainer:
             torch.set_num_threads(c.num_threads)
         self.out = Path(c.output_dir)
         found_trackers = trackers(c.log_with)
-        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, log_with=found_trackers or None,
-                                       project_dir=str(self.out), cpu=not torch.cuda.is_available())
+        self.accelerator = make_accelerator(mixed_precision=c.mixed_precision, log_with=found_trackers or None,
+                                            project_dir=str(self.out))
         acc = self.accelerator
         # one run per directory, decided before the model loads (runtime.prepare_output_dir)
         prepare_output_dir(self.out, overwrite=c.overwrite_output_dir, resume_from=c.resume_from,
