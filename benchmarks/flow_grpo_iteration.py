@@ -59,8 +59,8 @@ def build_policy(args: argparse.Namespace, workdir: Path) -> SD3Policy:
 def run_mode(args: argparse.Namespace, mode: str, workdir: Path) -> dict[str, float]:
     leaves = args.branch_factor ** len(args.split_steps)
     common = {"num_steps": args.steps, "prompts_per_iteration": args.prompts, "batch_size": args.batch_size,
-              "guidance_scale": args.guidance, "beta": args.beta, "lora_rank": args.lora_rank,
-              "num_iterations": 2 if args.warmup else 1, "eval_every": 0, "log_with": "none", "ema": False,
+              "guidance_scale": args.guidance, "beta": args.beta, "lora_r": args.lora_rank,
+              "max_steps": 2 if args.warmup else 1, "eval_every": 0, "log_with": "none", "ema": False,
               "cpu": args.device == "cpu", "gradient_checkpointing": args.gradient_checkpointing,
               "mixed_precision": "bf16" if args.dtype == "bf16" else "no", "output_dir": str(workdir / mode)}
     if mode == "independent":

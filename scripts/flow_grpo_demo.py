@@ -11,7 +11,7 @@ held-out captions, in a few minutes on one CPU thread (issue 5).
    :func:`~visalign.rewards.shapes.analyse_image` (shape, colour, size, background, position);
 3. **train**: GRPO iterations on the training captions only, in the trainer's own loop
    (``FlowGRPOTrainer.train`` with an :class:`IterationBudget` callback), until the config's
-   ``num_iterations`` or the ``--minutes`` budget, whichever comes first;
+   ``max_steps`` or the ``--minutes`` budget, whichever comes first;
 4. **after**: the same seeds again, with the trainer's EMA weights (what its eval uses) when EMA is on;
 5. write ``summary.json`` (means with bootstrap 95 % intervals, the paired difference, accuracy, time,
    and ``drift``: mean coverage, centroid spread and background colour before/after, the things a
@@ -220,7 +220,7 @@ class IterationBudget:
 
 def train(trainer: FlowGRPOTrainer, minutes: float | None = None, log: Any = print) -> dict[str, Any]:
     """The trainer's own loop (:meth:`FlowGRPOTrainer.train`: ``metrics.jsonl``, eval grids, curves,
-    final and EMA weights) until ``config.num_iterations`` or ``minutes``, with an :class:`IterationBudget`
+    final and EMA weights) until ``config.max_steps`` or ``minutes``, with an :class:`IterationBudget`
     callback (one more iteration is started only if the mean iteration time still fits)."""
     budget = IterationBudget(minutes, log)
     t0 = time.perf_counter()
@@ -229,7 +229,7 @@ def train(trainer: FlowGRPOTrainer, minutes: float | None = None, log: Any = pri
     c = trainer.config
     return {"iterations": trainer.iteration, "minutes": seconds / 60.0,
             "seconds_per_iteration": seconds / max(trainer.iteration, 1), "stopped_by": budget.stopped_by,
-            "planned_iterations": c.num_iterations, "budget_minutes": minutes}
+            "planned_iterations": c.max_steps, "budget_minutes": minutes}
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -310,7 +310,7 @@ def run_demo(out: str | Path, config: str | Path | dict[str, Any] = DEFAULT_CONF
              eval_per_caption: int = 32, grid_columns: int = 8, threads: int | None = 1, log: Any = print,
              **overrides: Any) -> dict[str, Any]:
     """The whole demo (module docstring); returns the summary written to ``out/summary.json``.
-    ``overrides`` replace config options (e.g. ``num_iterations=1``)."""
+    ``overrides`` replace config options (e.g. ``max_steps=1``)."""
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -326,7 +326,7 @@ def run_demo(out: str | Path, config: str | Path | dict[str, Any] = DEFAULT_CONF
     before = evaluate(trainer, trainer.eval_prompts, eval_per_caption, use_ema=False)
     eval_seconds = time.perf_counter() - t
     say(f"before: held-out reward {np.mean([r['reward'] for r in before]):.3f}  ({eval_seconds:.0f} s)")
-    say(f"training ({c.num_iterations} iterations at most, {minutes} minutes budget)")
+    say(f"training ({c.max_steps} iterations at most, {minutes} minutes budget)")
     training = train(trainer, minutes, log=log)
     after = evaluate(trainer, trainer.eval_prompts, eval_per_caption, use_ema=use_ema)
     summary: dict[str, Any] = {
@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     if args.iterations is not None:
-        overrides["num_iterations"] = args.iterations
+        overrides["max_steps"] = args.iterations
     if args.overwrite:
         overrides["overwrite_output_dir"] = True
     run_demo(args.out, args.config, minutes=args.minutes or None, eval_per_caption=args.eval_per_caption,

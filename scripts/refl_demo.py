@@ -8,7 +8,7 @@ classifier's accuracy on held-out captions (issue 12 section 4).
    :class:`~visalign.rewards.shapes.ShapeColourReward` (default options; hue bands, blob labelling, template
    box search: not the function trained on) and read back by its classifier, plus the surrogate's value;
 3. **train**: ReFL / DRaFT iterations on the training captions (``ReFLTrainer.train_iteration``) with the
-   differentiable surrogate (:func:`~visalign.rewards.shapes.soft_shape_colour`), until ``num_iterations`` or
+   differentiable surrogate (:func:`~visalign.rewards.shapes.soft_shape_colour`), until ``max_steps`` or
    ``--minutes``;
 4. **after**: the same seeds; ``summary.json`` (paired bootstrap intervals of the held-out reward and
    accuracy, the surrogate's change, drift: coverage, centroid spread, background colour),

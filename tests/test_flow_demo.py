@@ -32,7 +32,7 @@ def test_flow_demo_writes_outputs(tmp_path):
     out = tmp_path / "demo-flow"
     lines: list[str] = []
     summary = demo.run_demo(out, demo.DEFAULT_CONFIG, minutes=None, eval_per_caption=2, log=lines.append,
-                            num_iterations=1, prompts_per_iteration=2, group_size=2, num_steps=4,
+                            max_steps=1, prompts_per_iteration=2, group_size=2, num_steps=4,
                             eval_num_steps=4, ema_every=1, batch_size=8)
 
     for name in ("summary.json", "before_after.png", "curves.png", "metrics.jsonl", "config.yaml"):

@@ -263,8 +263,8 @@ def test_steps_match_the_pipeline_loop(family: str, seed: int, size: int, prompt
 
 def flow_config(tmp_path: Path, **overrides: object) -> FlowGRPOConfig:
     base = {"num_steps": 2, "group_size": 2, "prompts_per_iteration": 2, "batch_size": 4, "guidance_scale": 1.0,
-            "lora_rank": 4, "lora_alpha": 8.0, "beta": 0.0, "clip_range": 1e-2, "eval_every": 0,
-            "num_iterations": 1, "log_with": "none", "output_dir": str(tmp_path / "run"), "learning_rate": 1e-2}
+            "lora_r": 4, "lora_alpha": 8.0, "beta": 0.0, "epsilon": 1e-2, "eval_every": 0,
+            "max_steps": 1, "log_with": "none", "output_dir": str(tmp_path / "run"), "learning_rate": 1e-2}
     base.update(overrides)
     return load_config(FlowGRPOConfig, base)
 
@@ -401,7 +401,7 @@ def test_wan_trains_from_a_config_with_video_rewards(saved: dict[str, Path], tmp
         "rewards": {"temporal_consistency": {"weight": 1.0, "metric": "cosine"},
                     "frame_mean": {"weight": 1.0, "reward": {"name": f"{__name__}:Bright"}}},
         "prompts": PROMPTS, "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2, "guidance_scale": 1.0,
-        "noise_level": 0.7, "lora_rank": 4, "num_iterations": 1, "eval_every": 1, "eval_images_per_prompt": 1,
+        "noise_level": 0.7, "lora_r": 4, "max_steps": 1, "eval_every": 1, "eval_images_per_prompt": 1,
         "eval_num_steps": 2, "log_with": "none", "output_dir": str(tmp_path / "run")})
     assert isinstance(trainer.policy, WanPolicy) and trainer.policy.num_frames == 5
     (m,) = trainer.history

@@ -392,7 +392,7 @@ def _branch_config(**kw) -> FlowGRPOConfig:
 def test_depth_pruning_is_branch_grpo(depths, interval, stop) -> None:
     splits = [0, 3, 6, 9]
     c = _branch_config(depth_pruning=depths, depth_pruning_shift_every=interval, depth_pruning_stop_depth=stop,
-                       num_iterations=400)
+                       max_steps=400)
     root, _ = ref_branch_tree(np.zeros(16), 20, splits)
     samples = ref_branch_transitions([root])
     for it in (0, 1, 4, 29, 30, 59, 60, 150, 399):
@@ -401,7 +401,7 @@ def test_depth_pruning_is_branch_grpo(depths, interval, stop) -> None:
 
 
 def test_pruning_step_ratio_stops_pruning() -> None:
-    c = _branch_config(depth_pruning=[15, 16], num_iterations=10, pruning_step_ratio=0.5)
+    c = _branch_config(depth_pruning=[15, 16], max_steps=10, pruning_step_ratio=0.5)
     assert len(trained_steps(c, 4)) == 18 and len(trained_steps(c, 5)) == 20  # BranchGRPO: current_step <= 5
 
 
@@ -452,7 +452,7 @@ def test_mixgrpo_window_is_grpo_training_states() -> None:
 def test_presets_set_the_reference_semantics_and_explicit_options_win(tmp_path: Path) -> None:
     c = FlowGRPOConfig.from_preset("flow_grpo")
     assert (c.kl_form, c.adv_ddof, c.global_std, c.group_by, c.drop_zero_advantage, c.beta, c.noise_level,
-            c.timestep_fraction, c.group_size, c.lora_rank, c.lora_alpha, c.learning_rate) == (
+            c.timestep_fraction, c.group_size, c.lora_r, c.lora_alpha, c.learning_rate) == (
         "flow_grpo", 0, True, "prompt", True, 0.04, 0.7, 0.99, 24, 32, 64.0, 3e-4)
     d = FlowGRPOConfig.from_preset("dance_grpo")
     assert (d.sigma_mode, d.noise_level, d.adv_ddof, d.std_eps, d.beta, d.lora, d.timestep_selection) == (
@@ -477,7 +477,7 @@ def test_presets_set_the_reference_semantics_and_explicit_options_win(tmp_path: 
 # ---------------------------------------------------------------------------------- end to end (tiny)
 
 TINY = {"num_steps": 4, "group_size": 2, "prompts_per_iteration": 2, "batch_size": 8, "guidance_scale": 1.0,
-        "lora_rank": 4, "lora_alpha": 8.0, "eval_every": 0, "num_iterations": 1, "log_with": "none",
+        "lora_r": 4, "lora_alpha": 8.0, "eval_every": 0, "max_steps": 1, "log_with": "none",
         "learning_rate": 1e-4, "resolution": 8}
 
 

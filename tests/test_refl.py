@@ -243,7 +243,7 @@ def test_bt_reward_model_saved_reloaded_and_used_by_refl(tmp_path: Path) -> None
         "algorithm": "refl", "mode": "refl", "pretrained": str(tmp_path / "unet"),
         "rewards": {"model": {"path": str(tmp_path / "rm"), "device": "cpu"}}, "prompts": CLASSES,
         "num_steps": 4, "guidance_scale": 1.0, "prompts_per_iteration": 4, "micro_batch_size": 2, "kl_weight": 0.1,
-        "lora_rank": 4, "learning_rate": 1e-2, "num_iterations": 2, "eval_every": 2, "eval_images_per_prompt": 2,
+        "lora_r": 4, "learning_rate": 1e-2, "max_steps": 2, "eval_every": 2, "eval_images_per_prompt": 2,
         "eval_num_steps": 4, "save_every": 1, "log_with": "none", "output_dir": str(tmp_path / "run")}})
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [1, 2]
@@ -410,7 +410,7 @@ def test_cli_train_flow_algorithm_refl(tmp_path: Path, capsys: pytest.CaptureFix
     tiny_unet().save_pretrained(tmp_path / "unet")
     (tmp_path / "unet" / "classes.json").write_text(json.dumps(CLASSES))
     options = {"pretrained": str(tmp_path / "unet"), "prompts": CLASSES, "rewards": {"shape_colour": 1.0},
-               "num_steps": 3, "guidance_scale": 1.0, "prompts_per_iteration": 2, "lora_rank": 4, "num_iterations": 1,
+               "num_steps": 3, "guidance_scale": 1.0, "prompts_per_iteration": 2, "lora_r": 4, "max_steps": 1,
                "eval_every": 0, "log_with": "none", "output_dir": str(tmp_path / "run")}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"flow": options}))
     assert main(["train", "flow", str(tmp_path / "c.yaml"), "--algorithm", "refl", "--describe"]) == 0

@@ -124,7 +124,7 @@ def _flow_trainer(out: Path, reward: object = None, **overrides: object) -> obje
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4, num_class_embeds=len(classes) + 1)
     options = {"num_steps": 2, "group_size": 2, "prompts_per_iteration": 2, "batch_size": 8, "guidance_scale": 1.0,
-               "lora": False, "beta": 0.0, "eval_every": 0, "num_iterations": 1, "log_with": "none",
+               "lora": False, "beta": 0.0, "eval_every": 0, "max_steps": 1, "log_with": "none",
                "output_dir": str(out), "learning_rate": 1e-3, "eval_num_steps": 2, "eval_images_per_prompt": 2,
                "ema_every": 1, "progress": False, **overrides}
     return FlowGRPOTrainer(load_config(FlowGRPOConfig, options), ClassConditionalFlowPolicy(unet, classes),
@@ -163,9 +163,9 @@ def test_flow_reused_output_dir_is_refused_and_overwrite_starts_clean(tmp_path: 
 @pytest.mark.slow
 def test_flow_resume_latest_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
     """``resume_from: latest`` means one thing in every trainer (it raised in flow, started fresh in VLM)."""
-    trainer = _flow_trainer(tmp_path / "run", resume_from="latest", save_every=1, num_iterations=1)
+    trainer = _flow_trainer(tmp_path / "run", resume_from="latest", save_every=1, max_steps=1)
     trainer.train()
-    resumed = _flow_trainer(tmp_path / "run", resume_from="latest", num_iterations=2)
+    resumed = _flow_trainer(tmp_path / "run", resume_from="latest", max_steps=2)
     assert resumed.iteration == 1
     resumed.train()
     assert [r["iteration"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()] == [1, 2]
@@ -181,7 +181,7 @@ def test_flow_writes_the_run_artefacts_and_its_final_weights_reload(tmp_path: Pa
     from visalign.trainers.flow_policies import load_flow_policy
 
     out = tmp_path / "run"
-    trainer = _flow_trainer(out, num_iterations=2, eval_every=1)
+    trainer = _flow_trainer(out, max_steps=2, eval_every=1)
     trainer.train()
     assert (out / "curves.png").stat().st_size > 1000
     html = (out / "comparison.html").read_text()
@@ -216,10 +216,40 @@ def test_flow_progress_bar_shows_raw_reward_means_and_callbacks_stop(tmp_path: P
     reward = CompositeReward({"bright": _Bright("bright"), "half": _Bright("half", 0.5)},
                              aggregation="normalize_then_sum")
     seen: list[int] = []
-    history = _flow_trainer(tmp_path / "run", reward, num_iterations=3).train(
+    history = _flow_trainer(tmp_path / "run", reward, max_steps=3).train(
         callbacks=[lambda trainer, metrics: seen.append(metrics["iteration"]) or metrics["iteration"] >= 2])
     assert seen == [1, 2] and len(history) == 2
     assert abs(history[0]["reward/mean"]) < 1e-6  # the composite of z-scores
     assert set(shown[0]) >= {"bright", "half"} and "reward" not in shown[0]
     assert history[0]["reward/bright/mean"] > 0
     assert float(shown[0]["bright"]) == pytest.approx(history[0]["reward/bright/mean"], abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------ one vocabulary
+
+def test_one_vocabulary_across_trainers_and_old_names_load_with_a_warning(caplog) -> None:
+    """The options every trainer shares have one name (TRL's: lora, lora_r, epsilon, max_steps); a config
+    written with the old flow names still loads, says what it renamed, and both names at once is an error."""
+    import dataclasses
+
+    from visalign.trainers.config import VOCABULARY, load_config
+    from visalign.trainers.flow import FlowGRPOConfig
+    from visalign.trainers.refl import ReFLConfig
+    from visalign.trainers.vlm import VLMGRPOConfig as GRPOConfig
+
+    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (FlowGRPOConfig, ReFLConfig, GRPOConfig)}
+    for cls, have in names.items():
+        assert {"lora", "lora_r", "lora_alpha", "max_steps"} <= have, cls.__name__
+        trl_meaning = {"num_iterations"} if cls is GRPOConfig else set()  # TRL's mu, kept in the GRPO trainer
+        assert not have & set(VOCABULARY) - trl_meaning, (cls.__name__, have & set(VOCABULARY))
+    assert "epsilon" in names[FlowGRPOConfig] and "epsilon" in names[GRPOConfig]
+    with caplog.at_level("WARNING", logger="visalign.config"):
+        c = load_config(FlowGRPOConfig, {"clip_range": 1e-3, "lora_rank": 8, "num_iterations": 7})
+    assert (c.epsilon, c.lora_r, c.max_steps) == (1e-3, 8, 7)
+    said = caplog.text
+    assert "'clip_range' is now called 'epsilon'" in said and "'num_iterations' is now called 'max_steps'" in said
+    assert load_config(ReFLConfig, {"lora_rank": 4}).lora_r == 4
+    with pytest.raises(ValueError, match="'lora_rank' and 'lora_r' are one option"):
+        load_config(FlowGRPOConfig, {"lora_rank": 4, "lora_r": 8})
+    # in the GRPO trainer num_iterations keeps TRL's meaning (optimizer steps per generation batch)
+    assert load_config(GRPOConfig, {"num_iterations": 2}).num_iterations == 2

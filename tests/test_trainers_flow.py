@@ -78,7 +78,7 @@ def unet_policy(seed: int = 0) -> ClassConditionalFlowPolicy:
 
 def config(tmp_path: Path, **overrides: object) -> FlowGRPOConfig:
     base = {"num_steps": 4, "group_size": 4, "prompts_per_iteration": 2, "batch_size": 8, "guidance_scale": 1.0,
-            "lora_rank": 4, "lora_alpha": 8.0, "beta": 0.0, "clip_range": 1e-2, "eval_every": 0, "num_iterations": 1,
+            "lora_r": 4, "lora_alpha": 8.0, "beta": 0.0, "epsilon": 1e-2, "eval_every": 0, "max_steps": 1,
             "log_with": "none", "output_dir": str(tmp_path / "run"), "learning_rate": 1e-3}
     base.update(overrides)
     return load_config(FlowGRPOConfig, base)
@@ -99,7 +99,7 @@ def test_sd3_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
         "pretrained": str(tmp_path / "sd3"), "resolution": 16, "max_sequence_length": 8,
         "rewards": {f"{__name__}:Bright": 1.0}, "prompts": ["a red circle", "a blue square"],
         "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2, "guidance_scale": 2.0, "beta": 0.04,
-        "lora_rank": 4, "num_iterations": 1, "eval_every": 1, "eval_images_per_prompt": 2, "eval_num_steps": 2,
+        "lora_r": 4, "max_steps": 1, "eval_every": 1, "eval_images_per_prompt": 2, "eval_num_steps": 2,
         "log_with": "none", "output_dir": str(tmp_path / "run")})
     assert isinstance(trainer.policy, SD3Policy) and trainer.policy.lora
     (m,) = read_metrics(tmp_path / "run")
@@ -119,7 +119,7 @@ def test_flux_pipeline_end_to_end_lora_kl(tmp_path: Path) -> None:
     trainer = train_flow_from_config({
         "pretrained": str(tmp_path / "flux"), "resolution": 16, "rewards": {f"{__name__}:Bright": 1.0},
         "prompts": ["a red circle", "a blue square"], "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2,
-        "guidance_scale": 3.5, "beta": 0.04, "lora_rank": 4, "num_iterations": 1, "eval_every": 1,
+        "guidance_scale": 3.5, "beta": 0.04, "lora_r": 4, "max_steps": 1, "eval_every": 1,
         "eval_images_per_prompt": 1, "eval_num_steps": 2, "log_with": "none", "output_dir": str(tmp_path / "run")})
     policy = trainer.policy
     assert isinstance(policy, FluxPolicy) and policy.lora and policy.guidance_embeds and trainer.sampler == "sde"
@@ -181,7 +181,7 @@ def test_sana_pipeline_end_to_end_lora_cfg_kl(tmp_path: Path) -> None:
     trainer = train_flow_from_config({
         "pretrained": str(tmp_path / "sana"), "resolution": 16, "rewards": {f"{__name__}:Bright": 1.0},
         "prompts": ["a red circle", "a blue square"], "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2,
-        "guidance_scale": 4.5, "beta": 0.04, "lora_rank": 4, "num_iterations": 1, "eval_every": 1,
+        "guidance_scale": 4.5, "beta": 0.04, "lora_r": 4, "max_steps": 1, "eval_every": 1,
         "eval_images_per_prompt": 1, "eval_num_steps": 2, "log_with": "none", "output_dir": str(tmp_path / "run")})
     policy = trainer.policy
     assert isinstance(policy, SanaPolicy) and policy.lora and trainer.sampler == "sde"
@@ -256,7 +256,7 @@ def test_class_unet_end_to_end_from_directory(tmp_path: Path) -> None:
     trainer = train_flow_from_config({
         "pretrained": str(tmp_path / "unet"), "rewards": {f"{__name__}:Bright": {"weight": 1.0}},
         "prompts": CLASSES, "num_steps": 3, "group_size": 4, "prompts_per_iteration": 2, "guidance_scale": 3.0,
-        "beta": 0.04, "lora_rank": 4, "num_iterations": 2, "num_inner_updates": 2, "ema_every": 1,
+        "beta": 0.04, "lora_r": 4, "max_steps": 2, "num_inner_updates": 2, "ema_every": 1,
         "eval_every": 0, "log_with": "none", "output_dir": str(tmp_path / "run")})
     metrics = read_metrics(tmp_path / "run")
     assert [m["iteration"] for m in metrics] == [1, 2]
@@ -292,7 +292,7 @@ def test_sd15_pipeline_end_to_end_ddim_lora_cfg_kl(tmp_path: Path) -> None:
     trainer = train_flow_from_config({
         "pretrained": str(tmp_path / "sd15"), "resolution": 16, "rewards": {f"{__name__}:Bright": 1.0},
         "prompts": ["a red circle", "a blue square"], "num_steps": 2, "group_size": 2, "prompts_per_iteration": 2,
-        "guidance_scale": 3.0, "noise_level": 1.0, "beta": 0.04, "lora_rank": 4, "num_iterations": 1,
+        "guidance_scale": 3.0, "noise_level": 1.0, "beta": 0.04, "lora_r": 4, "max_steps": 1,
         "eval_every": 1, "eval_images_per_prompt": 1, "eval_num_steps": 2, "log_with": "none",
         "output_dir": str(tmp_path / "run")})
     policy = trainer.policy
@@ -428,7 +428,7 @@ def test_split_noise_scale_log_prob_uses_the_applied_noise(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_mixgrpo_window_trains_only_window_steps_and_uses_ode_outside(tmp_path: Path) -> None:
-    c = config(tmp_path, sde_window_size=2, sde_window_shift_every=1, num_iterations=2, timestep_fraction=1.0)
+    c = config(tmp_path, sde_window_size=2, sde_window_shift_every=1, max_steps=2, timestep_fraction=1.0)
     trainer = FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES)
     history = trainer.train()
     assert [h["sde_window"] for h in history] == [[0, 1], [1, 2]]
@@ -452,9 +452,9 @@ def test_mixgrpo_window_trains_only_window_steps_and_uses_ode_outside(tmp_path: 
 @pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     keys = ("loss", "reward/mean", "ratio/max", "adv/std", "clip_fraction")
-    opts = {"num_iterations": 4, "ema_every": 1, "eval_every": 2, "eval_images_per_prompt": 1, "clip_range": 1e-3}
+    opts = {"max_steps": 4, "ema_every": 1, "eval_every": 2, "eval_images_per_prompt": 1, "epsilon": 1e-3}
     full = FlowGRPOTrainer(config(tmp_path / "a", **opts), unet_policy(), Bright(), CLASSES).train()
-    first = config(tmp_path / "b", **{**opts, "num_iterations": 2, "save_every": 2})
+    first = config(tmp_path / "b", **{**opts, "max_steps": 2, "save_every": 2})
     FlowGRPOTrainer(first, unet_policy(), Bright(), CLASSES).train()
     second = config(tmp_path / "b", **{**opts, "resume_from": "latest"})
     resumed = FlowGRPOTrainer(second, unet_policy(), Bright(), CLASSES)
@@ -470,7 +470,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("rollout", ["independent", "tree"])
 def test_missing_and_garbage_rewards_do_not_stop_the_run(tmp_path: Path, rollout: str) -> None:
-    c = config(tmp_path, rollout=rollout, split_steps=[0, 1], num_iterations=2)
+    c = config(tmp_path, rollout=rollout, split_steps=[0, 1], max_steps=2)
     history = FlowGRPOTrainer(c, unet_policy(), Flaky(), CLASSES).train()
     assert [h["reward/missing"] for h in history] == [4, 4]
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["reward/mean"]) for h in history)
@@ -498,7 +498,7 @@ if torch.distributed.get_rank() == 0:
 
 def two_process_run(out: Path, rollout: str) -> list[dict]:
     # 3 prompts x 4 images over 2 processes: the second group spans both (independent); trees: 2 prompts
-    c = config(out, num_iterations=2, rollout=rollout, split_steps=[0, 1], group_size=4, guidance_scale=3.0,
+    c = config(out, max_steps=2, rollout=rollout, split_steps=[0, 1], group_size=4, guidance_scale=3.0,
                prompts_per_iteration=3 if rollout == "independent" else 2, beta=0.04)
     return FlowGRPOTrainer(c, unet_policy(), Bright(), CLASSES).train()
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import types
 import typing
@@ -130,6 +131,7 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     where = f"{source}: " if isinstance(source, (str, Path)) else ""
+    data = apply_renamed_options(cls, data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         hints_ = []
@@ -145,6 +147,45 @@ def load_config(cls: type[T], source: str | Path | Mapping[str, Any] | None = No
         raise ValueError(f"{where}{exc}") from None
     factory = getattr(cls, "from_options", None)  # configs with presets need to know which keys were given
     return factory(kwargs) if callable(factory) else cls(**kwargs)
+
+
+#: one vocabulary across the trainers: the old name of an option, the name every trainer now uses, and
+#: what the old name meant (a config written before the rename still loads, with a warning)
+VOCABULARY = {
+    "lora_rank": ("lora_r", "the LoRA rank (peft's r; TRL's lora_r)"),
+    "use_lora": ("lora", "train a LoRA adapter instead of all weights"),
+    "clip_range": ("epsilon", "the PPO clip range of the importance ratio (TRL's epsilon)"),
+    "num_iterations": ("max_steps", "the number of training iterations (in the GRPO trainer, num_iterations is "
+                                    "TRL's optimizer steps per generation batch)"),
+}
+
+
+def apply_renamed_options(cls: type, data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``data`` with each old option name of ``cls.RENAMED_OPTIONS`` (a subset of :data:`VOCABULARY`)
+    moved to its new name and a warning logged; giving both names is an error.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> from typing import ClassVar
+        >>> @dataclass
+        ... class C:
+        ...     RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("lora_rank",)
+        ...     lora_r: int = option(16, "LoRA rank")
+        >>> load_config(C, {"lora_rank": 4})
+        C(lora_r=4)
+    """
+    out = dict(data)
+    for old in getattr(cls, "RENAMED_OPTIONS", ()):
+        if old not in out:
+            continue
+        new, meaning = VOCABULARY[old]
+        if new in out:
+            raise ValueError(f"{where}options {old!r} and {new!r} are one option ({meaning}): give {new!r} only")
+        logging.getLogger("visalign.config").warning(
+            "%soption %r is now called %r (%s; one name in every trainer): read as %s=%r", where, old, new,
+            meaning, new, out[old])
+        out[new] = out.pop(old)
+    return out
 
 
 #: options that name a file or directory, by how a relative value in a config file is read: ``input``

@@ -42,7 +42,7 @@ Example (a random tiny class-conditional UNet, one iteration):
     ...                    up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=2)
     >>> policy = ClassConditionalFlowPolicy(unet, ["a red circle", "a blue square"])
     >>> config = FlowGRPOConfig(num_steps=3, group_size=2, prompts_per_iteration=2, guidance_scale=1.0,
-    ...                         num_iterations=1, lora_rank=4, eval_every=0, beta=0.0,
+    ...                         max_steps=1, lora_r=4, eval_every=0, beta=0.0,
     ...                         output_dir=tempfile.mkdtemp())
     >>> trainer = FlowGRPOTrainer(config, policy, Bright(), ["a red circle", "a blue square"])
     >>> history = trainer.train()
@@ -64,7 +64,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -130,6 +130,8 @@ class FlowGRPOConfig:
     came from (``visalign train flow CONFIG --describe`` prints it).
     """
 
+    RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("clip_range", "lora_rank", "num_iterations")  # config.VOCABULARY
+
     preset: Literal["visalign", "flow_grpo", "dance_grpo", "branch_grpo", "mix_grpo"] = option(
         "visalign", "reference whose semantics and default hyperparameters to take (PRESETS; README table): "
         "visalign (this package's defaults), flow_grpo (Flow-GRPO SD3.5-M), dance_grpo (DanceGRPO FLUX), "
@@ -180,7 +182,7 @@ class FlowGRPOConfig:
     batch_size: int = option(8, "samples per forward pass in rollouts and training")
     timestep_fraction: float = option(0.99, "train the first int(num_steps * fraction) steps (the last step's "
                                       "tiny std makes its log-density overflow)", source="Flow-GRPO")
-    clip_range: float = option(1e-4, "PPO clip epsilon of the ratio", source="Flow-GRPO")
+    epsilon: float = option(1e-4, "PPO clip range of the importance ratio (Flow-GRPO's clip_range)", source="Flow-GRPO")
     beta: float = option(0.04, "KL-to-reference weight (0: no reference forward passes)",
                          source="Flow-GRPO (GenEval/OCR; 0.01 PickScore)")
     adv_clip: float = option(5.0, "advantages are clipped to +-adv_clip", source="Flow-GRPO")
@@ -240,7 +242,7 @@ class FlowGRPOConfig:
     depth_pruning_stop_depth: int | None = option(None, "child_depth mode: the window stops sliding here "
                                                   "(None: max(split_steps))", source="BranchGRPO")
     pruning_step_ratio: float = option(1.0, "child_depth mode: depth and width pruning only while iteration + 1 <= "
-                                       "int(num_iterations * ratio)", source="BranchGRPO")
+                                       "int(max_steps * ratio)", source="BranchGRPO")
     # MixGRPO
     sde_window_size: int = option(0, "steps of the SDE window; outside it the ODE is used and nothing is trained "
                                   "(0: no window)", source="MixGRPO (4)")
@@ -252,7 +254,7 @@ class FlowGRPOConfig:
         "(MixGRPO's GRPOTrainingStates, progressive with roll_back)", source="visalign / MixGRPO")
     # optimisation
     lora: bool = option(True, "train a LoRA adapter (False: full fine-tune)", source="Flow-GRPO")
-    lora_rank: int = option(32, "LoRA rank", source="Flow-GRPO")
+    lora_r: int = option(32, "LoRA rank (peft's r)", source="Flow-GRPO")
     lora_alpha: float = option(64.0, "LoRA alpha", source="Flow-GRPO")
     lora_target_modules: list[str] | None = option(None, "peft target_modules (default: the policy's, attention "
                                                    "projections to_q/to_k/to_v/to_out.0; for a UNet without "
@@ -270,7 +272,8 @@ class FlowGRPOConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     cpu: bool = option(False, "force the CPU even when a GPU is available")
     # run
-    num_iterations: int = option(100, "GRPO iterations")
+    max_steps: int = option(100, "training iterations, each one sampled batch and its num_inner_updates "
+                                   "optimizer steps (Flow-GRPO's epochs)")
     max_minutes: float | None = option(None, "stop after this many minutes of training (checked between "
                                        "iterations, alike on every process; a wall-clock budget)")
     num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
@@ -353,9 +356,9 @@ PRESETS: dict[str, Preset] = {
         "scripts/train_sd3.py, config/grpo.py",
         {"sampler": "sde", "sigma_mode": "flow_grpo", "noise_level": 0.7, "num_steps": 10, "eval_num_steps": 40,
          "guidance_scale": 4.5, "resolution": 512, "group_size": 24, "timestep_fraction": 0.99,
-         "timestep_selection": "first", "clip_range": 1e-4, "beta": 0.04, "kl_form": "flow_grpo", "adv_clip": 5.0,
+         "timestep_selection": "first", "epsilon": 1e-4, "beta": 0.04, "kl_form": "flow_grpo", "adv_clip": 5.0,
          "std_eps": 1e-4, "adv_ddof": 0, "global_std": True, "group_by": "prompt", "per_prompt_stat_tracking": True,
-         "drop_zero_advantage": True, "num_inner_updates": 2, "lora": True, "lora_rank": 32, "lora_alpha": 64.0,
+         "drop_zero_advantage": True, "num_inner_updates": 2, "lora": True, "lora_r": 32, "lora_alpha": 64.0,
          "learning_rate": 3e-4, "adam_betas": (0.9, 0.999), "weight_decay": 1e-4, "adam_eps": 1e-8,
          "max_grad_norm": 1.0, "ema": True, "ema_decay": 0.9, "ema_every": 8}),
     "dance_grpo": Preset(
@@ -363,7 +366,7 @@ PRESETS: dict[str, Preset] = {
         "XueZeyue/DanceGRPO: fastvideo/train_grpo_flux.py (flux_step, train_one_step)",
         {"sampler": "sde", "sigma_mode": "constant", "noise_level": 0.3, "num_steps": 16, "resolution": 720,
          "guidance_scale": 3.5, "group_size": 12, "same_initial_noise": True, "timestep_fraction": 0.6,
-         "timestep_selection": "random", "clip_range": 1e-4, "beta": 0.0, "adv_clip": 5.0, "std_eps": 1e-8,
+         "timestep_selection": "random", "epsilon": 1e-4, "beta": 0.0, "adv_clip": 5.0, "std_eps": 1e-8,
          "adv_ddof": 1, "global_std": False, "group_by": "slot", "drop_zero_advantage": False, "lora": False,
          "learning_rate": 1e-5, "weight_decay": 1e-4, "max_grad_norm": 0.01, "ema": True, "ema_decay": 0.995,
          "ema_every": 1}),
@@ -374,7 +377,7 @@ PRESETS: dict[str, Preset] = {
         {"sampler": "sde", "sigma_mode": "constant", "noise_level": 0.3, "num_steps": 20, "resolution": 720,
          "guidance_scale": 3.5, "rollout": "tree", "split_steps": [0, 3, 6, 9], "branch_factor": 2,
          "split_noise_scale": 4.0, "split_noise_mode": "draw", "tree_std_eps": 1e-8, "same_initial_noise": False,
-         "timestep_fraction": 1.0, "timestep_selection": "first", "clip_range": 1e-3, "beta": 0.0, "adv_clip": 5.0,
+         "timestep_fraction": 1.0, "timestep_selection": "first", "epsilon": 1e-3, "beta": 0.0, "adv_clip": 5.0,
          "global_std": False, "depth_pruning_mode": "child_depth", "depth_pruning": [],
          "depth_pruning_shift_every": 30, "depth_pruning_stop_depth": 9, "width_pruning": False,
          "width_pruning_mode": 2, "width_pruning_ratio": 0.5, "pruning_step_ratio": 1.0, "lora": False,
@@ -386,7 +389,7 @@ PRESETS: dict[str, Preset] = {
         {"sampler": "sde", "sigma_mode": "flow_grpo", "noise_level": 0.7, "num_steps": 25, "resolution": 720,
          "guidance_scale": 3.5, "group_size": 12, "same_initial_noise": True, "sde_window_size": 4,
          "sde_window_shift_every": 25, "sde_window_stride": 1, "sde_window_mode": "mix_grpo",
-         "timestep_fraction": 1.0, "timestep_selection": "first", "clip_range": 1e-4, "beta": 0.0, "adv_clip": 5.0,
+         "timestep_fraction": 1.0, "timestep_selection": "first", "epsilon": 1e-4, "beta": 0.0, "adv_clip": 5.0,
          "std_eps": 1e-8, "adv_ddof": 1, "global_std": False, "group_by": "slot", "lora": False,
          "learning_rate": 1e-5, "weight_decay": 1e-4, "max_grad_norm": 1.0, "ema": False}),
 }
@@ -495,16 +498,16 @@ def _num_trainable(config: FlowGRPOConfig) -> int:
 def pruning_active(config: FlowGRPOConfig, iteration: int) -> bool:
     """Whether depth and width pruning apply at ``iteration`` (0-based). ``depth_pruning_mode`` child_depth:
     BranchGRPO's ``pruning_step_ratio`` (its training steps count from 1: prune while ``iteration + 1 <=
-    int(num_iterations * ratio)``); step mode: always.
+    int(max_steps * ratio)``); step mode: always.
 
     Example:
-        >>> c = FlowGRPOConfig(depth_pruning_mode="child_depth", num_iterations=10, pruning_step_ratio=0.5)
+        >>> c = FlowGRPOConfig(depth_pruning_mode="child_depth", max_steps=10, pruning_step_ratio=0.5)
         >>> [pruning_active(c, it) for it in (3, 4, 5)]
         [True, True, False]
     """
     if config.depth_pruning_mode != "child_depth":
         return True
-    return iteration + 1 <= int(config.num_iterations * config.pruning_step_ratio)
+    return iteration + 1 <= int(config.max_steps * config.pruning_step_ratio)
 
 
 def depth_pruned_steps(config: FlowGRPOConfig, iteration: int) -> set[int]:
@@ -521,7 +524,7 @@ def depth_pruned_steps(config: FlowGRPOConfig, iteration: int) -> set[int]:
     Example:
         >>> c = FlowGRPOConfig(num_steps=20, depth_pruning=[15, 16, 17, 18], depth_pruning_mode="child_depth",
         ...                    depth_pruning_shift_every=30, depth_pruning_stop_depth=9, split_steps=[0, 3, 6, 9],
-        ...                    num_iterations=300)
+        ...                    max_steps=300)
         >>> [sorted(depth_pruned_steps(c, it)) for it in (0, 29, 299)]
         [[14, 15, 16, 17], [13, 14, 15, 16], [8, 9, 10, 11]]
     """
@@ -685,7 +688,7 @@ def _branch_width_masks(leaf_rewards: torch.Tensor, num_steps: int, split_steps:
 
 
 def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                  clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-transition PPO-clip loss ``max(-A r, -A clip(r, 1 - eps, 1 + eps))`` and the ratio ``r``.
 
     Example:
@@ -695,7 +698,7 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages
     """
     ratio = torch.exp(log_prob - old_log_prob)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon)
     return torch.maximum(unclipped, clipped), ratio
 
 
@@ -830,7 +833,7 @@ class FlowGRPOTrainer:
         self.eval_results: list[dict[str, Any]] = []  # per eval: iteration, grid, prompts, scores
         torch.manual_seed(config.seed)  # LoRA init
         if config.lora:
-            policy.add_lora(config.lora_rank, config.lora_alpha, config.lora_target_modules)
+            policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules)
         else:
             policy.set_full_finetune(keep_reference=config.beta > 0)
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
@@ -885,7 +888,7 @@ class FlowGRPOTrainer:
         return MetricsLog(self.output_dir / "metrics.jsonl", step_key="iteration")
 
     def train(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
-        """Run ``num_iterations`` iterations (from the resumed one); returns the per-iteration metrics.
+        """Run ``max_steps`` iterations (from the resumed one); returns the per-iteration metrics.
 
         Writes ``metrics.jsonl``, eval grids (``eval/iteration_<N>.png``, captioned), ``curves.png``,
         ``comparison.html`` (first and last eval grid side by side) and ``final/`` (+ ``final_ema/``).
@@ -897,7 +900,7 @@ class FlowGRPOTrainer:
             save_config(c, self.output_dir / "config.yaml")
             self.metrics_log.start(self.iteration)
         acc.init_trackers("flow_grpo", config={k: str(v) for k, v in config_to_dict(c).items()})
-        bar = progress_bar(c.num_iterations, initial=self.iteration, desc="flow-grpo", unit="it",
+        bar = progress_bar(c.max_steps, initial=self.iteration, desc="flow-grpo", unit="it",
                            enabled=c.progress and acc.is_main_process, output_dir=self.output_dir)
         start: dict[str, Any] = {}
         if c.eval_every > 0 and self.iteration == 0:
@@ -905,13 +908,13 @@ class FlowGRPOTrainer:
                      for k, v in self.evaluate().items()}
         budget = TimeBudget(c.max_minutes, acc)
         try:
-            while self.iteration < c.num_iterations:
+            while self.iteration < c.max_steps:
                 metrics = {**self.train_iteration(), **start}
                 start = {}
                 out_of_time = budget.spent()
                 metrics["time/elapsed"] = budget.seconds()
                 stop = run_callbacks(callbacks, self, metrics)  # before the eval: a stop makes this the last
-                last = out_of_time or stop or self.iteration == c.num_iterations
+                last = out_of_time or stop or self.iteration == c.max_steps
                 if c.save_every > 0 and self.iteration % c.save_every == 0:
                     self.save_checkpoint()
                 if c.eval_every > 0 and (self.iteration % c.eval_every == 0 or last):
@@ -1144,7 +1147,7 @@ class FlowGRPOTrainer:
                         v[pos], x[pos], self._schedule, k, sampler=self.sampler, noise_level=noise_levels[k],
                         prev_sample=children, **self._sde)
                     loss, ratio = ppo_clip_loss(log_prob, record.log_probs[in_chunk.to(dev)],
-                                                advantages[k][in_chunk].to(dev), c.clip_range)
+                                                advantages[k][in_chunk].to(dev), c.epsilon)
                     kl = torch.zeros_like(loss)
                     if c.beta > 0:
                         with torch.no_grad(), policy.reference(), acc.autocast():
@@ -1159,7 +1162,7 @@ class FlowGRPOTrainer:
                     ratios.append(ratio.detach())
                     stats["loss"].append(loss.detach())
                     stats["kl"].append(kl.detach())
-                    stats["clipped"].append(((ratio.detach() - 1).abs() > c.clip_range).float())
+                    stats["clipped"].append(((ratio.detach() - 1).abs() > c.epsilon).float())
             if update == 0 and ratios:
                 first_dev = float((torch.cat(ratios) - 1).abs().max())
                 if first_dev > 1e-6:

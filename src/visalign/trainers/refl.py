@@ -47,7 +47,7 @@ Example (a random tiny class-conditional UNet, one ReFL iteration on a brightnes
     ...                    layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
     ...                    up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=2)
     >>> policy = ClassConditionalFlowPolicy(unet, ["a red circle", "a blue square"])
-    >>> config = ReFLConfig(mode="refl", num_steps=4, prompts_per_iteration=2, num_iterations=1, lora_rank=4,
+    >>> config = ReFLConfig(mode="refl", num_steps=4, prompts_per_iteration=2, max_steps=1, lora_r=4,
     ...                     eval_every=0, guidance_scale=1.0, output_dir=tempfile.mkdtemp())
     >>> trainer = ReFLTrainer(config, policy, TargetSimilarityReward("pixel", target=torch.ones(3, 8, 8)),
     ...                       ["a red circle", "a blue square"])
@@ -66,7 +66,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -138,6 +138,8 @@ class ReFLConfig:
     prompts, LoRA, optimiser, EMA, eval grid, checkpoints) take their help text from ``FlowGRPOConfig``.
     """
 
+    RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("lora_rank", "num_iterations")  # config.VOCABULARY
+
     algorithm: Literal["refl"] = option("refl", "the flow trainer's algorithm: refl (this config) or grpo "
                                         "(FlowGRPOConfig); also `visalign train flow --algorithm refl`")
     mode: Literal["refl", "draft"] = option(
@@ -193,7 +195,7 @@ class ReFLConfig:
     micro_batch_size: int = option(8, "samples per forward/backward pass; gradients accumulate over the iteration")
     # optimisation (shared with Flow-GRPO)
     lora: bool = _shared("lora")
-    lora_rank: int = _shared("lora_rank")
+    lora_r: int = _shared("lora_r")
     lora_alpha: float = _shared("lora_alpha")
     lora_target_modules: list[str] | None = _shared("lora_target_modules")  # noqa: RUF009 (a fresh field per call)
     learning_rate: float = _shared("learning_rate", 1e-4)
@@ -210,7 +212,7 @@ class ReFLConfig:
                                           source="DRaFT")
     cpu: bool = _shared("cpu")
     # run
-    num_iterations: int = _shared("num_iterations")
+    max_steps: int = _shared("max_steps")
     max_minutes: float | None = _shared("max_minutes")
     num_threads: int | None = _shared("num_threads")
     seed: int = _shared("seed")
@@ -818,7 +820,7 @@ class ReFLTrainer:
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> list[dict[str, Any]]:
-        """Run ``num_iterations`` iterations (from the resumed one); returns the per-iteration metrics.
+        """Run ``max_steps`` iterations (from the resumed one); returns the per-iteration metrics.
 
         The loop is the runtime's (:meth:`FlowGRPOTrainer.train`: eval grid before and every ``eval_every``,
         checkpoints, ``metrics.jsonl``, ``max_minutes``, final weights) with ReFL's iteration in place of
