@@ -53,18 +53,15 @@ Example (a random tiny class-conditional UNet, one iteration):
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import copy
-import dataclasses
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +69,21 @@ import yaml
 
 from ..rewards.base import Reward, Sample
 from ..rewards.specs import build_rewards, instantiate, parse_reward_specs
-from .config import config_to_dict, load_config, option, save_config
+from .config import config_to_dict, load_config, save_config
+from .ema import ParameterEMA
+from .flow_config import PRESETS, FlowGRPOConfig, describe_flow_options
+from .flow_math import (
+    config_sde_window,
+    depth_pruned_steps,
+    ppo_clip_loss,
+    pruning_active,
+    sde_window,
+    step_noise_levels,
+    trained_steps,
+    tree_advantages,
+    tree_rollout_nfe,
+    width_pruning_masks,
+)
 from .flow_policies import Conditioning, FlowPolicy, flow_policy_class, image_grid, load_flow_policy
 from .grpo import group_advantages, keyed_group_advantages
 from .runtime import (
@@ -88,8 +99,10 @@ from .runtime import (
     run_callbacks,
     trackers,
 )
-from .sde import depthwise_advantages, kl_to_reference
+from .sde import kl_to_reference
 
+# the config (flow_config), the math (flow_math) and the EMA (ema) live in their own modules and are
+# re-exported here, where users import the trainer from
 __all__ = [
     "PRESETS",
     "FlowGRPOConfig",
@@ -113,643 +126,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class FlowGRPOConfig:
-    """Options of :class:`FlowGRPOTrainer` (``describe_config(FlowGRPOConfig)`` prints the table).
-
-    ``preset`` sets every option whose meaning or default differs between visalign and a reference
-    repository (:data:`PRESETS`); an option given explicitly (YAML, ``--set``, keyword) overrides the
-    preset. Built with :func:`~visalign.trainers.config.load_config` or :meth:`from_preset` the explicit
-    options are known exactly; built directly (``FlowGRPOConfig(preset=..., beta=...)``) an option left
-    at its visalign default takes the preset's value. ``config.option_sources`` says where each value
-    came from (``visalign train flow CONFIG --describe`` prints it).
-    """
-
-    RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("clip_range", "lora_rank", "num_iterations")  # config.VOCABULARY
-
-    preset: Literal["visalign", "flow_grpo", "dance_grpo", "branch_grpo", "mix_grpo"] = option(
-        "visalign", "reference whose semantics and default hyperparameters to take (PRESETS; README table): "
-        "visalign (this package's defaults), flow_grpo (Flow-GRPO SD3.5-M), dance_grpo (DanceGRPO FLUX), "
-        "branch_grpo (BranchGRPO FLUX), mix_grpo (MixGRPO FLUX)")
-    # model and data
-    pretrained: str | None = option(None, "local directory: a StableDiffusion3Pipeline, a StableDiffusionPipeline "
-                                    "(SD1.5, DDIM), or a class-conditional UNet2DModel with classes.json "
-                                    "(train_flow_from_config only)")
-    resolution: int = option(512, "image size in pixels (pipeline policies)", source="Flow-GRPO (SD3.5-M)")
-    max_sequence_length: int = option(256, "text tokens per prompt (SD3, Qwen-Image, FLUX.2, Wan policies)",
-                                      source="diffusers SD3")
-    num_frames: int = option(81, "frames per video (video policies: Wan; num_frames - 1 divisible by the VAE's "
-                             "temporal factor)", source="diffusers Wan")
-    prompts: list[str] = option([], "training prompts (or prompts_file)")
-    prompts_file: str | None = option(None, "text file, one training prompt per line")
-    eval_prompts: list[str] = option([], "fixed prompts of the eval grid (or eval_prompts_file)")
-    eval_prompts_file: str | None = option(None, "text file, one eval prompt per line")
-    rewards: list | dict = option([], "rewards: a list of names or {name, weight, options} mappings (the older "
-                                  "name -> weight | {weight, <options>} mapping is read too; "
-                                  "train_flow_from_config only; names from visalign.rewards.REWARDS or "
-                                  "'package.module:Class')")
-    reward_aggregation: str = option("normalize_then_sum", "how several rewards combine (CompositeReward): sum, "
-                                     "normalize_then_sum or sum_then_normalize", source="Flow-GRPO")
-    # sampling
-    num_steps: int = option(10, "sampling steps in rollouts", source="Flow-GRPO")
-    guidance_scale: float = option(4.5, "classifier-free guidance in rollouts and training (1 = off)",
-                                   source="Flow-GRPO (SD3.5-M)")
-    sampler: Literal["auto", "sde", "cps", "ddim"] = option(
-        "auto", "stochastic step of rollouts and training. Flow-matching policies: sde (Flow-GRPO's SDE) or cps "
-        "(coefficients-preserving, Flow-GRPO's log-prob form); epsilon-prediction policies (SD1.5): ddim (DDPO). "
-        "auto: the policy's first, i.e. sde for flow matching, ddim for epsilon prediction",
-        source="Flow-GRPO / DDPO")
-    noise_level: float = option(0.7, "noise level a of every step, 0 = deterministic (ODE / DDIM eta 0). sde: "
-                                "sigma_t = a * sqrt(s / (1 - s)), a >= 0 (SD3.5: 0.7, FLUX: 0.9); cps: std = "
-                                "s' * sin(a * pi / 2), a in [0, 1]; ddim: eta >= 0 (DDPO: 1.0, the DDPM variance)",
-                                source="Flow-GRPO (SD3.5-M)")
-    noise_levels: list[float] | None = option(None, "one noise level per step, overriding noise_level "
-                                              "(depth-dependent noise)", source="Dynamic-TreeRPO")
-    sigma_mode: Literal["flow_grpo", "constant"] = option(
-        "flow_grpo", "sde sampler: sigma_t = noise_level * sqrt(s / (1 - s)) (flow_grpo) or sigma_t = noise_level "
-        "at every step (constant: DanceGRPO / BranchGRPO eta)", source="Flow-GRPO / DanceGRPO")
-    same_initial_noise: bool = option(False, "independent rollouts: the group_size trajectories of a prompt start "
-                                      "from the same initial noise (DanceGRPO's --init_same_noise)",
-                                      source="DanceGRPO")
-    # GRPO
-    prompts_per_iteration: int = option(8, "prompts (groups / trees) per iteration, over all processes")
-    group_size: int = option(24, "images per prompt for independent rollouts", source="Flow-GRPO")
-    batch_size: int = option(8, "samples per forward pass in rollouts and training")
-    timestep_fraction: float = option(0.99, "train the first int(num_steps * fraction) steps (the last step's "
-                                      "tiny std makes its log-density overflow)", source="Flow-GRPO")
-    epsilon: float = option(1e-4, "PPO clip range of the importance ratio (Flow-GRPO's clip_range)", source="Flow-GRPO")
-    beta: float = option(0.04, "KL-to-reference weight (0: no reference forward passes)",
-                         source="Flow-GRPO (GenEval/OCR; 0.01 PickScore)")
-    adv_clip: float = option(5.0, "advantages are clipped to +-adv_clip", source="Flow-GRPO")
-    std_eps: float = option(1e-4, "added to the group std of the rewards", source="Flow-GRPO")
-    global_std: bool = option(False, "divide advantages by the std of all rewards of the iteration (gathered over "
-                              "processes) instead of the group's", source="Flow-GRPO option")
-    adv_ddof: int = option(1, "delta degrees of freedom of the advantage std: 1 unbiased (torch.std: TRL, DanceGRPO, "
-                           "MixGRPO), 0 population (np.std: Flow-GRPO)", source="TRL")
-    group_by: Literal["slot", "prompt"] = option(
-        "slot", "advantage groups: slot (each drawn prompt slot is a group of group_size) or prompt (equal prompt "
-        "strings merge into one group, Flow-GRPO's PerPromptStatTracker)", source="visalign / Flow-GRPO")
-    per_prompt_stat_tracking: bool = option(True, "False: one batch mean and std for all samples (Flow-GRPO's "
-                                            "per_prompt_stat_tracking=False path)", source="Flow-GRPO")
-    drop_zero_advantage: bool = option(False, "leave trajectories whose advantage is exactly 0 out of training and "
-                                       "of the loss denominator (Flow-GRPO filters them before training)",
-                                       source="Flow-GRPO")
-    kl_form: Literal["exact", "flow_grpo"] = option(
-        "exact", "KL term: exact (the KL of the Gaussian step, divided by the step variance sigma_t^2 * -dt) or "
-        "flow_grpo ((mu - mu_ref)^2 / (2 sigma_t^2), Flow-GRPO's: -dt times the exact one, so a paper's beta "
-        "means the paper's penalty only with flow_grpo; sde sampler only)", source="visalign / Flow-GRPO")
-    timestep_selection: Literal["first", "random"] = option(
-        "first", "which steps are trained: first int(num_steps * timestep_fraction) (Flow-GRPO) or random: "
-        "int((num_steps - 1) * timestep_fraction) of the first num_steps - 1, drawn per iteration (DanceGRPO's "
-        "--ignore_last with a random permutation; DanceGRPO draws per sample)", source="Flow-GRPO / DanceGRPO")
-    num_inner_updates: int = option(1, "optimizer steps per iteration, each on its own share of the trajectories "
-                                    "(Flow-GRPO's SD3.5 recipe makes 2)")
-    # tree rollouts (BranchGRPO)
-    rollout: Literal["independent", "tree"] = option("independent", "independent (Flow-GRPO) or tree (BranchGRPO)")
-    split_steps: list[int] = option([0, 2, 4, 6], "tree: steps at which every node splits", source="BranchGRPO "
-                                    "(0, 3, 6, 9 of 20)")
-    branch_factor: int = option(2, "tree: children per split", source="BranchGRPO")
-    split_noise_scale: float = option(1.0, "tree: noise multiplier at split steps (see split_noise_mode)",
-                                      source="BranchGRPO")
-    split_noise_mode: Literal["level", "draw"] = option(
-        "level", "level: the noise level is scaled (std x scale, the SDE mean moves, the log-prob uses the scaled "
-        "std); draw: only the noise draw is scaled and the log-prob stays under the unscaled std (BranchGRPO's "
-        "flux_step_with_split)", source="visalign / BranchGRPO")
-    tree_std_eps: float | None = option(None, "tree: depth-wise advantages divide by std + tree_std_eps "
-                                        "(BranchGRPO: 1e-8); None: by max(std, 1e-6)", source="BranchGRPO")
-    width_pruning: bool = option(False, "tree: width pruning on (the rule: width_pruning_mode)", source="BranchGRPO")
-    width_pruning_mode: int = option(0, "0: at every depth train only transitions into the width_pruning_keep best "
-                                     "and worst nodes (visalign); 1: after the last split keep, per branch, the best "
-                                     "width_pruning_ratio by advantage; 2: after the last split keep the top and "
-                                     "bottom width_pruning_ratio/2 of all transitions by advantage (BranchGRPO)",
-                                     source="visalign / BranchGRPO")
-    width_pruning_keep: int = option(1, "tree: nodes kept at each end by width pruning mode 0")
-    width_pruning_ratio: float = option(0.5, "tree: fraction kept by width pruning modes 1 and 2", source="BranchGRPO")
-    depth_pruning: list[int] = option([], "not trained: steps (depth_pruning_mode step) or child depths = step + 1 "
-                                      "(child_depth, BranchGRPO's numbers)", source="BranchGRPO")
-    depth_pruning_mode: Literal["step", "child_depth"] = option(
-        "step", "step: depth_pruning lists steps, shifted later by one every depth_pruning_shift_every iterations "
-        "and wrapping modulo num_steps (visalign); child_depth: it lists child depths, sliding earlier by one every "
-        "depth_pruning_shift_every iterations (counted from 1) until the shallowest reaches depth_pruning_stop_depth "
-        "(BranchGRPO)", source="visalign / BranchGRPO")
-    depth_pruning_shift_every: int = option(0, "slide the pruned window by one every k iterations (0: fixed)",
-                                            source="BranchGRPO")
-    depth_pruning_stop_depth: int | None = option(None, "child_depth mode: the window stops sliding here "
-                                                  "(None: max(split_steps))", source="BranchGRPO")
-    pruning_step_ratio: float = option(1.0, "child_depth mode: depth and width pruning only while iteration + 1 <= "
-                                       "int(max_steps * ratio)", source="BranchGRPO")
-    # MixGRPO
-    sde_window_size: int = option(0, "steps of the SDE window; outside it the ODE is used and nothing is trained "
-                                  "(0: no window)", source="MixGRPO (4)")
-    sde_window_shift_every: int = option(25, "move the window every k iterations", source="MixGRPO")
-    sde_window_stride: int = option(1, "steps the window moves by", source="MixGRPO")
-    sde_window_mode: Literal["visalign", "mix_grpo"] = option(
-        "visalign", "visalign: the window slides over the trainable steps and wraps, always full size; mix_grpo: "
-        "start = k * stride rolls back to 0 after passing num_steps - 2 and the window is cut at num_steps - 2 "
-        "(MixGRPO's GRPOTrainingStates, progressive with roll_back)", source="visalign / MixGRPO")
-    # optimisation
-    lora: bool = option(True, "train a LoRA adapter (False: full fine-tune)", source="Flow-GRPO")
-    lora_r: int = option(32, "LoRA rank (peft's r)", source="Flow-GRPO")
-    lora_alpha: float = option(64.0, "LoRA alpha", source="Flow-GRPO")
-    lora_target_modules: list[str] | None = option(None, "peft target_modules (default: the policy's, attention "
-                                                   "projections to_q/to_k/to_v/to_out.0; for a UNet without "
-                                                   "attention its ResNet conv1/conv2)", source="Flow-GRPO")
-    learning_rate: float = option(3e-4, "AdamW learning rate (full fine-tune: ~1e-5)", source="Flow-GRPO")
-    adam_betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="Flow-GRPO")
-    weight_decay: float = option(1e-4, "AdamW weight decay", source="Flow-GRPO")
-    adam_eps: float = option(1e-8, "AdamW epsilon", source="Flow-GRPO")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", source="Flow-GRPO")
-    ema: bool = option(True, "keep an EMA of the trainable weights, used for eval", source="Flow-GRPO")
-    ema_decay: float = option(0.9, "EMA decay (warm-up: min(decay, (1 + n) / (10 + n)))", source="Flow-GRPO")
-    ema_every: int = option(8, "EMA update every k optimizer steps", source="Flow-GRPO")
-    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "accelerate mixed precision; with LoRA the "
-                                                            "frozen weights are cast to it. Log-probs stay float32")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
-    cpu: bool = option(False, "force the CPU even when a GPU is available")
-    # run
-    max_steps: int = option(100, "training iterations, each one sampled batch and its num_inner_updates "
-                                   "optimizer steps (Flow-GRPO's epochs)")
-    max_minutes: float | None = option(None, "stop after this many minutes of training (checked between "
-                                       "iterations, alike on every process; a wall-clock budget)")
-    num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
-    seed: int = option(0, "seed of prompts, noise and LoRA init")
-    output_dir: str = option("runs/flow_grpo", "metrics.jsonl, checkpoints, eval grids, final weights")
-    save_every: int = option(0, "checkpoint every k iterations (0: only the final weights)")
-    resume_from: str | None = option(None, "checkpoint directory, or 'latest': the newest checkpoint-<N> in "
-                                     "output_dir (a fresh start when there is none yet)")
-    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
-                                        "(without it or resume_from, such an output_dir is refused)",
-                                        source="HF Trainer")
-    progress: bool = option(True, "progress bar (with ETA and each reward's mean)")
-    eval_every: int = option(10, "eval grid every k iterations (0: never); also before the first iteration")
-    eval_num_steps: int = option(10, "ODE steps of the eval samples", source="Flow-GRPO uses 40 at 512 px")
-    eval_images_per_prompt: int = option(4, "columns of the eval grid")
-    eval_seed: int = option(1234, "noise seed of the eval grid (fixed over training)")
-    log_with: str | None = option("auto", "accelerate tracker: auto (tensorboard when installed), none, or a name")
-
-    def __post_init__(self) -> None:
-        parse_reward_specs(self.rewards)  # a bad reward entry fails here, before anything loads
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
-        explicit = _EXPLICIT.get()
-        values = PRESETS[self.preset].values
-        sources: dict[str, str] = {}
-        for f in dataclasses.fields(self):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            given = f.name in explicit if explicit is not None else getattr(self, f.name) != default
-            if f.name == "preset" or given:
-                sources[f.name] = "explicit"
-            elif f.name in values:
-                setattr(self, f.name, copy.deepcopy(values[f.name]))
-                sources[f.name] = f"preset {self.preset}"
-            else:
-                sources[f.name] = "default"
-        self.option_sources = sources
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> FlowGRPOConfig:
-        """Build from explicit options (what :func:`~visalign.trainers.config.load_config` calls): every key
-        given counts as explicit and overrides the preset, whatever its value."""
-        token = _EXPLICIT.set(frozenset(options))
-        try:
-            return cls(**options)
-        finally:
-            _EXPLICIT.reset(token)
-
-    @classmethod
-    def from_preset(cls, preset: str, **options: Any) -> FlowGRPOConfig:
-        """``preset``'s values with ``options`` on top (explicit, even when equal to a visalign default).
-
-        Example:
-            >>> c = FlowGRPOConfig.from_preset("flow_grpo", beta=0.0)
-            >>> c.beta, c.kl_form, c.adv_ddof, c.option_sources["beta"], c.option_sources["adv_ddof"]
-            (0.0, 'flow_grpo', 0, 'explicit', 'preset flow_grpo')
-        """
-        return cls.from_options({"preset": preset, **options})
-
-
-_EXPLICIT: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("flow_explicit", default=None)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A reference recipe: what it reproduces, the reference file, and the options it sets."""
-
-    reproduces: str
-    reference: str
-    values: Mapping[str, Any]
-
-
-#: Every option whose meaning or default differs from visalign's, per reference repository (read from
-#: the repositories' own code: yifan123/flow_grpo, XueZeyue/DanceGRPO, Fredreic1849/BranchGRPO,
-#: Tencent-Hunyuan/MixGRPO). What no option reproduces is listed in ``not_reproduced``.
-PRESETS: dict[str, Preset] = {
-    "visalign": Preset("visalign's own defaults (exact step KL, unbiased std, contiguous groups)", "-", {}),
-    "flow_grpo": Preset(
-        "Flow-GRPO, SD3.5-M GenEval/OCR recipe (config/grpo.py geneval_sd3 / general_ocr_sd3)",
-        "yifan123/flow_grpo: flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, flow_grpo/stat_tracking.py, "
-        "scripts/train_sd3.py, config/grpo.py",
-        {"sampler": "sde", "sigma_mode": "flow_grpo", "noise_level": 0.7, "num_steps": 10, "eval_num_steps": 40,
-         "guidance_scale": 4.5, "resolution": 512, "group_size": 24, "timestep_fraction": 0.99,
-         "timestep_selection": "first", "epsilon": 1e-4, "beta": 0.04, "kl_form": "flow_grpo", "adv_clip": 5.0,
-         "std_eps": 1e-4, "adv_ddof": 0, "global_std": True, "group_by": "prompt", "per_prompt_stat_tracking": True,
-         "drop_zero_advantage": True, "num_inner_updates": 2, "lora": True, "lora_r": 32, "lora_alpha": 64.0,
-         "learning_rate": 3e-4, "adam_betas": (0.9, 0.999), "weight_decay": 1e-4, "adam_eps": 1e-8,
-         "max_grad_norm": 1.0, "ema": True, "ema_decay": 0.9, "ema_every": 8}),
-    "dance_grpo": Preset(
-        "DanceGRPO, FLUX.1-dev HPS recipe (scripts/finetune/finetune_flux_grpo_8gpus.sh)",
-        "XueZeyue/DanceGRPO: fastvideo/train_grpo_flux.py (flux_step, train_one_step)",
-        {"sampler": "sde", "sigma_mode": "constant", "noise_level": 0.3, "num_steps": 16, "resolution": 720,
-         "guidance_scale": 3.5, "group_size": 12, "same_initial_noise": True, "timestep_fraction": 0.6,
-         "timestep_selection": "random", "epsilon": 1e-4, "beta": 0.0, "adv_clip": 5.0, "std_eps": 1e-8,
-         "adv_ddof": 1, "global_std": False, "group_by": "slot", "drop_zero_advantage": False, "lora": False,
-         "learning_rate": 1e-5, "weight_decay": 1e-4, "max_grad_norm": 0.01, "ema": True, "ema_decay": 0.995,
-         "ema_every": 1}),
-    "branch_grpo": Preset(
-        "BranchGRPO, FLUX.1-dev tree recipe (scripts/finetune/finetune_flux_branchgrpo_8gpus.sh)",
-        "Fredreic1849/BranchGRPO: fastvideo/train_branchgrpo_flux.py (flux_step_with_split, "
-        "compute_hierarchical_advantages_by_depth, train_one_step_tree)",
-        {"sampler": "sde", "sigma_mode": "constant", "noise_level": 0.3, "num_steps": 20, "resolution": 720,
-         "guidance_scale": 3.5, "rollout": "tree", "split_steps": [0, 3, 6, 9], "branch_factor": 2,
-         "split_noise_scale": 4.0, "split_noise_mode": "draw", "tree_std_eps": 1e-8, "same_initial_noise": False,
-         "timestep_fraction": 1.0, "timestep_selection": "first", "epsilon": 1e-3, "beta": 0.0, "adv_clip": 5.0,
-         "global_std": False, "depth_pruning_mode": "child_depth", "depth_pruning": [],
-         "depth_pruning_shift_every": 30, "depth_pruning_stop_depth": 9, "width_pruning": False,
-         "width_pruning_mode": 2, "width_pruning_ratio": 0.5, "pruning_step_ratio": 1.0, "lora": False,
-         "learning_rate": 1e-5, "weight_decay": 1e-4, "max_grad_norm": 1.0, "ema": False}),
-    "mix_grpo": Preset(
-        "MixGRPO, FLUX.1-dev recipe (scripts/finetune/finetune_flux_grpo_MixGRPO.sh, flow_grpo_sampling)",
-        "Tencent-Hunyuan/MixGRPO: fastvideo/train_grpo_flux.py, fastvideo/utils/grpo_states.py, "
-        "fastvideo/utils/sampling_utils.py (flow_grpo_step)",
-        {"sampler": "sde", "sigma_mode": "flow_grpo", "noise_level": 0.7, "num_steps": 25, "resolution": 720,
-         "guidance_scale": 3.5, "group_size": 12, "same_initial_noise": True, "sde_window_size": 4,
-         "sde_window_shift_every": 25, "sde_window_stride": 1, "sde_window_mode": "mix_grpo",
-         "timestep_fraction": 1.0, "timestep_selection": "first", "epsilon": 1e-4, "beta": 0.0, "adv_clip": 5.0,
-         "std_eps": 1e-8, "adv_ddof": 1, "global_std": False, "group_by": "slot", "lora": False,
-         "learning_rate": 1e-5, "weight_decay": 1e-4, "max_grad_norm": 1.0, "ema": False}),
-}
-
-
-def describe_flow_options(source: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> str:
-    """A markdown table of the resolved options of a flow config and where each value came from:
-    ``--set`` (``overrides``), ``config`` (the file or mapping), ``preset <name>``, or ``default``.
-
-    Example:
-        >>> print(describe_flow_options({"preset": "dance_grpo"}, beta=0.01).splitlines()[2])
-        | `preset` | `'dance_grpo'` | config |
-    """
-    data: dict[str, Any] = {}
-    if source is not None:
-        data = dict(source) if isinstance(source, Mapping) else dict(yaml.safe_load(Path(source).read_text()) or {})
-        if isinstance(data.get("flow"), Mapping):
-            data = dict(data["flow"])
-    config = load_config(FlowGRPOConfig, source, section="flow", **overrides)
-    rows = ["| option | value | from |", "| --- | --- | --- |"]
-    for f in dataclasses.fields(config):
-        where = ("--set" if f.name in overrides else "config" if f.name in data
-                 else config.option_sources.get(f.name, "default"))
-        rows.append(f"| `{f.name}` | `{getattr(config, f.name)!r}` | {where} |")
-    return "\n".join(rows)
-
-
-# --------------------------------------------------------------------------------------------- math
-
-
-def tree_rollout_nfe(num_steps: int, split_steps: Sequence[int], branch_factor: int, roots: int = 1,
-                     cfg: bool = False) -> int:
-    """Denoiser forward passes of a tree rollout: ``roots * sum_k B ** #{s in split_steps: s < k}``, x2 with CFG.
-
-    (A node at step ``k`` runs one forward pass; its children at a split share it.)
-
-    Example:
-        >>> tree_rollout_nfe(4, [0, 2], 2, roots=3, cfg=True)  # 3 * (1 + 2 + 2 + 4) * 2
-        54
-    """
-    live = sum(branch_factor ** sum(s < k for s in split_steps) for k in range(num_steps))
-    return roots * live * (2 if cfg else 1)
-
-
-def sde_window(num_steps: int, iteration: int, size: int, shift_every: int, stride: int = 1,
-               trainable: int | None = None, mode: str = "visalign") -> range:
-    """MixGRPO's SDE window at ``iteration``: ``size`` consecutive steps starting at
-    ``(iteration // shift_every) * stride``, wrapping within the first ``trainable`` steps.
-    ``size`` 0 (or >= trainable) means every step.
-
-    ``mode="mix_grpo"``: MixGRPO's ``GRPOTrainingStates`` (progressive, ``prog_overlap``, ``roll_back``,
-    ``max_timesteps = num_steps - 2``): the start moves by ``stride`` every ``shift_every`` iterations,
-    rolls back to 0 once it passes ``num_steps - 2``, and the window is ``range(start, min(start + size,
-    num_steps - 2))`` (cut short near the end, empty at ``start == num_steps - 2``; ``trainable`` unused).
-
-    Example:
-        >>> [list(sde_window(10, it, 4, 25)) for it in (0, 25, 150, 175)]
-        [[0, 1, 2, 3], [1, 2, 3, 4], [6, 7, 8, 9], [0, 1, 2, 3]]
-        >>> [list(sde_window(10, it, 4, 25, mode="mix_grpo")) for it in (0, 125, 175, 200, 225)]
-        [[0, 1, 2, 3], [5, 6, 7], [7], [], [0, 1, 2, 3]]
-    """
-    if mode == "mix_grpo":
-        if size <= 0:
-            return range(num_steps)
-        last = num_steps - 2
-        positions = last // max(stride, 1) + 1
-        start = ((iteration // max(shift_every, 1)) % positions) * stride
-        return range(start, max(start, min(start + size, last)))
-    if mode != "visalign":
-        raise ValueError(f"sde_window mode must be 'visalign' or 'mix_grpo', got {mode!r}")
-    trainable = num_steps if trainable is None else trainable
-    if size <= 0 or size >= trainable:
-        return range(num_steps)
-    positions = trainable - size + 1
-    start = ((iteration // max(shift_every, 1)) * stride) % positions
-    return range(start, start + size)
-
-
-def step_noise_levels(config: FlowGRPOConfig, iteration: int) -> list[float]:
-    """The noise level of every sampling step at ``iteration``: ``noise_levels`` or ``noise_level``, x
-    ``split_noise_scale`` at tree split steps, and 0 (ODE) outside the MixGRPO window.
-
-    Example:
-        >>> step_noise_levels(FlowGRPOConfig(num_steps=4, sde_window_size=2, noise_level=0.5), 0)
-        [0.5, 0.5, 0.0, 0.0]
-    """
-    t = config.num_steps
-    levels = list(config.noise_levels) if config.noise_levels is not None else [config.noise_level] * t
-    if len(levels) != t:
-        raise ValueError(f"noise_levels has {len(levels)} entries for {t} steps")
-    if config.rollout == "tree" and config.split_noise_mode == "level":
-        levels = [a * config.split_noise_scale if k in config.split_steps else a for k, a in enumerate(levels)]
-    window = _window(config, iteration)
-    return [float(a) if k in window else 0.0 for k, a in enumerate(levels)]
-
-
-def _window(config: FlowGRPOConfig, iteration: int) -> range:
-    return sde_window(config.num_steps, iteration, config.sde_window_size, config.sde_window_shift_every,
-                      config.sde_window_stride, _num_trainable(config), config.sde_window_mode)
-
-
-def _num_trainable(config: FlowGRPOConfig) -> int:
-    return max(1, min(config.num_steps, int(config.num_steps * config.timestep_fraction)))
-
-
-def pruning_active(config: FlowGRPOConfig, iteration: int) -> bool:
-    """Whether depth and width pruning apply at ``iteration`` (0-based). ``depth_pruning_mode`` child_depth:
-    BranchGRPO's ``pruning_step_ratio`` (its training steps count from 1: prune while ``iteration + 1 <=
-    int(max_steps * ratio)``); step mode: always.
-
-    Example:
-        >>> c = FlowGRPOConfig(depth_pruning_mode="child_depth", max_steps=10, pruning_step_ratio=0.5)
-        >>> [pruning_active(c, it) for it in (3, 4, 5)]
-        [True, True, False]
-    """
-    if config.depth_pruning_mode != "child_depth":
-        return True
-    return iteration + 1 <= int(config.max_steps * config.pruning_step_ratio)
-
-
-def depth_pruned_steps(config: FlowGRPOConfig, iteration: int) -> set[int]:
-    """The steps depth pruning leaves untrained at ``iteration`` (0-based).
-
-    ``depth_pruning_mode="step"`` (visalign): ``depth_pruning`` lists steps, shifted *later* by one every
-    ``depth_pruning_shift_every`` iterations, modulo ``num_steps``.
-    ``"child_depth"`` (BranchGRPO's ``train_one_step_tree``): ``depth_pruning`` lists child depths
-    (step + 1); with ``depth_pruning_shift_every = k > 0`` (``--depth_pruning_slide``) the window slides
-    *earlier* by ``shift = min((iteration + 1) // k, max(0, min(depths) - stop_depth))`` with ``stop_depth
-    = depth_pruning_stop_depth`` (None: ``max(split_steps)``); no pruning once :func:`pruning_active` is
-    False.
-
-    Example:
-        >>> c = FlowGRPOConfig(num_steps=20, depth_pruning=[15, 16, 17, 18], depth_pruning_mode="child_depth",
-        ...                    depth_pruning_shift_every=30, depth_pruning_stop_depth=9, split_steps=[0, 3, 6, 9],
-        ...                    max_steps=300)
-        >>> [sorted(depth_pruned_steps(c, it)) for it in (0, 29, 299)]
-        [[14, 15, 16, 17], [13, 14, 15, 16], [8, 9, 10, 11]]
-    """
-    t = config.num_steps
-    if not config.depth_pruning:
-        return set()
-    if config.depth_pruning_mode == "step":
-        shift = iteration // config.depth_pruning_shift_every if config.depth_pruning_shift_every > 0 else 0
-        return {(s + shift) % t for s in config.depth_pruning}
-    if config.depth_pruning_mode != "child_depth":
-        raise ValueError(f"depth_pruning_mode must be 'step' or 'child_depth', got {config.depth_pruning_mode!r}")
-    if not pruning_active(config, iteration):
-        return set()
-    depths = sorted(config.depth_pruning)
-    if config.depth_pruning_shift_every > 0:
-        stop = config.depth_pruning_stop_depth
-        if stop is None:
-            stop = max(config.split_steps) if config.split_steps else 0
-        shift = min((iteration + 1) // config.depth_pruning_shift_every, max(0, depths[0] - stop))
-        depths = [d - shift for d in depths]
-    return {d - 1 for d in depths}
-
-
-def trained_steps(config: FlowGRPOConfig, iteration: int) -> list[int]:
-    """Steps trained at ``iteration``: the candidates, inside the SDE window, with a non-zero noise level,
-    minus the depth-pruned steps (:func:`depth_pruned_steps`).
-
-    Candidates: ``timestep_selection="first"``: the first ``int(num_steps * timestep_fraction)`` (Flow-GRPO;
-    the ``branch_grpo`` preset's fraction 1.0 trains every tree edge as BranchGRPO does);
-    ``"random"``: ``int((num_steps - 1) * timestep_fraction)`` of the first ``num_steps - 1`` steps, drawn
-    from ``(seed, iteration)`` (DanceGRPO's ``--ignore_last`` and ``randperm``; DanceGRPO draws one
-    permutation per sample, visalign one per iteration).
-
-    Example:
-        >>> trained_steps(FlowGRPOConfig(num_steps=10), 0)
-        [0, 1, 2, 3, 4, 5, 6, 7, 8]
-        >>> trained_steps(FlowGRPOConfig(num_steps=10, depth_pruning=[0, 1], depth_pruning_shift_every=5), 5)
-        [0, 3, 4, 5, 6, 7, 8]
-        >>> len(trained_steps(FlowGRPOConfig(num_steps=16, timestep_selection="random", timestep_fraction=0.6), 3))
-        9
-    """
-    t = config.num_steps
-    pruned = depth_pruned_steps(config, iteration)
-    levels = step_noise_levels(config, iteration)
-    if config.timestep_selection == "random":
-        n = int((t - 1) * config.timestep_fraction)
-        candidates = sorted(int(k) for k in np.random.default_rng([config.seed, iteration, 77]).permutation(t - 1)[:n])
-    elif config.timestep_selection == "first":
-        candidates = list(range(_num_trainable(config)))
-    else:
-        raise ValueError(f"timestep_selection must be 'first' or 'random', got {config.timestep_selection!r}")
-    return [k for k in candidates if levels[k] > 0 and k not in pruned]
-
-
-def _impute_missing(leaf_rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """NaN leaves take their tree's mean of valid leaves (0 if none); returns (rewards, valid mask)."""
-    valid = ~torch.isnan(leaf_rewards)
-    counts = valid.sum(-1, keepdim=True)
-    means = torch.where(valid, leaf_rewards, torch.zeros_like(leaf_rewards)).sum(-1, keepdim=True) / counts.clamp(min=1)
-    return torch.where(valid, leaf_rewards, means.expand_as(leaf_rewards)), valid
-
-
-def tree_advantages(leaf_rewards: torch.Tensor, num_steps: int, split_steps: Sequence[int],
-                    branch_factor: int, eps: float | None = None) -> list[torch.Tensor]:
-    """:func:`~visalign.trainers.sde.depthwise_advantages` for ``(trees, leaves)`` rewards that may hold NaN
-    (missing): a missing leaf takes its tree's mean of valid leaves, and the transitions after the last
-    split that lead only to it get advantage 0. ``eps``: as in
-    :func:`~visalign.trainers.sde.depthwise_advantages` (BranchGRPO: 1e-8).
-
-    Example:
-        >>> adv = tree_advantages(torch.tensor([[1.0, 2.0, 3.0, float("nan")]]), 3, [0, 1], 2)
-        >>> [round(a, 3) for a in adv[-1][0].tolist()]  # the NaN leaf counts as 2.0 at shallower depths
-        [-1.225, 0.0, 1.225, 0.0]
-    """
-    filled, valid = _impute_missing(leaf_rewards.double())
-    adv = depthwise_advantages(filled, num_steps, split_steps, branch_factor, eps=eps)
-    last_split = max(split_steps) if len(split_steps) else -1
-    return [torch.where(valid, a, torch.zeros_like(a)) if k > last_split else a for k, a in enumerate(adv)]
-
-
-def width_pruning_masks(leaf_rewards: torch.Tensor, num_steps: int, split_steps: Sequence[int], branch_factor: int,
-                        keep: int = 1, *, mode: int = 0, ratio: float = 0.5, steps: Sequence[int] | None = None,
-                        eps: float | None = None) -> list[torch.Tensor]:
-    """Width pruning: which transitions of each step are trained, ``(trees, nodes)`` bools.
-
-    ``mode=0`` (visalign): at every depth with more than ``2 * keep`` nodes per tree, only the transitions
-    into the ``keep`` best and ``keep`` worst nodes by mean leaf reward (missing leaves imputed as in
-    :func:`tree_advantages`; ties: the leftmost) are trained; after the last split those are the best and
-    worst leaf chains.
-
-    ``mode=1`` / ``mode=2`` (BranchGRPO's ``train_one_step_tree``, ``width_pruning_mode``): only the
-    transitions of steps after the last split step that are still trained (``steps``, e.g. after depth
-    pruning; default every step) are pruned, over all ``trees`` given (BranchGRPO: the trees of one
-    process), ranked by their depth-wise advantage (:func:`tree_advantages` with ``eps``) with a stable
-    descending sort of the transitions listed tree by tree, branch by branch, step by step. Mode 1 keeps,
-    per branch (the chain below a node of the last split), the first ``max(1, int(n * ratio))``; mode 2
-    keeps the first ``keep // 2`` and the last ``keep - keep // 2`` of all, ``keep = max(2, int(n *
-    ratio))``. Transitions at or before the last split are all kept. Element ``k`` refers to the
-    transitions of step ``k`` (nodes at depth ``k + 1``).
-
-    Example:
-        >>> masks = width_pruning_masks(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), 3, [0, 1], 2)
-        >>> [m[0].tolist() for m in masks]
-        [[True, True], [True, False, False, True], [True, False, False, True]]
-        >>> masks = width_pruning_masks(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), 4, [0, 1], 2, mode=2)
-        >>> [m[0].tolist() for m in masks[2:]]  # 8 transitions after the last split: keep 2 best, 2 worst
-        [[True, False, False, True], [True, False, False, True]]
-    """
-    if mode in (1, 2):
-        return _branch_width_masks(leaf_rewards, num_steps, split_steps, branch_factor, mode, ratio, steps, eps)
-    if mode != 0:
-        raise ValueError(f"width pruning mode must be 0, 1 or 2, got {mode!r}")
-    filled, _ = _impute_missing(leaf_rewards.double())
-    trees, leaves = filled.shape
-    out = []
-    for depth in range(1, num_steps + 1):
-        nodes = branch_factor ** sum(s < depth for s in split_steps)
-        node_rewards = filled.reshape(trees, nodes, leaves // nodes).mean(-1)
-        mask = torch.ones(trees, nodes, dtype=torch.bool)
-        if nodes > 2 * keep:
-            mask[:] = False
-            order = torch.sort(node_rewards, dim=-1, stable=True).indices
-            mask.scatter_(1, order[:, :keep], True)
-            mask.scatter_(1, order[:, -keep:], True)
-        out.append(mask)
-    return out
-
-
-def _branch_width_masks(leaf_rewards: torch.Tensor, num_steps: int, split_steps: Sequence[int], branch_factor: int,
-                        mode: int, ratio: float, steps: Sequence[int] | None, eps: float | None) -> list[torch.Tensor]:
-    trees = leaf_rewards.shape[0]
-    nodes = [branch_factor ** sum(s < k + 1 for s in split_steps) for k in range(num_steps)]
-    masks = [torch.ones(trees, n, dtype=torch.bool) for n in nodes]
-    if not split_steps:
-        return masks
-    last = max(split_steps)
-    pool_steps = [k for k in range(last + 1, num_steps) if steps is None or k in set(steps)]
-    if not pool_steps:
-        return masks
-    adv = tree_advantages(leaf_rewards, num_steps, split_steps, branch_factor, eps=eps)
-    for k in pool_steps:
-        masks[k][:] = False
-    # the transitions after the last split in BranchGRPO's depth-first order: tree, branch, step
-    pool = [(t, j, k) for t in range(trees) for j in range(nodes[last]) for k in pool_steps]
-    key = [-float(adv[k][t, j]) for t, j, k in pool]
-    if mode == 2:
-        order = sorted(range(len(pool)), key=key.__getitem__)  # stable: ties keep the depth-first order
-        keep = max(2, int(len(pool) * ratio))
-        best = keep // 2
-        chosen = order[:best] + (order[-(keep - best):] if keep - best > 0 else [])
-    else:
-        chosen = []
-        per_branch = len(pool_steps)
-        for start in range(0, len(pool), per_branch):
-            block = sorted(range(start, start + per_branch), key=key.__getitem__)
-            chosen += block[:max(1, int(per_branch * ratio))]
-    for i in chosen:
-        t, j, k = pool[i]
-        masks[k][t, j] = True
-    return masks
-
-
-def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                  epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-transition PPO-clip loss ``max(-A r, -A clip(r, 1 - eps, 1 + eps))`` and the ratio ``r``.
-
-    Example:
-        >>> loss, ratio = ppo_clip_loss(torch.tensor([0.0, 0.1]), torch.zeros(2), torch.tensor([1.0, 1.0]), 1e-4)
-        >>> [round(x, 4) for x in loss.tolist()], [round(x, 4) for x in ratio.tolist()]
-        ([-1.0, -1.0001], [1.0, 1.1052])
-    """
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon)
-    return torch.maximum(unclipped, clipped), ratio
-
-
-class ParameterEMA:
-    """Exponential moving average of parameters (Flow-GRPO's ``EMAModuleWrapper``): every ``update_every``
-    calls of :meth:`step`, ``shadow <- d * shadow + (1 - d) * p`` with ``d = min(decay, (1 + n) / (10 + n))``.
-
-    Example:
-        >>> p = torch.nn.Parameter(torch.zeros(2))
-        >>> ema = ParameterEMA([p], decay=0.5, update_every=1)
-        >>> p.data += 1.0; ema.step([p])  # d = min(0.5, 1 / 10)
-        >>> [round(x, 4) for x in ema.shadow[0].tolist()]
-        [0.9, 0.9]
-    """
-
-    def __init__(self, parameters: Sequence[torch.nn.Parameter], decay: float = 0.9, update_every: int = 8) -> None:
-        self.decay, self.update_every = decay, max(1, update_every)
-        self.shadow = [p.detach().float().clone() for p in parameters]
-        self.calls = 0
-        self.updates = 0
-
-    @torch.no_grad()
-    def step(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        self.calls += 1
-        if self.calls % self.update_every:
-            return
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for s, p in zip(self.shadow, parameters, strict=True):
-            s.mul_(d).add_(p.detach().float(), alpha=1 - d)
-        self.updates += 1
-
-    @contextlib.contextmanager
-    def swapped_in(self, parameters: Sequence[torch.nn.Parameter]) -> Iterator[None]:
-        """Within the context the parameters hold the EMA weights."""
-        backup = [p.detach().clone() for p in parameters]
-        with torch.no_grad():
-            for s, p in zip(self.shadow, parameters, strict=True):
-                p.copy_(s.to(p.dtype))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for b, p in zip(backup, parameters, strict=True):
-                    p.copy_(b)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"shadow": [s.cpu() for s in self.shadow], "calls": self.calls, "updates": self.updates}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.shadow = [s.to(old.device) for s, old in zip(state["shadow"], self.shadow, strict=True)]
-        self.calls, self.updates = int(state["calls"]), int(state["updates"])
 
 
 # ------------------------------------------------------------------------------------------ rollouts
@@ -970,7 +346,7 @@ class FlowGRPOTrainer:
         self.iteration += 1
         return {"iteration": self.iteration, **reward_metrics, **adv_metrics, **train_metrics,
                 "nfe/rollout": self._sum_over_processes(rollout.nfe),
-                "noise_levels": levels, "sde_window": list(_window(c, it)),
+                "noise_levels": levels, "sde_window": list(config_sde_window(c, it)),
                 "time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2}
 
     # ----------------------------------------------------------------------------- rollouts
@@ -1282,7 +658,7 @@ class FlowGRPOTrainer:
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), path / "ema.pt")
             c = self.config
-            state = {"iteration": self.iteration, "sde_window": list(_window(c, self.iteration))}
+            state = {"iteration": self.iteration, "sde_window": list(config_sde_window(c, self.iteration))}
             (path / "trainer_state.json").write_text(json.dumps(state))
         acc.wait_for_everyone()
         return path
