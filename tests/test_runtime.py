@@ -253,3 +253,41 @@ def test_one_vocabulary_across_trainers_and_old_names_load_with_a_warning(caplog
         load_config(FlowGRPOConfig, {"lora_rank": 4, "lora_r": 8})
     # in the GRPO trainer num_iterations keeps TRL's meaning (optimizer steps per generation batch)
     assert load_config(GRPOConfig, {"num_iterations": 2}).num_iterations == 2
+
+
+@pytest.mark.slow
+def test_flow_lora_final_reloads_by_itself_and_names_its_base(tmp_path: Path) -> None:
+    """Issue 13.5: a LoRA run's final/ held the adapter alone; load_flow_policy(final) now rebuilds the
+    base it was trained from with the adapter merged, and a run given its policy as an object says how
+    to load it (base=) instead of failing on missing files."""
+    import json
+
+    import torch
+
+    from visalign.trainers.flow_policies import load_flow_policy
+
+    base = tmp_path / "base"
+    trainer = _flow_trainer(tmp_path / "seed", max_steps=0)
+    trainer.policy.model.save_pretrained(str(base))
+    (base / "classes.json").write_text(json.dumps(list(trainer.policy.classes)))
+    out = tmp_path / "run"
+    lora = _flow_trainer(out, max_steps=2, lora=True, lora_r=4, lora_alpha=8.0, pretrained=str(base), ema=False)
+    lora.train()
+    info = json.loads((out / "final" / "visalign_final.json").read_text())
+    assert info["weights"] == "adapter" and info["base"] == str(base.resolve())
+    reloaded = load_flow_policy(out / "final")
+    merged = lora.policy.model.merge_and_unload()  # the trained policy with its adapter folded in
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, labels = torch.full((2,), 500), torch.tensor([0, 1])
+    with torch.no_grad():
+        want, got = merged(x, t, class_labels=labels).sample, reloaded.model(x, t, class_labels=labels).sample
+    moved = (want - trainer.policy.model(x, t, class_labels=labels).sample).abs().max()
+    assert moved > 0  # training changed the model, so the comparison below can fail
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()  # the same merge, in another order of float adds
+    # the run given its policy as an object: the error names the way out
+    (out / "final" / "visalign_final.json").write_text(json.dumps({**info, "base": None}))
+    with pytest.raises(ValueError, match=r"base=BASE_DIR"):
+        load_flow_policy(out / "final")
+    again = load_flow_policy(out / "final", base=base)
+    with torch.no_grad():
+        assert torch.allclose(again.model(x, t, class_labels=labels).sample, want, atol=1e-5)

@@ -85,6 +85,7 @@ from .flow_math import (
     width_pruning_masks,
 )
 from .flow_policies import Conditioning, FlowPolicy, flow_policy_class, image_grid, load_flow_policy
+from .flow_policies.registry import FINAL_MANIFEST
 from .grpo import group_advantages, keyed_group_advantages
 from .runtime import (
     Callback,
@@ -688,25 +689,32 @@ class FlowGRPOTrainer:
         self.iteration = json.loads((path / "trainer_state.json").read_text())["iteration"]
 
     def save_final(self) -> Path | None:
-        """The trained weights in ``output_dir/final`` (a peft adapter, or the diffusers model);
+        """The trained weights in ``output_dir/final`` (a peft adapter, or the diffusers model) with what
+        :func:`~visalign.trainers.flow_policies.load_flow_policy` needs to rebuild the policy from them;
         the EMA weights too (``final_ema``) when EMA is on."""
         if not self.accelerator.is_main_process:
             return None
         path = self.output_dir / "final"
         self.policy.model.save_pretrained(str(path))
-        _save_policy_extras(self.policy, path)
+        _save_policy_extras(self.policy, path, self.config.pretrained)
         if self.ema is not None:
             with self.ema.swapped_in(self.params):
                 self.policy.model.save_pretrained(str(self.output_dir / "final_ema"))
-            _save_policy_extras(self.policy, self.output_dir / "final_ema")
+            _save_policy_extras(self.policy, self.output_dir / "final_ema", self.config.pretrained)
         return path
 
 
-def _save_policy_extras(policy: FlowPolicy, path: Path) -> None:
-    """What ``load_flow_policy`` needs beside the weights: a class-conditional UNet's ``classes.json``."""
+def _save_policy_extras(policy: FlowPolicy, path: Path, base: str | None = None) -> None:
+    """What ``load_flow_policy`` needs beside the weights: a class-conditional UNet's ``classes.json`` and
+    :data:`~visalign.trainers.flow_policies.registry.FINAL_MANIFEST` (adapter or full weights, and the
+    base directory they were trained from)."""
     classes = getattr(policy, "classes", None)
     if classes is not None:
         (path / "classes.json").write_text(json.dumps(list(classes), indent=1) + "\n")
+    model = policy.model.get_base_model() if policy.lora else policy.model
+    manifest = {"weights": "adapter" if policy.lora else "full", "model": type(model).__name__,
+                "base": str(Path(base).resolve()) if base else None}
+    (path / FINAL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def captioned_grid(images: Sequence[Any], prompts: Sequence[str], scores: Sequence[float | None], columns: int,
