@@ -4,7 +4,9 @@ supports it (R1-Reward's rule-based rewards; UnifiedReward-Think uses the first 
 A judge answers ``<think>reasoning</think><answer>VERDICT</answer>``: ``1`` / ``2`` when it compares two
 images (pairwise), ``good`` / ``bad`` (or a score) when it rates one (pointwise). The label comes with the
 sample, ``sample.metadata["label"]`` (the GRPO judge trainer puts it there from the row), and the allowed
-verdicts with ``metadata["choices"]`` or the reward's ``choices``. Nothing is rendered.
+verdicts with ``metadata["choices"]`` or the reward's ``choices``. Nothing is rendered. Answers are read by
+:func:`parse_verdict` / :func:`format_ok` (:mod:`visalign.rewards.judge.parsing`, re-exported here), the parser
+``vlm_judge`` uses for a trained judge too, so a judge is paid in training for what it is read as in use.
 
 * :class:`VerdictFormatReward` (``verdict_format``): 1.0 when the whole answer is exactly
   ``<think>...</think><answer>...</answer>`` with one tag of each (R1-Reward's ``verify_format``), else 0.0.
@@ -38,11 +40,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .base import Reward, RewardOutput, Sample
 from .judge import JudgeBackend, JudgeRequest
+from .judge.parsing import Verdict, format_ok, normalise_verdict, parse_verdict
 
 __all__ = [
     "DEFAULT_CUES",
@@ -54,91 +56,6 @@ __all__ = [
     "parse_verdict",
     "rule_consistency",
 ]
-
-#: R1-Reward's format: the whole answer is one think block then one answer block, nothing around them.
-_FORMAT = re.compile(r"^<think>.*?</think><answer>.*?</answer>$", re.S)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
-_THINK = re.compile(r"<think>(.*?)</think>", re.S)
-_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-
-
-def format_ok(text: str) -> bool:
-    """R1-Reward's ``verify_format``: ``<think>...</think><answer>...</answer>`` and nothing else (the
-    answer stripped of surrounding whitespace), each of the four tags exactly once. Counting the opening
-    tags only passed ``<think>a</answer>b</think></think><answer>1</answer>``, a broken answer a tiny judge
-    learned to write while the format reward still paid for it.
-
-    Example:
-        >>> format_ok("<think>a</think><answer>1</answer>"), format_ok("<think>a</think> <answer>1</answer>")
-        (True, False)
-        >>> format_ok("<think>a</answer>b</think></think><answer>1</answer>")
-        False
-    """
-    text = text.strip()
-    return bool(_FORMAT.match(text)) and all(text.count(tag) == 1 for tag in _TAGS)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A parsed judge answer.
-
-    Attributes:
-        answer: the verdict, normalised (lower case, one of ``choices`` when they were given; a number's
-            text for numeric verdicts), or None when there is none.
-        reasoning: the text of the first ``<think>`` block ('' without one).
-        format_ok: :func:`format_ok` of the answer.
-        error: why ``answer`` is None, else None.
-    """
-
-    answer: str | None
-    reasoning: str
-    format_ok: bool
-    error: str | None = None
-
-
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().strip("*\"'`.:;!").strip()).lower()
-
-
-def parse_verdict(text: str | None, choices: Sequence[str] | None = None) -> Verdict:
-    """Read the verdict of a judge's answer: the content of the first ``<answer>...</answer>``.
-
-    With ``choices``, the verdict is the choice the content equals (case, spaces, quotes, ``*`` and end
-    punctuation ignored), or the one choice it names as a whole word ("Image 1" -> ``1``); content that
-    names none or several is no verdict. Without ``choices`` the normalised content is the verdict.
-    No ``<answer>`` block is no verdict: nothing is guessed from the reasoning (R1-Reward's inference
-    script falls back to the last 1 / 2 in the text; a reward must not pay for that).
-
-    Example:
-        >>> parse_verdict("<think>x</think><answer> **Good**. </answer>", ["good", "bad"]).answer
-        'good'
-        >>> parse_verdict("<think>x</think><answer>Image 2</answer>", ["1", "2"]).answer
-        '2'
-        >>> parse_verdict("image 1 is better", ["1", "2"]).error
-        'no <answer>...</answer> block'
-    """
-    if text is None:
-        return Verdict(None, "", False, "no answer")
-    think = _THINK.search(text)
-    reasoning = think.group(1).strip() if think else ""
-    ok = format_ok(text)
-    m = _ANSWER.search(text)
-    if m is None:
-        return Verdict(None, reasoning, ok, "no <answer>...</answer> block")
-    content = _normalise(m.group(1))
-    if not content:
-        return Verdict(None, reasoning, ok, "empty <answer> block")
-    if choices is None:
-        return Verdict(content, reasoning, ok)
-    allowed = [_normalise(c) for c in choices]
-    if content in allowed:
-        return Verdict(content, reasoning, ok)
-    named = [c for c in allowed if re.search(rf"(?<![\w.]){re.escape(c)}(?![\w.])", content)]
-    if len(named) == 1:
-        return Verdict(named[0], reasoning, ok)
-    what = "names several choices" if named else "is not one of"
-    return Verdict(None, reasoning, ok, f"answer {content[:60]!r} {what} {allowed}")
-
 
 #: Verdict cues per choice for :func:`rule_consistency` (regular expressions, matched as whole words).
 DEFAULT_CUES: dict[str, list[str]] = {
@@ -266,7 +183,7 @@ def _label_of(sample: Sample, key: str) -> Any:
 
 def _choices(sample: Sample, default: Sequence[str] | None) -> list[str] | None:
     choices = sample.metadata.get("choices", default)
-    return None if choices is None else [_normalise(str(c)) for c in choices]
+    return None if choices is None else [normalise_verdict(str(c)) for c in choices]
 
 
 def _number(text: str | None) -> float | None:
@@ -339,7 +256,7 @@ class VerdictReward(Reward):
         if isinstance(label, (int, float)) and not isinstance(label, bool):
             value = _number(answer)
             return value is not None and abs(value - float(label)) <= self.tolerance + 1e-12
-        return answer == _normalise(str(label))
+        return answer == normalise_verdict(str(label))
 
     def score(self, samples: list[Sample]) -> RewardOutput:
         verdicts = [parse_verdict(s.completion, _choices(s, self.choices)) for s in samples]

@@ -8,7 +8,8 @@ The VLM GRPO trainer (:class:`~visalign.trainers.vlm.VLMGRPOTrainer`) on text an
   **pairwise** (the two images in a seeded random order, after the reference when there is one; the
   verdict ``1`` or ``2`` names the better one) or **pointwise** (one image, after the reference; the
   verdict ``good`` or ``bad``);
-* the prompt asks for R1-Reward's format, ``<think>reasoning</think><answer>verdict</answer>``;
+* the prompt asks for R1-Reward's format, ``<think>reasoning</think><answer>verdict</answer>``; it is built
+  by :func:`visalign.rewards.judge.prompts.judge_prompt`, as ``vlm_judge`` asks the trained judge;
 * rewards (:mod:`visalign.rewards.verdict`, nothing rendered): ``verdict`` (correctness against the
   row's label, times R1-Reward's consistency bonus) + 0.5 ``verdict_format``;
 * StableReinforce on (``pre_clip_log_ratio``, ``advantage_filter``);
@@ -41,6 +42,7 @@ from typing import Any
 from PIL import Image
 
 from ..rewards import Sample
+from ..rewards.judge.prompts import CHOICES, judge_instruction, judge_prompt
 from ..rewards.verdict import format_ok, parse_verdict
 from .config import load_config, option
 from .vlm import VLMGRPOConfig, VLMGRPOTrainer, _gather_objects
@@ -52,41 +54,6 @@ __all__ = ["JUDGE_FILE", "JudgeEval", "JudgeGRPOConfig", "JudgeGRPOTrainer", "ju
 
 #: Written into every saved judge model directory: how the judge was asked (the ``trained_judge`` preset).
 JUDGE_FILE = "judge.json"
-
-_FORMAT_LINE = "Output format (strictly follow): <think>your analysis</think><answer>{verdicts}</answer>"
-_INSTRUCTIONS = {
-    ("pairwise", True): (
-        "The first image is a reference. Image 1 (the second image) and Image 2 (the third image) were made "
-        "to reproduce it. Compare Image 1 and Image 2 with the reference side by side inside <think> and "
-        "</think>; a tie is not permitted. Then answer inside <answer> and </answer>: 1 if Image 1 is closer "
-        "to the reference, 2 if Image 2 is.\n" + _FORMAT_LINE.format(verdicts="1/2")),
-    ("pairwise", False): (
-        "Image 1 (the first image) and Image 2 (the second image) were made for this task: {prompt}\n"
-        "Compare them side by side inside <think> and </think>; a tie is not permitted. Then answer inside "
-        "<answer> and </answer>: 1 if Image 1 is better, 2 if Image 2 is.\n" + _FORMAT_LINE.format(verdicts="1/2")),
-    ("pointwise", True): (
-        "The first image is a reference. The second image was made to reproduce it. Compare them inside "
-        "<think> and </think>. Then answer inside <answer> and </answer>: good if the second image reproduces "
-        "the reference faithfully, bad if it does not.\n" + _FORMAT_LINE.format(verdicts="good/bad")),
-    ("pointwise", False): (
-        "The image was made for this task: {prompt}\nJudge it inside <think> and </think>. Then answer inside "
-        "<answer> and </answer>: good if it is well made, bad if it is not.\n"
-        + _FORMAT_LINE.format(verdicts="good/bad")),
-}
-CHOICES = {"pairwise": ["1", "2"], "pointwise": ["good", "bad"]}
-
-
-def judge_instruction(mode: str, reference: bool) -> str:
-    """The built-in instruction of a judge (``{prompt}`` stands for the pair's prompt).
-
-    Example:
-        >>> judge_instruction("pairwise", reference=True).splitlines()[-1]
-        'Output format (strictly follow): <think>your analysis</think><answer>1/2</answer>'
-    """
-    if mode not in CHOICES:
-        raise ValueError(f"judge mode must be 'pairwise' or 'pointwise', got {mode!r}")
-    return _INSTRUCTIONS[(mode, bool(reference))]
-
 
 def _image_key(im: Image.Image) -> str:
     return hashlib.sha256(im.tobytes() + repr((im.size, im.mode)).encode()).hexdigest()
@@ -131,8 +98,9 @@ def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", re
             pid = str(p.get("id", i))
             first = random.Random(f"{seed}:{pid}").random() < 0.5
             sides = [p["chosen"], p["rejected"]] if first else [p["rejected"], p["chosen"]]
-            rows.append({"id": pid, "pair_id": pid, "images": ([p["reference"]] if use_ref else []) + sides,
-                         "prompt": template.replace("{prompt}", str(p.get("prompt") or "")),
+            shown = judge_prompt(template, sides, reference=p["reference"] if use_ref else None,
+                                 prompt=str(p.get("prompt") or ""))
+            rows.append({"id": pid, "pair_id": pid, "images": shown.images, "prompt": shown.text,
                          "label": "1" if first else "2", "choices": list(CHOICES[mode]), "judge_mode": mode,
                          "perturbation": str(p.get("perturbation") or "unknown"),
                          "margin": float(p.get("margin") or 0.0)})
@@ -151,9 +119,10 @@ def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", re
                 label = "good" if int(p[f"{side}_severity"]) == 0 else "bad"
             else:
                 label = "good" if side == "chosen" else "bad"
-            rows.append({"id": f"{pid}-{side}", "pair_id": pid, "images": ([p["reference"]] if use_ref else []) + [im],
-                         "prompt": template.replace("{prompt}", str(p.get("prompt") or "")), "label": label,
-                         "choices": list(CHOICES[mode]), "judge_mode": mode,
+            shown = judge_prompt(template, [im], reference=p["reference"] if use_ref else None,
+                                 prompt=str(p.get("prompt") or ""))
+            rows.append({"id": f"{pid}-{side}", "pair_id": pid, "images": shown.images, "prompt": shown.text,
+                         "label": label, "choices": list(CHOICES[mode]), "judge_mode": mode,
                          "perturbation": str(p.get("perturbation") or "unknown") if label == "bad" else "none",
                          "margin": float(p.get("margin") or 0.0)})
     if balance and rows:

@@ -3,17 +3,24 @@
 Three layers, each usable alone:
 
 * **parsing** (pure functions, :mod:`~visalign.rewards.judge.parsing`): :func:`strip_reasoning`,
-  :func:`first_json_object`, :func:`parse_score`;
+  :func:`first_json_object`, :func:`parse_score`, :func:`parse_verdict` (R1-Reward's
+  ``<answer>VERDICT</answer>``, shared with the ``verdict`` rewards);
 * **presets** (:class:`JudgePreset`, :mod:`~visalign.rewards.judge.presets`): the prompt, which images the judge sees in which order, and how
   its answer becomes a score: ``visual_erm`` (Visual-ERM error list), ``chartmimic`` (ChartMimic's
-  100-point rubric) and ``pointwise`` (text-image alignment, UnifiedReward / Flow-GRPO style);
+  100-point rubric), ``pointwise`` (text-image alignment, UnifiedReward / Flow-GRPO style) and
+  ``trained_judge`` (a judge trained by ``visalign train reward --mode judge``, pointwise or pairwise,
+  prompted by :func:`~visalign.rewards.judge.prompts.judge_prompt` as its trainer prompted it);
+* **pairwise** (pure functions, :mod:`~visalign.rewards.judge.pairwise`): which pairs of a group are
+  asked, how the two orders of a pair combine, win rates and Bradley-Terry strengths;
 * **backends** (:class:`JudgeBackend`, :mod:`~visalign.rewards.judge.backend`): :class:`OpenAIJudgeBackend`
   (:mod:`~visalign.rewards.judge.openai_backend`) for any OpenAI-compatible ``/v1/chat/completions``
   server (vLLM, SGLang, hosted APIs), :class:`TransformersJudgeBackend`
   (:mod:`~visalign.rewards.judge.transformers_backend`) for a local model, :class:`CallableJudgeBackend`
   for a Python function (replays, tests).
 
-:class:`VlmJudgeReward` (:mod:`~visalign.rewards.judge.reward`) ties them together. Conventions (the same for every preset unless said):
+:class:`VlmJudgeReward` (:mod:`~visalign.rewards.judge.reward`) ties them together, one sample per request
+(pointwise) or two candidates of a group per request (``mode="pairwise"``: a sample scores its win rate
+in its group; see the class). Conventions (the same for every preset unless said):
 
 * images reach the judge in the preset's order, each after a short text label; ``visual_erm`` and
   ``chartmimic`` send the **reference first, then the generated image** (ChartMimic measured 3-5 points
@@ -33,7 +40,8 @@ Three layers, each usable alone:
 
 from .backend import CallableJudgeBackend, JudgeBackend, JudgeRequest, JudgeResponse
 from .openai_backend import OpenAIJudgeBackend, image_data_url
-from .parsing import Judgement, first_json_object, strip_reasoning
+from .pairwise import bradley_terry, plan_pairs, win_rates
+from .parsing import Judgement, Verdict, first_json_object, format_ok, parse_verdict, strip_reasoning
 from .presets import (
     PRESETS,
     JudgePreset,
@@ -45,6 +53,7 @@ from .presets import (
     trained_judge_preset,
     visual_erm_preset,
 )
+from .prompts import judge_instruction, judge_prompt
 from .reward import VlmJudgeReward
 from .transformers_backend import TransformersJudgeBackend
 
@@ -59,14 +68,22 @@ __all__ = [
     "OpenAIJudgeBackend",
     "Skip",
     "TransformersJudgeBackend",
+    "Verdict",
     "VlmJudgeReward",
+    "bradley_terry",
     "chartmimic_preset",
     "first_json_object",
+    "format_ok",
     "get_preset",
     "image_data_url",
+    "judge_instruction",
+    "judge_prompt",
     "parse_score",
+    "parse_verdict",
+    "plan_pairs",
     "pointwise_preset",
     "strip_reasoning",
     "trained_judge_preset",
     "visual_erm_preset",
+    "win_rates",
 ]

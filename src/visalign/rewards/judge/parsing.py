@@ -1,8 +1,10 @@
-"""Judge answers as text: remove the reasoning, find the JSON, read the score (pure functions).
+"""Judge answers as text: remove the reasoning, find the JSON, read the score or the verdict (pure functions).
 
 :func:`strip_reasoning` and :func:`first_json_object` are general; the Visual-ERM error-list parser and
 the ``Score: N/M`` reader turn an answer into a :class:`Judgement` for the presets
-(:mod:`visalign.rewards.judge.presets`).
+(:mod:`visalign.rewards.judge.presets`); :func:`parse_verdict` reads R1-Reward's
+``<think>...</think><answer>VERDICT</answer>`` for the ``trained_judge`` preset and for the ``verdict`` /
+``verdict_format`` rewards (:mod:`visalign.rewards.verdict`), one parser for both.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..reasoning import strip_think
 
-__all__ = ["Judgement", "first_json_object", "parse_out_of", "parse_visual_erm", "strip_reasoning",
-           "visual_erm_score"]
+__all__ = ["NO_VERDICT_REASONS", "Judgement", "Verdict", "first_json_object", "format_ok", "normalise_verdict",
+           "parse_out_of", "parse_verdict", "parse_visual_erm", "strip_reasoning", "visual_erm_score"]
 
 # a fence with its info string (```json, ```python); the content between fences is kept
 _FENCE = re.compile(r"```[A-Za-z0-9_+.-]*")
@@ -138,12 +141,15 @@ class Judgement:
         parse_failed: True when the answer did not follow the preset's format.
         parsed: what was read, for details (e.g. ``errors`` and ``severity_sum``, or ``raw_score``).
         error: why parsing failed, else None.
+        reason: why parsing failed as a short code for counting (a verdict's
+            :data:`NO_VERDICT_REASONS`), else None.
     """
 
     score: float
     parse_failed: bool = False
     parsed: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    reason: str | None = None
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -240,3 +246,107 @@ def parse_out_of(text: str, low: float, high: float, default_scale: float | None
     if not low <= n <= high:
         return Judgement(failure, True, parsed={"raw_score": n}, error=f"score {n:g} outside {low:g}..{high:g}")
     return Judgement(n / high, parsed={"raw_score": n})
+
+
+# ------------------------------------------------------------------------------------------- verdicts
+# R1-Reward's format: ``<think>reasoning</think><answer>VERDICT</answer>``, what a judge trained by
+# ``visalign train reward --mode judge`` writes; the verdict / verdict_format rewards and the trained_judge
+# preset of vlm_judge read it with this one parser.
+
+#: R1-Reward's format: the whole answer is one think block then one answer block, nothing around them.
+_FORMAT = re.compile(r"^<think>.*?</think><answer>.*?</answer>$", re.S)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+#: Why a verdict is missing (:attr:`Verdict.reason`), one code per way an answer fails.
+NO_VERDICT_REASONS = ("no_answer", "no_answer_block", "empty_answer", "not_a_choice", "several_choices")
+
+
+def format_ok(text: str) -> bool:
+    """R1-Reward's ``verify_format``: ``<think>...</think><answer>...</answer>`` and nothing else (the
+    answer stripped of surrounding whitespace), each of the four tags exactly once. Counting the opening
+    tags only passed ``<think>a</answer>b</think></think><answer>1</answer>``, a broken answer a tiny judge
+    learned to write while the format reward still paid for it.
+
+    Example:
+        >>> format_ok("<think>a</think><answer>1</answer>"), format_ok("<think>a</think> <answer>1</answer>")
+        (True, False)
+        >>> format_ok("<think>a</answer>b</think></think><answer>1</answer>")
+        False
+    """
+    text = text.strip()
+    return bool(_FORMAT.match(text)) and all(text.count(tag) == 1 for tag in _TAGS)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A parsed judge answer.
+
+    Attributes:
+        answer: the verdict, normalised (lower case, one of ``choices`` when they were given; a number's
+            text for numeric verdicts), or None when there is none.
+        reasoning: the text of the first ``<think>`` block ('' without one).
+        format_ok: :func:`format_ok` of the answer.
+        error: why ``answer`` is None, in words, else None.
+        reason: why ``answer`` is None, as one of :data:`NO_VERDICT_REASONS` (for counting), else None.
+    """
+
+    answer: str | None
+    reasoning: str
+    format_ok: bool
+    error: str | None = None
+    reason: str | None = None
+
+
+def normalise_verdict(text: str) -> str:
+    """A verdict as compared: spaces collapsed, surrounding quotes / ``*`` / end punctuation dropped,
+    lower case.
+
+    Example:
+        >>> normalise_verdict(' **Image  2**. ')
+        'image 2'
+    """
+    return re.sub(r"\s+", " ", text.strip().strip("*\"'`.:;!").strip()).lower()
+
+
+def parse_verdict(text: str | None, choices: Sequence[str] | None = None) -> Verdict:
+    """Read the verdict of a judge's answer: the content of the first ``<answer>...</answer>``.
+
+    With ``choices``, the verdict is the choice the content equals (case, spaces, quotes, ``*`` and end
+    punctuation ignored), or the one choice it names as a whole word ("Image 1" -> ``1``); content that
+    names none or several is no verdict. Without ``choices`` the normalised content is the verdict.
+    No ``<answer>`` block is no verdict: nothing is guessed from the reasoning (R1-Reward's inference
+    script falls back to the last 1 / 2 in the text; a reward must not pay for that).
+
+    Example:
+        >>> parse_verdict("<think>x</think><answer> **Good**. </answer>", ["good", "bad"]).answer
+        'good'
+        >>> parse_verdict("<think>x</think><answer>Image 2</answer>", ["1", "2"]).answer
+        '2'
+        >>> v = parse_verdict("image 1 is better", ["1", "2"]); v.error, v.reason
+        ('no <answer>...</answer> block', 'no_answer_block')
+    """
+    if text is None:
+        return Verdict(None, "", False, "no answer", "no_answer")
+    think = _THINK.search(text)
+    reasoning = think.group(1).strip() if think else ""
+    ok = format_ok(text)
+    m = _ANSWER.search(text)
+    if m is None:
+        return Verdict(None, reasoning, ok, "no <answer>...</answer> block", "no_answer_block")
+    content = normalise_verdict(m.group(1))
+    if not content:
+        return Verdict(None, reasoning, ok, "empty <answer> block", "empty_answer")
+    if choices is None:
+        return Verdict(content, reasoning, ok)
+    allowed = [normalise_verdict(c) for c in choices]
+    if content in allowed:
+        return Verdict(content, reasoning, ok)
+    named = [c for c in allowed if re.search(rf"(?<![\w.]){re.escape(c)}(?![\w.])", content)]
+    if len(named) == 1:
+        return Verdict(named[0], reasoning, ok)
+    if named:
+        return Verdict(None, reasoning, ok, f"answer {content[:60]!r} names several choices {allowed}",
+                       "several_choices")
+    return Verdict(None, reasoning, ok, f"answer {content[:60]!r} is not one of {allowed}", "not_a_choice")

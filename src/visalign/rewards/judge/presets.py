@@ -1,7 +1,12 @@
 """Judge presets: what the judge is shown, in which order, with which instruction, and how its answer
 becomes a score: ``visual_erm`` (Visual-ERM error list), ``chartmimic`` (ChartMimic's 100-point rubric),
 ``pointwise`` (text-image alignment, UnifiedReward / Flow-GRPO style) and ``trained_judge`` (a judge
-trained by ``visalign train reward --mode judge``).
+trained by ``visalign train reward --mode judge``, pointwise or pairwise).
+
+A preset's ``mode`` says what one request judges: ``pointwise``, one sample (the answer is its score);
+``pairwise``, two candidates shown as Image 1 and Image 2 (the answer's score is the share of the
+verdict for Image 1: 1.0 when Image 1 is better, 0.0 when Image 2 is), which
+:class:`~visalign.rewards.judge.VlmJudgeReward` turns into a score per sample (win rate in its group).
 """
 
 from __future__ import annotations
@@ -17,13 +22,26 @@ from PIL import Image
 from ...renderers.base import is_blank
 from ..base import Sample
 from .backend import JudgeRequest
-from .parsing import _ERM_PARSE_FAILURE_SEVERITY, Judgement, parse_out_of, parse_visual_erm, visual_erm_score
+from .parsing import (
+    _ERM_PARSE_FAILURE_SEVERITY,
+    Judgement,
+    normalise_verdict,
+    parse_out_of,
+    parse_verdict,
+    parse_visual_erm,
+    visual_erm_score,
+)
+from .prompts import CHOICES, judge_prompt
 
-__all__ = ["PRESETS", "JudgePreset", "Skip", "chartmimic_preset", "get_preset", "parse_score", "pointwise_preset",
-           "trained_judge_preset", "visual_erm_preset"]
+__all__ = ["MODES", "PRESETS", "JudgePreset", "Skip", "chartmimic_preset", "get_preset", "parse_score",
+           "pointwise_preset", "trained_judge_preset", "visual_erm_preset"]
 
-ImageRole = str  # "reference" or "generated"
-_LABELS = {"reference": "Reference image:", "generated": "Generated image:"}
+ImageRole = str  # "reference", "generated" (pointwise), "first" / "second" (pairwise: Image 1 / Image 2)
+_LABELS = {"reference": "Reference image:", "generated": "Generated image:", "first": "Image 1:",
+           "second": "Image 2:"}
+_CANDIDATES = {"pointwise": ("generated",), "pairwise": ("first", "second")}
+#: What one request judges: one sample (``pointwise``) or two candidates (``pairwise``).
+MODES = tuple(_CANDIDATES)
 
 
 @dataclass
@@ -41,8 +59,11 @@ class JudgePreset:
     Attributes:
         name: the preset's name (in details).
         instruction: the text after the images; ``{prompt}`` and ``{scale}`` are substituted.
-        images: the images the judge sees, in order: ``("reference", "generated")`` or ``("generated",)``.
-        parse: answer text → :class:`Judgement`.
+        images: the images the judge sees, in order: ``("reference", "generated")`` or ``("generated",)``
+            (pointwise); ``("reference", "first", "second")`` or ``("first", "second")`` (pairwise:
+            the two candidates, Image 1 and Image 2).
+        parse: answer text → :class:`Judgement`; pairwise, its score is the verdict's share for
+            Image 1 (1.0: Image 1 is better, 0.0: Image 2 is, 0.5: a tie).
         parse_failure_score: the score of an answer that does not parse.
         no_output_score: the score of a sample with no code, a failed render or (``skip_blank``) a
             one-colour image; it is given without calling the judge.
@@ -50,8 +71,10 @@ class JudgePreset:
         needs_prompt: the instruction uses the sample's prompt (None without one).
         system: an optional system prompt.
         scale: the scale of the score the judge gives (pointwise), for ``{scale}``.
-        labels: put a short text label before each image (False: the images alone, then the
-            instruction, as the GRPO judge trainer prompts a judge).
+        labels: put a short text label before each image (False: the images alone, reference first,
+            then the instruction: :func:`~visalign.rewards.judge.prompts.judge_prompt`, as the GRPO
+            judge trainer prompts a judge).
+        mode: ``pointwise`` (one sample per request) or ``pairwise`` (two candidates per request).
     """
 
     name: str
@@ -65,21 +88,29 @@ class JudgePreset:
     system: str | None = None
     scale: float | None = None
     labels: bool = True
+    mode: str = "pointwise"
 
-    def prepare(self, sample: Sample) -> JudgeRequest | Skip:
-        """The request for ``sample``, or a :class:`Skip` with its score and reason.
+    def __post_init__(self) -> None:
+        if self.mode not in _CANDIDATES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        candidates = tuple(r for r in self.images if r != "reference")
+        if candidates != _CANDIDATES[self.mode] or self.images.count("reference") > 1:
+            raise ValueError(f"a {self.mode} preset shows {' and '.join(_CANDIDATES[self.mode])} (and optionally "
+                             f"one reference), got images={self.images!r}")
+        if not self.labels and "reference" in self.images and self.images[0] != "reference":
+            raise ValueError("without labels the reference comes first (as the judge trainer shows it)")
+
+    def candidate(self, sample: Sample) -> Image.Image | Skip:
+        """The image of ``sample`` the judge will see, or a :class:`Skip` with its score and reason.
 
         ``sample.rendered`` must already be filled for samples that carry code
         (:class:`VlmJudgeReward` does it).
         """
-        reference = None
-        if "reference" in self.images:
-            reference = sample.target_image
-            if reference is None:
-                why = "no reference image"
-                if sample.reference_rendered is not None and not sample.reference_rendered.ok:
-                    why = f"the reference failed to render ({sample.reference_rendered.error_kind})"
-                return Skip(None, why)
+        if "reference" in self.images and sample.target_image is None:
+            why = "no reference image"
+            if sample.reference_rendered is not None and not sample.reference_rendered.ok:
+                why = f"the reference failed to render ({sample.reference_rendered.error_kind})"
+            return Skip(None, why)
         if self.needs_prompt and not sample.prompt:
             return Skip(None, "no prompt")
         generated = sample.generated_image
@@ -92,14 +123,33 @@ class JudgePreset:
             return Skip(self.no_output_score, f"render failed ({sample.rendered.error_kind}): not judged")
         if self.skip_blank and is_blank(generated):
             return Skip(self.no_output_score, "blank image (one flat colour): not judged")
+        return generated
+
+    def request(self, sample: Sample, *candidates: Image.Image) -> JudgeRequest:
+        """The request showing ``candidates`` (one, or Image 1 and Image 2 when pairwise) with the
+        reference and prompt of ``sample``."""
+        roles = _CANDIDATES[self.mode]
+        if len(candidates) != len(roles):
+            raise ValueError(f"a {self.mode} request shows {len(roles)} candidate(s), got {len(candidates)}")
+        instruction = self.instruction.replace("{scale}", f"{self.scale:g}" if self.scale is not None else "")
+        reference = sample.target_image if "reference" in self.images else None
+        if not self.labels:
+            shown = judge_prompt(instruction, candidates, reference=reference, prompt=sample.prompt)
+            return JudgeRequest(parts=[*shown.images, shown.text], system=self.system)
+        image_of = {"reference": reference, **dict(zip(roles, candidates, strict=True))}
         parts: list[str | Image.Image] = []
         for role in self.images:
-            if self.labels:
-                parts.append(_LABELS[role])
-            parts.append(reference if role == "reference" else generated)
-        instruction = self.instruction.replace("{scale}", f"{self.scale:g}" if self.scale is not None else "")
+            parts += [_LABELS[role], image_of[role]]
         parts.append(instruction.replace("{prompt}", sample.prompt or ""))
         return JudgeRequest(parts=parts, system=self.system)
+
+    def prepare(self, sample: Sample) -> JudgeRequest | Skip:
+        """The request for ``sample`` (pointwise), or a :class:`Skip` with its score and reason."""
+        if self.mode != "pointwise":
+            raise ValueError(f"preset {self.name!r} is pairwise: it compares two candidates (VlmJudgeReward "
+                             "with mode='pairwise' pairs them)")
+        image = self.candidate(sample)
+        return image if isinstance(image, Skip) else self.request(sample, image)
 
 
 _VISUAL_ERM_INSTRUCTION = """\
@@ -203,21 +253,29 @@ def pointwise_preset(scale: int = 10) -> JudgePreset:
                        scale=float(scale))
 
 
-def trained_judge_preset(path: str | os.PathLike[str]) -> JudgePreset:
+def trained_judge_preset(path: str | os.PathLike[str], mode: str = "pointwise") -> JudgePreset:
     """A judge trained by ``visalign train reward --mode judge``, asked exactly as it was trained.
 
     Reads ``judge.json`` from the model directory ``path`` (the trainer writes it into every saved
-    model): the instruction, whether the reference image comes first, the verdicts and the system turn.
-    The request is the images alone (reference, then the generated image) followed by the instruction,
-    as the trainer's prompt; the answer ``<think>...</think><answer>good|bad</answer>`` scores 1.0 /
-    0.0; an answer without a readable verdict is a parse failure scored 0.0. Only pointwise judges
-    fit ``vlm_judge`` (one sample, one score); a pairwise judge raises ``ValueError``.
+    model): the judge's mode, the instruction, whether the reference image comes first, the verdicts and
+    the system turn. The request is what the trainer showed
+    (:func:`~visalign.rewards.judge.prompts.judge_prompt`): the images alone (the reference, then the
+    generated image, or Image 1 and Image 2), then the instruction. Answers
+    ``<think>...</think><answer>VERDICT</answer>`` are read by
+    :func:`~visalign.rewards.judge.parsing.parse_verdict`, as the ``verdict`` reward read them in training:
+
+    * ``mode="pointwise"``: ``good`` / ``bad`` scores 1.0 / 0.0; no readable verdict is a parse failure
+      scored 0.0;
+    * ``mode="pairwise"``: ``1`` / ``2`` scores 1.0 / 0.0 (the share for Image 1); no readable verdict is a
+      parse failure scored 0.5 (no decision) with the verdict's typed ``reason``.
+
+    ``mode`` must be the judge's own (``judge_mode`` in ``judge.json``), else ``ValueError``.
 
     Example:
         >>> preset = trained_judge_preset("out/judge/checkpoint-000100/model")  # doctest: +SKIP
     """
-    from ..verdict import parse_verdict
-
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     file = os.path.join(os.fspath(path), "judge.json")
     try:
         with open(file, encoding="utf-8") as f:
@@ -225,24 +283,29 @@ def trained_judge_preset(path: str | os.PathLike[str]) -> JudgePreset:
     except OSError as exc:
         raise ValueError(f"{file}: cannot read the judge's spec ({exc}); is {path} a model saved by "
                          "`visalign train reward --mode judge`?") from None
-    if spec.get("judge_mode") != "pointwise":
-        raise ValueError(f"{file}: a {spec.get('judge_mode')!r} judge compares two images; vlm_judge scores one "
-                         "sample at a time: train with judge_mode: pointwise")
-    choices = [str(c) for c in spec.get("choices") or ["good", "bad"]]
-    good = choices[0]
+    trained = spec.get("judge_mode")
+    if trained != mode:
+        if trained == "pairwise":
+            raise ValueError(f"{file}: a 'pairwise' judge compares two images: ask for mode='pairwise' "
+                             "(vlm_judge then scores each sample by its wins in its group), or train with "
+                             "judge_mode: pointwise")
+        raise ValueError(f"{file}: a {trained!r} judge cannot be asked for mode={mode!r}: ask for "
+                         f"mode={trained!r}, or train with judge_mode: {mode}")
+    choices = [normalise_verdict(str(c)) for c in spec.get("choices") or CHOICES[mode]]
+    failure = 0.0 if mode == "pointwise" else 0.5
 
     def parse(text: str) -> Judgement:
         v = parse_verdict(text, choices)
         if v.answer is None:
-            return Judgement(0.0, True, parsed={"format_ok": v.format_ok}, error=v.error)
-        return Judgement(1.0 if v.answer == good else 0.0, parsed={"verdict": v.answer, "format_ok": v.format_ok})
+            return Judgement(failure, True, parsed={"format_ok": v.format_ok}, error=v.error, reason=v.reason)
+        return Judgement(1.0 if v.answer == choices[0] else 0.0, parsed={"verdict": v.answer, "format_ok": v.format_ok})
 
-    reference = bool(spec.get("reference"))
+    roles = _CANDIDATES[mode]
     instruction = str(spec["instruction"])
     return JudgePreset(name="trained_judge", instruction=instruction,
-                       images=("reference", "generated") if reference else ("generated",), parse=parse,
-                       parse_failure_score=0.0, skip_blank=False, needs_prompt="{prompt}" in instruction,
-                       system=spec.get("system"), labels=False)
+                       images=("reference", *roles) if spec.get("reference") else roles, parse=parse,
+                       parse_failure_score=failure, skip_blank=False, needs_prompt="{prompt}" in instruction,
+                       system=spec.get("system"), labels=False, mode=mode)
 
 
 PRESETS: dict[str, Callable[..., JudgePreset]] = {
