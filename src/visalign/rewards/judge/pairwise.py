@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from itertools import combinations
 
-__all__ = ["PAIRINGS", "SCORINGS", "bradley_terry", "combine_votes", "plan_pairs", "win_rates"]
+__all__ = ["PAIRINGS", "SCORINGS", "bradley_terry", "check_pairs", "combine_votes", "plan_pairs", "win_rates"]
 
 #: The named pairings of :func:`plan_pairs` (an int k is the third kind: k neighbours each).
 PAIRINGS = ("all", "anchor")
