@@ -294,7 +294,7 @@ def test_vlm_backbone_last_token_lora_save_and_gradient(tiny_vlm, tmp_path: Path
     net, processor = tiny_vlm
     model = RewardModel(VlmBackbone(copy.deepcopy(net), processor), condition="reference", head_hidden=8,
                         lora={"r": 4})
-    assert model.backbone.image_size == 32 and model.backbone.tokens_per_image == 4
+    assert model.backbone.image_size == 32 and model.backbone.source is None  # built in memory: no base to point to
     x, ref = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
     # last-token pooling with left padding: a row's score does not depend on the other rows' prompt lengths
     alone = model(x[:1], ref[:1], ["short"])
@@ -306,6 +306,7 @@ def test_vlm_backbone_last_token_lora_save_and_gradient(tiny_vlm, tmp_path: Path
     cfg = _config(tmp_path, backbone="vlm", max_steps=2, batch_size=3)
     trainer = RewardModelTrainer(cfg, model=model, train_rows=rows, eval_rows=rows[:4])
     trainer.train()
+    assert (tmp_path / "run" / "model" / "backbone").is_dir()  # LoRA on a random base: saved whole, merged
     reloaded = RewardModel.from_pretrained(tmp_path / "run" / "model")
     trainer.reward_model.eval()
     prompts = ["p"] * 3

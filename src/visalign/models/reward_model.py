@@ -1,10 +1,13 @@
-"""A discriminative reward model as a module: an image backbone (open_clip or a Qwen2-VL-family VLM)
-and a scalar head, with ``save_pretrained`` / ``from_pretrained``.
+"""A discriminative reward model as a module: an image backbone (open_clip, or a VLM of any family the
+GRPO trainer supports) and a scalar head, with ``save_pretrained`` / ``from_pretrained`` (a LoRA model
+saves its adapters and a pointer to its base by default).
 
 The model itself lives here, below the rewards (``get_reward("model")`` loads it) and the trainers
 (:mod:`visalign.trainers.reward_model` trains it with the Bradley-Terry loss and re-exports these
-names). Every image goes through one torch path (:meth:`RewardModel.prepare`), so scoring a PIL image
-and differentiating with respect to an image tensor (ReFL) see the same function.
+names). Every image goes through one torch path (:meth:`RewardModel.prepare`, then the backbone's
+tensor path: open_clip's normalisation, or the VLM's own processor run on tensors), so scoring a PIL
+image and differentiating with respect to an image tensor (ReFL) see the same function, for every
+backbone.
 
 Example:
     >>> image_to_tensor(Image.new("RGB", (4, 2), "white")).shape
@@ -27,9 +30,11 @@ from PIL import Image
 from torch import nn
 
 from .rope import reset_rope_deltas
+from .support import SUPPORTED_VLMS
+from .vlm_inputs import encode_chats, model_inputs
 
 __all__ = ["BACKBONES", "CONDITIONS", "ClipBackbone", "RewardModel", "VlmBackbone", "image_to_tensor",
-           "qwen2vl_patchify"]
+           "qwen2vl_patchify", "weights_fingerprint"]
 
 CONDITIONS = ("none", "reference", "prompt")
 BACKBONES = ("open_clip", "vlm")
@@ -37,6 +42,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, open_clip's de
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_NAME = "reward_model.json"
 HEAD_NAME = "head.safetensors"
+ADAPTER_NAME = "adapter.safetensors"
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -93,9 +99,13 @@ class ClipBackbone(nn.Module):
     kind = "open_clip"
 
     def __init__(self, net: nn.Module, model_cfg: Mapping[str, Any], tokenizer: Any = None,
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                 source: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.net = net
+        # where the weights came from ({"model", "pretrained"}), None for random ones: an adapter-only save's base
+        self.source = dict(source) if source is not None else None
+        self.source_fingerprint = weights_fingerprint(net) if self.source is not None else None
         self.model_cfg = dict(model_cfg)
         self.tokenizer = tokenizer
         size = self.model_cfg["vision_cfg"]["image_size"]
@@ -113,6 +123,7 @@ class ClipBackbone(nn.Module):
         unless ``preprocess`` gives ``mean`` / ``std``."""
         import open_clip
 
+        source = None
         if clip_config is not None:
             import logging
 
@@ -128,9 +139,11 @@ class ClipBackbone(nn.Module):
             cfg = dict(clip_config)
         elif model is not None:
             if model.startswith("local-dir:"):
-                cfg = json.loads((Path(model[len("local-dir:"):]) / "open_clip_config.json").read_text())
+                folder = Path(model[len("local-dir:"):])
+                cfg = json.loads((folder / "open_clip_config.json").read_text())
                 cfg = cfg.get("model_cfg", cfg)
                 net = open_clip.create_model(model)
+                source = {"model": f"local-dir:{_pointer(folder)}", "pretrained": None}
             else:
                 cfg = open_clip.get_model_config(model)
                 if cfg is None:
@@ -141,6 +154,8 @@ class ClipBackbone(nn.Module):
                     logging.getLogger("visalign").warning(
                         "open_clip %s without `pretrained`: the backbone starts from random weights", model)
                 net = open_clip.create_model(model, pretrained=pretrained)
+                if pretrained is not None:
+                    source = {"model": model, "pretrained": _pointer(pretrained)}
         else:
             raise ValueError("an open_clip backbone needs `model` (a name or local-dir:PATH) or `clip_config`")
         own = dict(getattr(getattr(net, "visual", None), "preprocess_cfg", None) or {})
@@ -161,7 +176,7 @@ class ClipBackbone(nn.Module):
         for name in ("logit_scale", "logit_bias"):  # contrastive-loss scalars: no part of a reward
             if isinstance(getattr(net, name, None), nn.Parameter):
                 getattr(net, name).requires_grad_(False)
-        return cls(net, cfg, tokenizer, mean, std)
+        return cls(net, cfg, tokenizer, mean, std, source)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (_resize(pixels, self.image_size) - self.mean) / self.std
@@ -195,73 +210,73 @@ class ClipBackbone(nn.Module):
 
 
 class VlmBackbone(nn.Module):
-    """A Qwen2-VL-family model read at the last token (left padding): ``(B, hidden_size)``."""
+    """A VLM of any family the GRPO trainer supports (:data:`~visalign.models.support.SUPPORTED_VLMS`:
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3, SmolVLM, Gemma 3, LLaVA, LLaVA-OneVision,
+    InternVL), read at the last token of a left-padded chat: ``(B, hidden_size)``.
+
+    The chat (the reference image for ``condition="reference"``, the image, the prompt) goes through
+    the family's own processor and chat template (:func:`~visalign.models.vlm_inputs.encode_chats`, the
+    GRPO trainer's path), fed ``(3, S, S)`` float tensors: the pixels stay differentiable with respect
+    to the input image for every family. ``image_size`` (``S``): the side the processor pins (Qwen-VL
+    ``min_pixels == max_pixels``, a fixed ``height`` / ``width`` / crop, a ``longest_edge``), else 448;
+    the processor then lays the image out as it does for any image (patches, tiles, anyres crops).
+    ``source``: where the weights came from (a path or hub id), the base an adapter-only save points to.
+    """
 
     kind = "vlm"
 
-    def __init__(self, net: nn.Module, processor: Any, image_size: int | None = None) -> None:
+    def __init__(self, net: nn.Module, processor: Any, image_size: int | None = None,
+                 source: str | None = None) -> None:
         super().__init__()
         self.net = net
         self.processor = processor
         ip = processor.image_processor
-        self.patch_size = int(ip.patch_size)
-        self.merge_size = int(ip.merge_size)
-        self.temporal_patch_size = int(ip.temporal_patch_size)
-        unit = self.patch_size * self.merge_size
-        if image_size is None:
-            lo = getattr(ip, "min_pixels", None) or (ip.size or {}).get("shortest_edge")
-            hi = getattr(ip, "max_pixels", None) or (ip.size or {}).get("longest_edge")
-            image_size = math.isqrt(int(hi)) if lo and hi and lo == hi else 448
-        self.image_size = max(unit, int(image_size) // unit * unit)
-        self.register_buffer("mean", torch.tensor(ip.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(ip.image_std).view(1, 3, 1, 1), persistent=False)
+        qwen = getattr(ip, "merge_size", None) is not None  # Qwen-VL: sides in multiples of patch x merge
+        self.unit = int(ip.patch_size) * int(ip.merge_size) if qwen else 1
+        side = int(image_size) if image_size is not None else _native_side(ip)
+        self.image_size = max(self.unit, side // self.unit * self.unit)
         self.feature_dim = int(net.config.get_text_config().hidden_size)
-        self.tokens_per_image = (self.image_size // unit) ** 2
-        self._prompt_cache: dict[tuple[int, str], list[int]] = {}
+        model_type = getattr(net.config, "model_type", None)
+        if model_type not in SUPPORTED_VLMS:
+            import logging
+
+            logging.getLogger("visalign").warning(
+                "reward model backbone: model_type %r is not a VLM family visalign tests (%s); it takes the "
+                "same processor path, unchecked", model_type, ", ".join(SUPPORTED_VLMS))
+        if source is None:  # a model loaded with from_pretrained remembers where from
+            source = getattr(net.config, "_name_or_path", None) or None
+        self.source = _pointer(source)
+        self.source_fingerprint = weights_fingerprint(net) if self.source is not None else None
+        self._texts: dict[tuple[int, str], str] = {}
 
     @classmethod
     def create(cls, model: str, image_size: int | None = None) -> VlmBackbone:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         return cls(AutoModelForImageTextToText.from_pretrained(model), AutoProcessor.from_pretrained(model),
-                   image_size)
+                   image_size, source=model)
 
-    def _token_ids(self, n_images: int, prompt: str) -> list[int]:
-        key = (n_images, prompt)
-        if key not in self._prompt_cache:
-            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
-            text = self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                      add_generation_prompt=False)
-            pad = getattr(self.processor, "image_token", "<|image_pad|>")
-            text = text.replace(pad, pad * self.tokens_per_image)
-            tok = self.processor.tokenizer
-            self._prompt_cache[key] = tok(text, add_special_tokens=False)["input_ids"]
-        return self._prompt_cache[key]
+    @property
+    def hf_model(self) -> nn.Module:
+        """The transformers model (through a LoRA wrapper)."""
+        return self.net.model if type(self.net).__name__ == "LoraModel" else self.net
 
     def features(self, pixels: torch.Tensor, references: torch.Tensor | None, prompts: Sequence[str]) -> torch.Tensor:
-        """Last-token states of ``(reference?, image, prompt)`` chats."""
-        b = pixels.shape[0]
-        images = pixels if references is None else torch.stack([references, pixels], dim=1).flatten(0, 1)
-        n_images = 1 if references is None else 2
-        x = (_resize(images, self.image_size) - self.mean) / self.std
-        flat = qwen2vl_patchify(x, self.patch_size, self.merge_size, self.temporal_patch_size)
-        grid = torch.tensor([[1, self.image_size // self.patch_size, self.image_size // self.patch_size]]
-                            * images.shape[0], device=pixels.device)
-        ids = [self._token_ids(n_images, p) for p in prompts]
-        width = max(len(i) for i in ids)
-        pad = self.processor.tokenizer.pad_token_id or 0
-        input_ids = torch.full((b, width), pad, dtype=torch.long, device=pixels.device)
-        mask = torch.zeros((b, width), dtype=torch.long, device=pixels.device)
-        for r, row in enumerate(ids):  # left padding: the last token is at -1 in every row
-            input_ids[r, width - len(row):] = torch.tensor(row, device=pixels.device)
-            mask[r, width - len(row):] = 1
-        hf = self.net.model if type(self.net).__name__ == "LoraModel" else self.net
-        inner = hf.model
-        reset_rope_deltas(inner)  # a stale M-RoPE offset would shift the positions
-        image_token = hf.config.image_token_id
-        out = inner(input_ids=input_ids, attention_mask=mask, pixel_values=flat.to(hf.dtype), image_grid_thw=grid,
-                    mm_token_type_ids=(input_ids == image_token).long(), use_cache=False)
-        reset_rope_deltas(inner)
+        """Last-token states of ``(reference?, image, prompt)`` chats; ``pixels`` / ``references``:
+        ``(B, 3, S, S)`` in ``[0, 1]``."""
+        if references is None:
+            images = [[x] for x in pixels]
+        else:
+            images = [[r, x] for r, x in zip(references, pixels, strict=True)]
+        batch = encode_chats(self.processor, images, list(prompts), add_generation_prompt=False,
+                             text_cache=self._texts)
+        hf = self.hf_model
+        inner = hf.base_model  # the decoder without its LM head: last_hidden_state, final norm applied
+        kwargs = model_inputs(hf, batch, pixels.device, hf.dtype)
+        try:
+            out = inner(**kwargs, use_cache=False)
+        finally:
+            reset_rope_deltas(hf)
         return out.last_hidden_state[:, -1, :]
 
     def save(self, directory: Path) -> None:
@@ -271,6 +286,35 @@ class VlmBackbone(nn.Module):
     @classmethod
     def load(cls, directory: Path, image_size: int | None) -> VlmBackbone:
         return cls.create(str(directory), image_size)
+
+
+def _native_side(ip: Any) -> int:
+    """The square side an image processor pins, else 448."""
+    def get(obj: Any, key: str) -> Any:
+        if obj is None:
+            return None
+        return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+    size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
+    if getattr(ip, "merge_size", None) is not None:  # Qwen-VL: size holds pixel counts
+        lo = getattr(ip, "min_pixels", None) or get(size, "shortest_edge")
+        hi = getattr(ip, "max_pixels", None) or get(size, "longest_edge")
+        return math.isqrt(int(hi)) if lo and hi and lo == hi else 448
+    if getattr(ip, "do_center_crop", False) and get(crop, "height"):
+        return int(get(crop, "height"))
+    for key in ("height", "longest_edge", "shortest_edge"):
+        if get(size, key):
+            return int(get(size, key))
+    return 448
+
+
+def _pointer(source: Any) -> str | None:
+    """A base model's address that still works from another directory: an existing local path made
+    absolute, a hub id as it is."""
+    if not source:
+        return None
+    path = Path(str(source)).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -327,7 +371,8 @@ class RewardModel(nn.Module):
                 raise ValueError(f"image_size {image_size} differs from the open_clip model's {bb.image_size}")
         elif backbone == "vlm":
             if model is None:
-                raise ValueError("backbone 'vlm' needs `model` (a path or hub id of a Qwen2-VL-family model)")
+                raise ValueError("backbone 'vlm' needs `model` (a path or hub id of a VLM: any family the GRPO "
+                                 "trainer supports, visalign.models.support.SUPPORTED_VLMS)")
             bb = VlmBackbone.create(model, image_size)
         else:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -339,11 +384,18 @@ class RewardModel(nn.Module):
 
         targets = lora.get("target_modules") or (["c_fc", "c_proj"] if isinstance(self.backbone, ClipBackbone)
                                                  else ["q_proj", "k_proj", "v_proj", "o_proj"])
-        cfg = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
-                         lora_dropout=float(lora.get("dropout", 0.0)), target_modules=list(targets))
+        self.lora = {"r": int(lora.get("r", 16)), "alpha": int(lora.get("alpha", 32)),
+                     "dropout": float(lora.get("dropout", 0.0)), "target_modules": list(targets)}
+        cfg = LoraConfig(r=self.lora["r"], lora_alpha=self.lora["alpha"], lora_dropout=self.lora["dropout"],
+                         target_modules=self.lora["target_modules"])
         self.backbone.net = LoraModel(self.backbone.net, cfg, "default")
         for name, p in self.backbone.net.named_parameters():
             p.requires_grad_("lora_" in name)
+
+    @property
+    def has_lora(self) -> bool:
+        """Whether the backbone carries (unmerged) LoRA adapters."""
+        return type(self.backbone.net).__name__ == "LoraModel"
 
     @property
     def device(self) -> torch.device:
@@ -425,30 +477,76 @@ class RewardModel(nn.Module):
         return out
 
     # ----------------------------------------------------------------------------- files
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``reward_model.json``, ``head.safetensors`` and ``backbone/`` (open_clip: config +
-        safetensors, a ``local-dir:`` folder; VLM: ``save_pretrained`` + processor). LoRA adapters are
-        merged into the saved backbone weights."""
+    def save_pretrained(self, directory: str | Path, save_adapter_only: bool | None = None) -> Path:
+        """Write ``reward_model.json``, ``head.safetensors`` and the backbone, one of two ways:
+
+        - adapter-only (a LoRA model whose base can be loaded again: a VLM path or hub id, an open_clip
+          ``local-dir:`` folder or name + pretrained checkpoint): ``adapter.safetensors`` (the LoRA
+          weights) and, in ``reward_model.json``, the LoRA options, a pointer to the base and a
+          fingerprint of its weights; :meth:`from_pretrained` loads the base, adds the adapters, checks
+          the fingerprint. Megabytes instead of the whole model.
+        - full: ``backbone/`` (open_clip: config + safetensors, a ``local-dir:`` folder; VLM:
+          ``save_pretrained`` + processor), LoRA adapters merged into the weights.
+
+        ``save_adapter_only``: None (default) = adapter-only for a LoRA model with a loadable base,
+        full otherwise (a full fine-tune, or a base built with random weights from a config); True =
+        adapter-only or an error saying why not; False = full.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         backbone = self.backbone
-        if type(backbone.net).__name__ == "LoraModel":
-            backbone = copy.deepcopy(backbone)
-            backbone.net = backbone.net.merge_and_unload()
-        backbone.save(directory / "backbone")
+        why_not = self._why_not_adapter_only()
+        if save_adapter_only is None:
+            save_adapter_only = why_not is None
+            if why_not is not None and self.has_lora:
+                import logging
+
+                logging.getLogger("visalign").info("reward model saved whole (LoRA merged): %s", why_not)
+        elif save_adapter_only and why_not is not None:
+            raise ValueError(f"save_adapter_only=True: {why_not}; save it whole (save_adapter_only=False)")
+        directory.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, Any] = {"format": "visalign-reward-model", "version": 2, "backbone": backbone.kind,
+                                "condition": self.condition, "head_hidden": self.head_hidden,
+                                "difference": self.difference, "image_size": backbone.image_size,
+                                "feature_dim": backbone.feature_dim}
+        if save_adapter_only:
+            lora = {k: v.detach().contiguous().cpu() for k, v in backbone.net.state_dict().items() if "lora_" in k}
+            save_file(lora, str(directory / ADAPTER_NAME))
+            meta.update(weights="adapter", lora=self.lora, base=_base_pointer(backbone),
+                        base_fingerprint=backbone.source_fingerprint)
+        else:
+            if self.has_lora:
+                backbone = copy.deepcopy(backbone)
+                backbone.net = backbone.net.merge_and_unload()
+            backbone.save(directory / "backbone")
+            meta["weights"] = "full"
         save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
                   str(directory / HEAD_NAME))
-        meta = {"format": "visalign-reward-model", "version": 1, "backbone": backbone.kind,
-                "condition": self.condition, "head_hidden": self.head_hidden, "difference": self.difference, "image_size": backbone.image_size,
-                "feature_dim": backbone.feature_dim}
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
         return directory
 
+    def _why_not_adapter_only(self) -> str | None:
+        """Why this model cannot be saved as adapters + a pointer to its base (None: it can)."""
+        if not self.has_lora:
+            return "the backbone has no LoRA adapters (a full fine-tune: its weights are the model)"
+        if getattr(self.backbone, "source", None) is None:
+            return ("the base has no path, hub id or pretrained checkpoint to point to (random weights from a "
+                    "config)")
+        if weights_fingerprint(self.backbone.net) != self.backbone.source_fingerprint:
+            return f"the base's weights changed since they were loaded from {self.backbone.source}"
+        return None
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> RewardModel:
-        """Load what :meth:`save_pretrained` wrote (eval mode; on ``device``, default the CPU)."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None, *,
+                        base: str | None = None, check_base: bool = True) -> RewardModel:
+        """Load what :meth:`save_pretrained` wrote (eval mode; on ``device``, default the CPU).
+
+        An adapter-only save loads its base from the recorded pointer, or from ``base`` (the base moved:
+        a VLM path or hub id; open_clip: the pretrained checkpoint when the pointer has one, else a
+        ``local-dir:`` folder), adds the LoRA adapters unmerged, and refuses a base whose weights differ
+        from the one the adapters were trained on (``check_base=False`` skips that check).
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -456,11 +554,81 @@ class RewardModel(nn.Module):
         if not meta_path.is_file():
             raise FileNotFoundError(f"{directory} holds no {CONFIG_NAME}: not a saved visalign reward model")
         meta = json.loads(meta_path.read_text())
-        if meta["backbone"] == "open_clip":
-            bb: ClipBackbone | VlmBackbone = ClipBackbone.load(directory / "backbone", meta["condition"] == "prompt")
+        with_text = meta["condition"] == "prompt"
+        difference = bool(meta.get("difference", False))
+        if meta.get("weights", "full") == "adapter":
+            pointer = dict(meta["base"])
+            if base is not None:
+                key = "pretrained" if pointer.get("pretrained") else "model"
+                pointer[key] = base
+            if meta["backbone"] == "open_clip":
+                bb: ClipBackbone | VlmBackbone = ClipBackbone.create(pointer["model"], pointer.get("pretrained"),
+                                                                     with_text=with_text,
+                                                                     preprocess=pointer.get("preprocess"))
+            else:
+                bb = _load_base_vlm(pointer["model"], meta.get("image_size"))
+            model = cls(bb, meta["condition"], meta["head_hidden"], lora=meta["lora"], difference=difference)
+            if check_base and bb.source_fingerprint != meta["base_fingerprint"]:
+                raise ValueError(f"{directory}: the base backbone at {pointer} is not the one these LoRA adapters "
+                                 "were trained on (its weights differ); pass base= the right one, or "
+                                 "check_base=False to load anyway")
+            state = load_file(str(directory / ADAPTER_NAME))
+            res = model.backbone.net.load_state_dict(state, strict=False)
+            missing = [k for k in res.missing_keys if "lora_" in k]
+            if missing or res.unexpected_keys:
+                raise ValueError(f"{directory}: the adapters do not fit the base ({len(missing)} LoRA weights "
+                                 f"missing, {len(res.unexpected_keys)} unexpected; first: "
+                                 f"{(missing + res.unexpected_keys)[:3]})")
         else:
-            bb = VlmBackbone.load(directory / "backbone", meta.get("image_size"))
-        model = cls(bb, meta["condition"], meta["head_hidden"], difference=bool(meta.get("difference", False)))
+            if meta["backbone"] == "open_clip":
+                bb = ClipBackbone.load(directory / "backbone", with_text)
+            else:
+                bb = VlmBackbone.load(directory / "backbone", meta.get("image_size"))
+            model = cls(bb, meta["condition"], meta["head_hidden"], difference=difference)
         model.head.load_state_dict(load_file(str(directory / HEAD_NAME)), strict=True)
         model.eval()
         return model.to(device) if device is not None else model
+
+
+def _base_pointer(backbone: ClipBackbone | VlmBackbone) -> dict[str, Any]:
+    if isinstance(backbone, ClipBackbone):
+        return {**backbone.source, "preprocess": {"mean": backbone.mean.flatten().tolist(),
+                                                  "std": backbone.std.flatten().tolist()}}
+    return {"model": backbone.source}
+
+
+def _load_base_vlm(model: str, image_size: int | None) -> VlmBackbone:
+    try:
+        return VlmBackbone.create(model, image_size)
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot load the base VLM {model!r} these LoRA adapters point to ({exc}); "
+                                "pass base= its new path or hub id") from exc
+
+
+def weights_fingerprint(net: nn.Module) -> str:
+    """A fingerprint of a network's weights outside its LoRA adapters (the same with the adapters added as
+    without): SHA-256 over every tensor's name, shape and its first and last 64 values rounded to
+    bfloat16 (so a float32 and a bfloat16 copy of one checkpoint agree). Cheap on a 7B model; two
+    checkpoints that differ anywhere in those values (any two trainings) differ here.
+
+    Example:
+        >>> a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+        >>> weights_fingerprint(a) == weights_fingerprint(copy.deepcopy(a)), weights_fingerprint(a) == weights_fingerprint(b)
+        (True, False)
+    """
+    import hashlib
+
+    if type(net).__name__ == "LoraModel":
+        net = net.model
+    state = {k.replace(".base_layer.", "."): v for k, v in net.state_dict().items() if "lora_" not in k}
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        flat = t.detach().reshape(-1)
+        ends = torch.cat([flat[:64], flat[-64:]]) if flat.numel() > 128 else flat
+        if ends.is_floating_point():
+            ends = ends.to(torch.bfloat16).float()
+        h.update(f"{name}:{tuple(t.shape)}:".encode())
+        h.update(ends.cpu().double().numpy().tobytes())
+    return h.hexdigest()

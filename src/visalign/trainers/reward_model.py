@@ -10,16 +10,23 @@ to a scalar. Two backbones:
   reference image's (``"reference"``) or the prompt's (``"prompt"``) embedding (L2-normalised), and
   with ``difference=True`` also the features of the difference image ``0.5 + (x - reference) / 2``
   (a siamese model that also looks at what changed, pixel by pixel).
-* ``vlm``: a Qwen2-VL-family model (``AutoModelForImageTextToText``; the tiny builder of
-  :mod:`visalign.models.tiny_vlm` for tests). The chat holds the reference image (``"reference"``),
-  the image and the prompt; the head reads the last token's final hidden state (last-token pooling,
-  left padding).
+* ``vlm``: a VLM of any family the GRPO trainer supports (``AutoModelForImageTextToText``: Qwen2-VL,
+  Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3, SmolVLM, Gemma 3, LLaVA, LLaVA-OneVision, InternVL; the
+  tiny builders of :mod:`visalign.models.tiny_vlm` for tests). The chat holds the reference image
+  (``"reference"``), the image and the prompt, encoded by the family's own processor and chat template
+  as the GRPO trainer encodes its prompts (:func:`visalign.models.vlm_inputs.encode_chats`); the head
+  reads the last token's final hidden state (last-token pooling, left padding).
 
 Every image goes through one torch path (:meth:`RewardModel.prepare`: to ``[0, 1]`` floats, resized
-to the backbone's square input with antialiased bilinear interpolation, normalised; for the VLM,
-cut into Qwen2-VL's patches by :func:`qwen2vl_patchify`), so scoring a PIL image and differentiating
-with respect to an image tensor (ReFL) see the same function. Images are resized to a square, not
-centre-cropped: a crop would cut a page's or a chart's content.
+to the backbone's square input with antialiased bilinear interpolation; then open_clip's
+normalisation, or the VLM processor run on the tensor, which keeps the autograd graph), so scoring a
+PIL image and differentiating with respect to an image tensor (ReFL) see the same function, for both
+backbones and every VLM family. Images are resized to a square, not centre-cropped: a crop would cut
+a page's or a chart's content.
+
+A LoRA model whose base can be loaded again (a VLM path or hub id, an open_clip checkpoint) saves
+only its adapters, the head and a pointer to the base (``save_adapter_only``); a full fine-tune saves
+everything.
 
 Training (:class:`RewardModelTrainer`, ``visalign train reward CONFIG --mode bt``) minimises
 :func:`bradley_terry_loss` over preference pairs (:func:`visalign.data.pairs.load_pairs`), LoRA or
@@ -269,7 +276,8 @@ class RewardModelConfig:
 
     mode: str = option("bt", "'bt': Bradley-Terry reward model (a scalar head); 'judge': a generative VLM judge "
                              "trained with GRPO (visalign.trainers.judge.JudgeGRPOConfig)")
-    backbone: str = option("open_clip", "'open_clip' (image tower + head) or 'vlm' (Qwen2-VL family, last token)")
+    backbone: str = option("open_clip", "'open_clip' (image tower + head) or 'vlm' (any VLM family the GRPO "
+                                        "trainer supports, last token)")
     model: str | None = option(None, "open_clip: an architecture name or 'local-dir:PATH'; vlm: a model path "
                                      "or hub id (AutoModelForImageTextToText)")
     pretrained: str | None = option(None, "open_clip pretrained tag (downloads) or local checkpoint; None with "
@@ -278,8 +286,8 @@ class RewardModelConfig:
                                             "a new model with random weights")
     condition: str = option("auto", "what the score sees besides the image: 'reference' (the target image), "
                                     "'prompt' (its text), 'none'; 'auto': 'reference' when the rows have one")
-    image_size: int | None = option(None, "input side in px (VLM: a multiple of patch * merge); None: the "
-                                          "backbone's")
+    image_size: int | None = option(None, "input side in px (Qwen-VL: a multiple of patch * merge); None: the "
+                                          "backbone's (a VLM: the side its processor pins, else 448)")
     head_hidden: int = option(256, "hidden width of the scalar head (LayerNorm, Linear, GELU, Linear)")
     difference: bool = option(False, "open_clip + reference: also encode the difference image (image - reference) "
                                      "and give its features to the head (pixel-level changes: values, positions)")
@@ -309,6 +317,10 @@ class RewardModelConfig:
     lora_dropout: float = option(0.0, "LoRA dropout")
     lora_target_modules: tuple[str, ...] | None = option(None, "LoRA targets; None: c_fc, c_proj (open_clip) or "
                                                                "q/k/v/o_proj (VLM)")
+    save_adapter_only: bool | None = option(None, "LoRA: save the adapters, the head and a pointer to the base "
+                                                  "(`model`) instead of merged weights; None: when the base can "
+                                                  "be loaded again (a path, hub id or pretrained checkpoint, "
+                                                  "not a random clip_config); False: merge and save everything")
     seed: int = option(0, "seed of the head, a random backbone, the shuffling")
     output_dir: str = option("out/reward", "model, checkpoints, metrics.jsonl, curves.png, eval/")
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end)")
@@ -401,6 +413,11 @@ class RewardModelTrainer:
             model = RewardModel.build(config.backbone, config.model, config.pretrained, config.clip_config,
                                       condition, config.head_hidden, config.image_size, lora, config.seed,
                                       config.difference)
+        if config.save_adapter_only:  # refused now, not after the training
+            why_not = model._why_not_adapter_only()
+            if why_not is not None:
+                raise ValueError(f"save_adapter_only: true, but {why_not} (LoRA needs use_lora: true; a base to "
+                                 "point to needs `model`: a path, hub id or pretrained checkpoint)")
         if config.freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
@@ -537,7 +554,7 @@ class RewardModelTrainer:
         self.save_checkpoint()
         model_dir = self.out / "model"
         if acc.is_main_process:
-            self.reward_model.save_pretrained(model_dir)
+            self.reward_model.save_pretrained(model_dir, save_adapter_only=cfg.save_adapter_only)
         result = self.evaluate(out_dir=self.out / "eval") if acc.is_main_process else None
         if result is not None:
             self._log({"step": self.step, "eval/accuracy": result["accuracy"], "eval/ci_low": result["ci95"][0],
