@@ -147,3 +147,143 @@ def test_a_reused_output_dir_is_refused_unless_overwritten(processor, tmp_path) 
     SFTTrainer(config(tmp_path, overwrite_output_dir=True), model=tiny_model(processor), processor=processor,
                train_rows=rows(2))
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------------------- resume
+class Preempted(Exception):
+    """The job stopped from outside (a preemption, a crash) in the middle of a step."""
+
+
+class PreemptedTrainer(SFTTrainer):
+    """Stops inside the forward pass of the first micro-batch after ``stop_after`` steps, when a later
+    checkpoint is not yet written but ``metrics.jsonl`` already holds steps after the last one."""
+
+    stop_after = 0
+
+    def _forward_loss(self, batch):
+        if self.model.training and self.step >= self.stop_after:
+            raise Preempted
+        return super()._forward_loss(batch)
+
+
+def _losses(run) -> list[tuple[int, float, float]]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["lr"]) for r in lines if "loss" in r]
+
+
+@pytest.mark.parametrize("variant", ["full", "lora"])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(processor, tmp_path, variant: str) -> None:
+    """N steps straight vs k steps, a stop, and a new trainer with ``resume_from: latest`` to N.
+
+    full: cosine schedule with warmup and gradient accumulation over 10 rows in micro-batches of 4 (3 per
+    epoch: two steps of 2 + 1 micro-batches), save_every 3; the run is preempted during step 6, after
+    steps 4 and 5 were logged, so the resume starts from checkpoint-3, inside epoch 1 (micro-batch 5).
+    lora: LoRA with dropout (the RNG must be restored), a run of k = 3 steps that finished (its final
+    save in output_dir is the latest state), extended to N = 5 (constant learning rate, so the k-step
+    run's schedule is the N-step run's).
+
+    Tolerance: on CPU in float32 the resumed run repeats the same operations in the same order on the same
+    bits (weights, Adam moments and step, lr, data order, dropout masks: each restored, or recomputed from
+    the seed), so the weights come out bitwise equal (seen here). atol 1e-6 is about 8 float32 ulps at
+    |w| = 1 (the spacing below 1 is at most 1.2e-7; these weights are mostly ~0.02): room for a kernel that
+    reorders a sum, and far below what any lost piece of state does: Adam moves every weight that has a
+    gradient by about lr = 3e-3 per step, so a missing optimizer state, a shifted batch, another dropout
+    mask or another learning rate shows up at ~1e-4 or more after one step.
+    """
+    data = rows(10 if variant == "full" else 6)
+    if variant == "full":
+        opts = {"max_steps": 7, "lr_scheduler": "cosine", "warmup_steps": 2, "gradient_accumulation_steps": 2,
+                "save_every": 3}
+    else:
+        opts = {"max_steps": 5, "batch_size": 2, "use_lora": True, "lora_r": 4, "lora_dropout": 0.3,
+                "lora_target_modules": ["q_proj", "v_proj"]}
+    straight = SFTTrainer(config(tmp_path / "a", **opts), model=tiny_model(processor), processor=processor,
+                          train_rows=data)
+    straight.train()
+
+    run = tmp_path / "b" / "run"
+    if variant == "full":
+        first = PreemptedTrainer(config(tmp_path / "b", **opts), model=tiny_model(processor), processor=processor,
+                                 train_rows=data)
+        first.stop_after = 5
+        with pytest.raises(Preempted):
+            first.train()
+        assert [s for s, _, _ in _losses(run)] == [1, 2, 3, 4, 5] and (run / "checkpoint-3").is_dir()
+        position = (run / "checkpoint-3", 3, 5)  # micro-batches: 3 in epoch 0, then 2 of epoch 1
+    else:
+        SFTTrainer(config(tmp_path / "b", **{**opts, "max_steps": 3}), model=tiny_model(processor),
+                   processor=processor, train_rows=data).train()
+        position = (run, 3, 3)  # the finished run's final save, at the end of epoch 0
+    resumed = SFTTrainer(config(tmp_path / "b", **opts, resume_from="latest"), model=tiny_model(processor),
+                         processor=processor, train_rows=data)
+    assert (resumed.resumed_from, resumed.step, resumed.micro) == position
+    summary = resumed.train()
+    assert summary["steps"] == opts["max_steps"]
+
+    a = straight.accelerator.unwrap_model(straight.model).state_dict()
+    b = resumed.accelerator.unwrap_model(resumed.model).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), name
+    # the optimizer is where the uninterrupted one is too: Adam's step count and moments
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(int(sa[i]["step"]) == int(sb[i]["step"]) == opts["max_steps"] for i in sa)
+    for i in sa:
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(sa[i][moment], sb[i][moment], rtol=1e-5, atol=0), (i, moment)
+    # metrics: every step once, with the uninterrupted run's losses and learning rates
+    logged = _losses(run)
+    assert [s for s, _, _ in logged] == list(range(1, opts["max_steps"] + 1))
+    expected = _losses(tmp_path / "a" / "run")
+    assert [x for r in logged for x in r] == pytest.approx([x for r in expected for x in r], abs=1e-6)
+
+
+def test_resume_from_a_missing_or_unusable_checkpoint_fails_before_the_model_loads(processor, tmp_path) -> None:
+    """``model`` names no directory: loading it would raise OSError, so an OutputDirError means the
+    resume point was checked first."""
+    from visalign.trainers.runtime import OutputDirError
+
+    absent = str(tmp_path / "no-model")
+    with pytest.raises(OutputDirError, match=r"resume_from: .*no-such-checkpoint is not a directory"):
+        SFTTrainer(config(tmp_path, model=absent, resume_from=str(tmp_path / "no-such-checkpoint")),
+                   train_rows=rows(2))
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)  # weights only: saved with save_optimizer: false
+    (run / "checkpoint-2" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(OutputDirError, match=r"no resumable save .*checkpoint-2 have no trainer_state\.json"):
+        SFTTrainer(config(tmp_path, model=absent, resume_from="latest"), train_rows=rows(2))
+    with pytest.raises(OutputDirError, match="is not a resumable SFT save"):
+        SFTTrainer(config(tmp_path, model=absent, resume_from=str(run / "checkpoint-2")), train_rows=rows(2))
+    (run / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"step": 2, "total_steps": 4}))
+    with pytest.raises(OutputDirError, match="older visalign without the data position"):
+        SFTTrainer(config(tmp_path, model=absent, resume_from="latest"), train_rows=rows(2))
+    # 'latest' with nothing saved yet is a fresh start, as in every trainer
+    fresh = SFTTrainer(config(tmp_path / "fresh", resume_from="latest"), model=tiny_model(processor),
+                       processor=processor, train_rows=rows(2))
+    assert fresh.resumed_from is None and fresh.step == 0
+
+
+def test_cli_resumes_a_full_fine_tune_from_its_final_save(processor, tmp_path) -> None:
+    """``visalign train sft CONFIG --set resume_from=latest``: the config file's model is a directory, so a
+    resumed full fine-tune loads the save's weights with ``from_pretrained`` (not the base's); a run of
+    2 steps (save_every 0: its only save is the final one) extended to 3 equals a run of 3 (constant lr)."""
+    from safetensors.torch import load_file
+
+    from visalign.cli import main
+
+    tiny_model(processor).save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    write_jsonl(rows(6), tmp_path / "train.jsonl")
+    base = {"model": "base", "train_data": "train.jsonl", "batch_size": 4, "learning_rate": 3e-3,
+            "lr_scheduler": "constant", "progress": False, "num_threads": 1, "log_every": 1}
+    for name, steps in (("a", 3), ("b", 2)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"sft": {**base, "max_steps": steps, "output_dir": name}}))
+        assert main(["train", "sft", str(tmp_path / f"{name}.yaml")]) == 0
+    # resumed at its last step: nothing to train, nothing logged twice
+    assert main(["train", "sft", str(tmp_path / "b.yaml"), "--set", "resume_from=latest"]) == 0
+    assert [s for s, _, _ in _losses(tmp_path / "b")] == [1, 2]
+    assert main(["train", "sft", str(tmp_path / "b.yaml"), "--set", "resume_from=latest", "--set", "max_steps=3"]) == 0
+    assert json.loads((tmp_path / "b" / "trainer_state.json").read_text())["step"] == 3
+    assert [s for s, _, _ in _losses(tmp_path / "b")] == [1, 2, 3]
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
