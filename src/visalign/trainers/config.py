@@ -166,10 +166,9 @@ def apply_renamed_options(cls: type, data: Mapping[str, Any], where: str = "") -
 
     Example:
         >>> from dataclasses import dataclass
-        >>> from typing import ClassVar
         >>> @dataclass
         ... class C:
-        ...     RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("lora_rank",)
+        ...     RENAMED_OPTIONS = ("lora_rank",)  # not annotated: a class attribute, not an option
         ...     lora_r: int = option(16, "LoRA rank")
         >>> load_config(C, {"lora_rank": 4})
         C(lora_r=4)
