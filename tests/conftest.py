@@ -13,6 +13,22 @@ import pytest
 
 from visalign.renderers.sandbox import detect_sandbox
 
+#: doctests over ~3 s on 2 cores (each starts a renderer pool, a browser or a model of its own): marked
+#: slow like the tests, so `make test-fast` skips them and `make test` still runs them
+SLOW_DOCTESTS = frozenset({
+    "visalign.metrics.chart_code.chart_code_metrics", "visalign.metrics.chart_code.chart_code_metrics_batch",
+    "visalign.rewards.chart_code.ChartCodeReward", "visalign.renderers.pool.ZygotePool",
+    "visalign.renderers.html.HtmlRenderer", "visalign.renderers.matplotlib.MatplotlibRenderer",
+    "visalign.data.charts.chart_dataset", "visalign.rewards.ocr.OcrReward", "visalign.rewards.identity.IdentityReward",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if type(item).__name__ == "DoctestItem" and item.name in SLOW_DOCTESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 GOOD_CHART = "import matplotlib.pyplot as plt\nplt.bar(['a', 'b', 'c'], [3, 1, 2], color='#1f77b4')\nplt.title('ok')\n"
 
 

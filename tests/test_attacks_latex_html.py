@@ -308,6 +308,7 @@ def test_html_page_burning_cpu_past_the_bound_is_stopped(html_small):
     assert html_small.render("<p>after</p>").ok
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.skipif(detect_sandbox().level != "bubblewrap", reason="the disk quota needs bubblewrap")
 def test_html_writable_mounts_have_a_quota(html_small):
@@ -335,6 +336,7 @@ def test_html_writable_mounts_have_a_quota(html_small):
     assert seen
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.skipif(not ROOT or detect_sandbox().level != "bubblewrap",
                     reason="Chromium drops to a sandbox uid only as root with bubblewrap")

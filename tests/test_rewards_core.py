@@ -511,6 +511,7 @@ def test_composite_sum_then_normalize_by_hand() -> None:
     assert group_zscores([1.0, 2.0], ["solo", "other"]) == [0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_composite_renders_once(service: CountingService) -> None:
     ref = chart((2, 2, 1))
     samples = [Sample(completion=fenced(chart((2, 2, h)), "python"), reference_code=ref, kind="matplotlib",

@@ -125,6 +125,7 @@ def test_result_blobs_are_split_by_the_header():
     assert header["error_kind"] is None and blobs == {"png": b"ab", "trace": b"{}x"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["bubblewrap", "rlimits"])
 def test_shared_isolation_wipes_between_jobs(level):
     """Where user namespaces are unavailable, what a job wrote is gone before the next job starts."""
@@ -164,6 +165,7 @@ def test_shared_isolation_wipes_between_jobs(level):
     assert "found: []" in out.stdout, out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["bubblewrap", "namespaces", "rlimits"])
 def test_read_only_paths_under_tmp_stay_visible_to_jobs(level, tmp_path):
     """An install under /tmp (a checkout made with ``mktemp -d``, 0700) must not vanish under the job's
