@@ -172,7 +172,7 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lora_trains_adapters_and_head_only(tmp_path: Path) -> None:
-    trainer = RewardModelTrainer(_config(tmp_path, use_lora=True, lora_r=4, max_steps=2), train_rows=_pairs(8, 3))
+    trainer = RewardModelTrainer(_config(tmp_path, lora=True, lora_r=4, max_steps=2), train_rows=_pairs(8, 3))
     before = {k: v.clone() for k, v in trainer.reward_model.state_dict().items()}
     trainer.train()
     after = trainer.reward_model.state_dict()

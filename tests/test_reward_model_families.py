@@ -156,7 +156,7 @@ def test_family_bt_step_save_and_reload(base_path: Any, tmp_path: Path, family: 
     the scores; the saved model (LoRA: adapters only, by default) reloads to identical scores, also as
     ``get_reward("model", path=...)``."""
     rows = _pairs(4, 1)
-    extra = {"use_lora": True, "lora_r": 2, "lora_alpha": 4} if lora else {}
+    extra = {"lora": True, "lora_r": 2, "lora_alpha": 4} if lora else {}
     trainer = RewardModelTrainer(_config(base_path(family), tmp_path / "run", **extra), train_rows=rows)
     rm = trainer.reward_model
     images, refs, prompts = [r["rejected"] for r in rows], [r["reference"] for r in rows], [r["prompt"] for r in rows]

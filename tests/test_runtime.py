@@ -235,11 +235,15 @@ def test_one_vocabulary_across_trainers_and_old_names_load_with_a_warning(caplog
     from visalign.trainers.config import VOCABULARY, load_config
     from visalign.trainers.flow import FlowGRPOConfig
     from visalign.trainers.refl import ReFLConfig
+    from visalign.trainers.reward_model import RewardModelConfig
+    from visalign.trainers.sft import SFTConfig
     from visalign.trainers.vlm import VLMGRPOConfig as GRPOConfig
 
-    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (FlowGRPOConfig, ReFLConfig, GRPOConfig)}
+    names = {cls: {f.name for f in dataclasses.fields(cls)}
+             for cls in (FlowGRPOConfig, ReFLConfig, GRPOConfig, SFTConfig, RewardModelConfig)}
     for cls, have in names.items():
-        assert {"lora", "lora_r", "lora_alpha", "max_steps"} <= have, cls.__name__
+        assert {"lora", "lora_r", "lora_alpha", "lora_target_modules", "max_steps", "learning_rate", "seed",
+                "output_dir", "overwrite_output_dir", "resume_from", "mixed_precision"} <= have, cls.__name__
         trl_meaning = {"num_iterations"} if cls is GRPOConfig else set()  # TRL's mu, kept in the GRPO trainer
         assert not have & set(VOCABULARY) - trl_meaning, (cls.__name__, have & set(VOCABULARY))
     assert "epsilon" in names[FlowGRPOConfig] and "epsilon" in names[GRPOConfig]
@@ -249,6 +253,7 @@ def test_one_vocabulary_across_trainers_and_old_names_load_with_a_warning(caplog
     said = caplog.text
     assert "'clip_range' is now called 'epsilon'" in said and "'num_iterations' is now called 'max_steps'" in said
     assert load_config(ReFLConfig, {"lora_rank": 4}).lora_r == 4
+    assert load_config(SFTConfig, {"use_lora": True}).lora and load_config(RewardModelConfig, {"use_lora": True}).lora
     with pytest.raises(ValueError, match="'lora_rank' and 'lora_r' are one option"):
         load_config(FlowGRPOConfig, {"lora_rank": 4, "lora_r": 8})
     # in the GRPO trainer num_iterations keeps TRL's meaning (optimizer steps per generation batch)

@@ -119,12 +119,12 @@ def test_yaml_config_with_jsonl_data_and_lora(processor, tmp_path) -> None:
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump({"sft": {
         "model": str(tmp_path / "base"), "train_data": str(data), "max_steps": 3, "batch_size": 2,
-        "use_lora": True, "lora_r": 4, "lora_target_modules": ["q_proj", "v_proj"], "learning_rate": 1e-3,
+        "lora": True, "lora_r": 4, "lora_target_modules": ["q_proj", "v_proj"], "learning_rate": 1e-3,
         "output_dir": str(tmp_path / "lora"), "progress": False, "num_threads": 1}}))
     summary = train_sft_from_config(path)
     assert summary["steps"] == 3
     assert (tmp_path / "lora" / "adapter_config.json").exists()
-    assert yaml.safe_load((tmp_path / "lora" / "sft_config.yaml").read_text())["use_lora"] is True
+    assert yaml.safe_load((tmp_path / "lora" / "sft_config.yaml").read_text())["lora"] is True
     with pytest.raises(ValueError, match=r"unknown SFTConfig option\(s\) 'epoch' \(did you mean 'epochs'\?\)"):
         train_sft_from_config({"epoch": 1})
     with pytest.raises(ValueError, match="SFT needs an image and code in every training row"):
@@ -195,7 +195,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(processor, tmp_path, v
         opts = {"max_steps": 7, "lr_scheduler": "cosine", "warmup_steps": 2, "gradient_accumulation_steps": 2,
                 "save_every": 3}
     else:
-        opts = {"max_steps": 5, "batch_size": 2, "use_lora": True, "lora_r": 4, "lora_dropout": 0.3,
+        opts = {"max_steps": 5, "batch_size": 2, "lora": True, "lora_r": 4, "lora_dropout": 0.3,
                 "lora_target_modules": ["q_proj", "v_proj"]}
     straight = SFTTrainer(config(tmp_path / "a", **opts), model=tiny_model(processor), processor=processor,
                           train_rows=data)

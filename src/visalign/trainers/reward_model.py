@@ -51,7 +51,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -274,6 +274,8 @@ def rank_ladders(model: RewardModel, ladders: Sequence[Mapping[str, Any]], batch
 class RewardModelConfig:
     """Options of :class:`RewardModelTrainer` (``visalign train reward CONFIG --mode bt``)."""
 
+    RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("use_lora",)  # config.VOCABULARY
+
     mode: str = option("bt", "'bt': Bradley-Terry reward model (a scalar head); 'judge': a generative VLM judge "
                              "trained with GRPO (visalign.trainers.judge.JudgeGRPOConfig)")
     backbone: str = option("open_clip", "'open_clip' (image tower + head) or 'vlm' (any VLM family the GRPO "
@@ -311,7 +313,7 @@ class RewardModelConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (None: no clipping)")
     freeze_backbone: bool = option(False, "train the head only (a linear-probe-style reward model)")
-    use_lora: bool = option(False, "train LoRA adapters on the backbone (peft) instead of all its weights")
+    lora: bool = option(False, "train LoRA adapters on the backbone (peft) instead of all its weights")
     lora_r: int = option(16, "LoRA rank", source="peft")
     lora_alpha: int = option(32, "LoRA alpha", source="peft")
     lora_dropout: float = option(0.0, "LoRA dropout")
@@ -407,7 +409,7 @@ class RewardModelTrainer:
                                  f"(first: {missing[:5]})")
         if model is None:
             lora = None
-            if config.use_lora:
+            if config.lora:
                 lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                         "target_modules": list(config.lora_target_modules) if config.lora_target_modules else None}
             model = RewardModel.build(config.backbone, config.model, config.pretrained, config.clip_config,
@@ -416,7 +418,7 @@ class RewardModelTrainer:
         if config.save_adapter_only:  # refused now, not after the training
             why_not = model._why_not_adapter_only()
             if why_not is not None:
-                raise ValueError(f"save_adapter_only: true, but {why_not} (LoRA needs use_lora: true; a base to "
+                raise ValueError(f"save_adapter_only: true, but {why_not} (LoRA needs lora: true; a base to "
                                  "point to needs `model`: a path, hub id or pretrained checkpoint)")
         if config.freeze_backbone:
             for p in model.backbone.parameters():

@@ -18,7 +18,7 @@ trains on the same batches with the same dropout as an uninterrupted one (the we
 
 Example:
     >>> cfg = load_config(SFTConfig, {"model": "models/tiny-chart-vlm", "train_data": "train.jsonl"}, max_steps=5)
-    >>> cfg.max_steps, cfg.lr_scheduler, cfg.use_lora
+    >>> cfg.max_steps, cfg.lr_scheduler, cfg.lora
     (5, 'cosine', False)
 """
 
@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -82,6 +82,8 @@ TRAINER_STATE = "trainer_state.json"
 class SFTConfig:
     """Options of :class:`SFTTrainer` (``visalign train sft CONFIG`` reads them from YAML)."""
 
+    RENAMED_OPTIONS: ClassVar[tuple[str, ...]] = ("use_lora",)  # config.VOCABULARY
+
     model: str | None = option(None, "path of the model to fine-tune (AutoModelForImageTextToText + "
                                "AutoProcessor); may be None when the trainer is handed a model")
     train_data: str | list[str] | None = option(
@@ -120,7 +122,7 @@ class SFTConfig:
                                            "of a finished or time-limited run); a fresh start when there is none")
     log_every: int = option(10, "log the mean loss every this many steps")
     eval_every: int = option(0, "eval loss every this many steps (0: only at the end)")
-    use_lora: bool = option(False, "train LoRA adapters (peft) instead of all weights")
+    lora: bool = option(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = option(16, "LoRA rank", source="peft")
     lora_alpha: int = option(32, "LoRA alpha", source="peft")
     lora_dropout: float = option(0.05, "LoRA dropout", source="peft")
@@ -361,11 +363,11 @@ def _check_resumable(path: Path, config: SFTConfig) -> dict[str, Any]:
     if missing:
         raise OutputDirError(f"{where} lacks {', '.join(missing)}: it cannot be resumed")
     adapter = path / "adapter_config.json"
-    if config.use_lora and not adapter.is_file():
-        raise ValueError(f"{where} holds full weights (no adapter_config.json) but use_lora is true")
-    if not config.use_lora and adapter.is_file():
-        raise ValueError(f"{where} holds a LoRA adapter but use_lora is false")
-    if config.use_lora:
+    if config.lora and not adapter.is_file():
+        raise ValueError(f"{where} holds full weights (no adapter_config.json) but lora is true")
+    if not config.lora and adapter.is_file():
+        raise ValueError(f"{where} holds a LoRA adapter but lora is false")
+    if config.lora:
         saved = json.loads(adapter.read_text())
         targets = saved.get("target_modules")
         targets = sorted(targets) if isinstance(targets, (list, tuple)) else targets
@@ -439,7 +441,7 @@ class SFTTrainer:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             if model is None:  # a resumed full fine-tune loads the save's weights instead of the base's
-                weights_loaded = self.resumed_from is not None and not config.use_lora
+                weights_loaded = self.resumed_from is not None and not config.lora
                 model = AutoModelForImageTextToText.from_pretrained(self.resumed_from if weights_loaded else config.model)
             processor = processor if processor is not None else AutoProcessor.from_pretrained(config.model)
         self.processor = processor
@@ -454,16 +456,16 @@ class SFTTrainer:
 
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-            if config.use_lora:
+            if config.lora:
                 model.enable_input_require_grads()
-        if config.use_lora:
+        if config.lora:
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                                                      lora_dropout=config.lora_dropout,
                                                      target_modules=list(config.lora_target_modules)))
         if self.resumed_from is not None and not weights_loaded:
-            _load_weights(model, self.resumed_from, config.use_lora)
+            _load_weights(model, self.resumed_from, config.lora)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                       betas=tuple(config.adam_betas))
@@ -611,7 +613,7 @@ class SFTTrainer:
 
         directory = Path(directory)
         acc, cfg = self.accelerator, self.config
-        merged = final and cfg.use_lora and cfg.merge_lora
+        merged = final and cfg.lora and cfg.merge_lora
         acc.wait_for_everyone()
         if acc.is_main_process:
             directory.mkdir(parents=True, exist_ok=True)
@@ -634,7 +636,7 @@ class SFTTrainer:
                 (directory / TRAINER_STATE).write_text(json.dumps({
                     "step": self.step, "total_steps": self.total_steps, "micro": self.micro,
                     "seconds": round(self._seconds if self._clock is None else time.perf_counter() - self._clock, 3),
-                    "window": self._window, "merged": merged, "lora": cfg.use_lora,
+                    "window": self._window, "merged": merged, "lora": cfg.lora,
                     "num_processes": acc.num_processes, "batch_size": cfg.batch_size,
                     "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
                     "train_rows": len(self.train_rows)}))
