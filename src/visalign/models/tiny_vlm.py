@@ -215,7 +215,7 @@ def _finish(model: Any, tok: Any) -> Any:
     return model
 
 
-def _qwen_vl(family: str, corpus: Iterable[str], image_size: int) -> tuple[Any, Any]:
+def _qwen_vl(family: str, corpus: Iterable[str], image_size: int, seed: int = 0) -> tuple[Any, Any]:
     import transformers as tf
 
     tok = build_tokenizer(corpus, vocab_size=320)
@@ -228,7 +228,7 @@ def _qwen_vl(family: str, corpus: Iterable[str], image_size: int) -> tuple[Any, 
     if family == "qwen2_vl":
         processor = build_processor(tok, image_size=image_size, patch_size=patch, merge_size=merge)
         return build_tiny_qwen2vl(processor, hidden_size=32, num_layers=2, num_heads=2, vision_width=16,
-                                  vision_depth=1, vision_heads=2), processor
+                                  vision_depth=1, vision_heads=2, seed=seed), processor
     if family == "qwen2_5_vl":
         processor = tf.Qwen2_5_VLProcessor(image_processor=tf.Qwen2VLImageProcessor(**pixels),
                                            video_processor=tf.Qwen2VLVideoProcessor(**pixels), tokenizer=tok,
@@ -306,7 +306,13 @@ def _gemma3(corpus: Iterable[str], image_size: int) -> tuple[Any, Any]:
                                             num_attention_heads=2, image_size=image_size, patch_size=patch),
         mm_tokens_per_image=per_image, boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
         image_token_index=ids["image_token"])
-    return _finish(tf.Gemma3ForConditionalGeneration(config), tok), processor
+    model = tf.Gemma3ForConditionalGeneration(config)
+    # Gemma 3 initialises its image projection to zeros (a trained checkpoint has it learned): random
+    # instead, or the tiny model's output would not depend on the image at all
+    import torch
+
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.25)
+    return _finish(model, tok), processor
 
 
 def _llava_onevision(corpus: Iterable[str], image_size: int) -> tuple[Any, Any]:
@@ -371,7 +377,7 @@ def build_tiny_vlm(family: str, corpus: Iterable[str], *, image_size: int = 32, 
     corpus = list(corpus)
     torch.manual_seed(seed)
     if family.startswith("qwen"):
-        return _qwen_vl(family, corpus, image_size)
+        return _qwen_vl(family, corpus, image_size, seed)
     if family in ("idefics3", "smolvlm"):
         return _idefics3(family, corpus, image_size)
     if family == "llava":
