@@ -32,7 +32,8 @@ __all__ = ["chat_messages", "encode_chats", "model_inputs"]
 
 
 def chat_messages(instruction: str, n_images: int = 1, system: str | None = None) -> list[dict[str, Any]]:
-    """An optional system turn, then the user turn: ``n_images`` image parts, then the instruction.
+    """An optional system turn, then the user turn: ``n_images`` image parts (shown in order; 0 for a
+    text-only prompt), then the instruction. The one chat every trainer, judge and reward model builds.
 
     Example:
         >>> [p["type"] for p in chat_messages("Score it.", n_images=2)[0]["content"]]

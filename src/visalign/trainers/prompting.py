@@ -20,7 +20,7 @@ sees two, or a reference and two candidates): they come first, in order, then th
 Example:
     >>> chat_messages("Write matplotlib code for this chart.")[0]["content"]
     [{'type': 'image'}, {'type': 'text', 'text': 'Write matplotlib code for this chart.'}]
-    >>> [part["type"] for part in chat_messages("Which is better?", with_image=2)[0]["content"]]
+    >>> [part["type"] for part in chat_messages("Which is better?", n_images=2)[0]["content"]]
     ['image', 'image', 'text']
 """
 
@@ -36,6 +36,7 @@ from PIL import Image
 from ..languages import DEFAULT_INSTRUCTIONS  # re-exported: the instruction of each language
 from ..models.support import SUPPORTED_VLMS, VLMFamily
 from ..models.tokens import vision_token_ids
+from ..models.vlm_inputs import chat_messages  # re-exported: the one chat layout
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "ModelCheck", "PromptImages", "PromptTooLongError", "chat_messages", "check_prompts",
            "check_vlm", "encode_prompts", "format_check", "image_list", "prompt_texts", "vision_token_ids"]
@@ -74,32 +75,12 @@ def image_list(images: PromptImages, where: Any = None) -> list[Image.Image]:
     return out
 
 
-def chat_messages(instruction: str, with_image: bool | int = True, system: str | None = None) -> list[dict[str, Any]]:
-    """The user turn (image(s) first, then the instruction), after an optional system turn.
-
-    ``with_image``: True / False for one image or none, or the number of images (shown in order).
-
-    Example:
-        >>> [m["role"] for m in chat_messages("Draw it.", system="You write code.")]
-        ['system', 'user']
-    """
-    n_images = int(with_image)
-    if n_images < 0:
-        raise ValueError(f"with_image must be a bool or a count >= 0, got {with_image!r}")
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
-    content.append({"type": "text", "text": instruction})
-    messages: list[dict[str, Any]] = []
-    if system:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-    messages.append({"role": "user", "content": content})
-    return messages
-
-
 def prompt_texts(processor: Any, instructions: Sequence[str], with_image: bool | int | Sequence[int] = True,
                  system: str | None = None) -> list[str]:
     """The chat-templated prompt strings, ending where the assistant starts answering.
 
-    ``with_image``: as in :func:`chat_messages` for every prompt, or one image count per prompt.
+    ``with_image``: True / False (one image or none) or an image count for every prompt, or one count per
+    prompt.
     """
     counts = list(with_image) if isinstance(with_image, Sequence) else [with_image] * len(instructions)
     if len(counts) != len(instructions):
