@@ -539,6 +539,8 @@ class SFTTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run the optimizer steps; returns ``dict(steps, loss, eval_loss, seconds, output_dir)``."""
+        import torch
+
         cfg, acc = self.config, self.accelerator
         self.model.train()
         if acc.is_main_process:
@@ -575,6 +577,8 @@ class SFTTrainer:
             done = self.step >= self.total_steps or budget.spent()  # alike on every process
             if self.step % max(1, cfg.log_every) == 0 or done:
                 last_loss = sum(self._window) / len(self._window)
+                if acc.num_processes > 1:  # every process's batches, not the main one's
+                    last_loss = float(acc.reduce(torch.tensor([last_loss], device=acc.device), reduction="mean")[0])
                 self._window = []
                 bar.set_postfix(loss=f"{last_loss:.4f}")
                 self._log({"step": self.step, "loss": round(last_loss, 6),
