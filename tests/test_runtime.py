@@ -247,6 +247,12 @@ def test_one_vocabulary_across_trainers_and_old_names_load_with_a_warning(caplog
         trl_meaning = {"num_iterations"} if cls is GRPOConfig else set()  # TRL's mu, kept in the GRPO trainer
         assert not have & set(VOCABULARY) - trl_meaning, (cls.__name__, have & set(VOCABULARY))
     assert "epsilon" in names[FlowGRPOConfig] and "epsilon" in names[GRPOConfig]
+    from visalign.trainers.config import SHARED_OPTIONS
+
+    for cls in names:  # composed from one set of parts: a shared option means the same in every trainer
+        for f in dataclasses.fields(cls):
+            if f.name in SHARED_OPTIONS:
+                assert f.metadata["help"].startswith(SHARED_OPTIONS[f.name][1]), (cls.__name__, f.name)
     with caplog.at_level("WARNING", logger="visalign.config"):
         c = load_config(FlowGRPOConfig, {"clip_range": 1e-3, "lora_rank": 8, "num_iterations": 7})
     assert (c.epsilon, c.lora_r, c.max_steps) == (1e-3, 8, 7)

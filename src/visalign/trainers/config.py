@@ -61,6 +61,52 @@ def option(default: Any, help: str, *, source: str = "visalign") -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
+#: options every trainer has, with one meaning and one help text: ``name -> (default, help, source)``.
+#: A config declares them with :func:`shared_option` (a trainer may change the default, citing its
+#: source, and add a note), so the five configs are composed from these parts.
+SHARED_OPTIONS: dict[str, tuple[Any, str, str]] = {
+    "overwrite_output_dir": (False, "delete a previous run's artefacts in output_dir (metrics, checkpoints, eval, "
+                                    "final weights; nothing else) and start over; without it or resume_from a used "
+                                    "output_dir is refused", "HF Trainer"),
+    "resume_from": (None, "continue a run: a checkpoint directory, or 'latest': the newest checkpoint in output_dir "
+                          "(a fresh start when there is none yet)", "HF Trainer"),
+    "save_every": (0, "save a checkpoint-<N> every this many steps (0: only at the end)", "visalign"),
+    "max_minutes": (None, "stop after this many minutes of training (a wall-clock budget checked between steps; "
+                          "the final eval and weights follow)", "visalign"),
+    "num_threads": (None, "torch CPU threads (None: torch's default)", "visalign"),
+    "progress": (True, "progress bar with ETA (and each reward's raw mean)", "visalign"),
+    "mixed_precision": ("no", "'no', 'bf16' or 'fp16' (accelerate)", "accelerate"),
+    "gradient_checkpointing": (False, "recompute activations in the backward pass (less memory, more compute)",
+                               "visalign"),
+    "lora": (False, "train a LoRA adapter (peft) instead of all weights", "peft"),
+    "lora_r": (16, "LoRA rank (peft's r)", "peft"),
+    "lora_alpha": (32, "LoRA alpha (the update is scaled by alpha / r)", "peft"),
+    "lora_dropout": (0.0, "LoRA dropout", "peft"),
+    "weight_decay": (0.0, "AdamW weight decay", "torch"),
+    "adam_betas": ((0.9, 0.999), "AdamW betas", "torch"),
+    "max_grad_norm": (1.0, "clip the gradient norm to this (None or 0: no clipping)", "TRL 1.16"),
+}
+
+
+def shared_option(name: str, default: Any = dataclasses.MISSING, *, source: str | None = None,
+                  note: str | None = None) -> Any:
+    """The field of the shared option ``name`` (:data:`SHARED_OPTIONS`): its help text, with this trainer's
+    ``default`` (and the ``source`` of that default) when it differs, and a trainer-specific ``note``.
+
+    Example:
+        >>> from dataclasses import dataclass, fields
+        >>> @dataclass
+        ... class C:
+        ...     lora_r: int = shared_option("lora_r", 32, source="Flow-GRPO")
+        >>> C().lora_r, fields(C)[0].metadata["help"], fields(C)[0].metadata["source"]
+        (32, "LoRA rank (peft's r)", 'Flow-GRPO')
+    """
+    base_default, help_, base_source = SHARED_OPTIONS[name]
+    if default is dataclasses.MISSING:
+        default = base_default
+    return option(default, f"{help_}; {note}" if note else help_, source=source or base_source)
+
+
 def _copy(value: Any) -> Any:
     return json.loads(json.dumps(value)) if isinstance(value, (list, dict)) else set(value)
 

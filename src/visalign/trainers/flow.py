@@ -563,7 +563,7 @@ class FlowGRPOTrainer:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
-        if c.max_grad_norm > 0:
+        if c.max_grad_norm:
             acc.clip_grad_norm_(self.params, c.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from ..rewards.specs import parse_reward_specs
-from .config import load_config, option
+from .config import load_config, option, shared_option
 
 __all__ = ["PRESETS", "FlowGRPOConfig", "Preset", "describe_flow_options"]
 
@@ -160,39 +160,34 @@ class FlowGRPOConfig:
         "start = k * stride rolls back to 0 after passing num_steps - 2 and the window is cut at num_steps - 2 "
         "(MixGRPO's GRPOTrainingStates, progressive with roll_back)", source="visalign / MixGRPO")
     # optimisation
-    lora: bool = option(True, "train a LoRA adapter (False: full fine-tune)", source="Flow-GRPO")
-    lora_r: int = option(32, "LoRA rank (peft's r)", source="Flow-GRPO")
-    lora_alpha: float = option(64.0, "LoRA alpha", source="Flow-GRPO")
+    lora: bool = shared_option("lora", True, source="Flow-GRPO")
+    lora_r: int = shared_option("lora_r", 32, source="Flow-GRPO")
+    lora_alpha: float = shared_option("lora_alpha", 64.0, source="Flow-GRPO")
     lora_target_modules: list[str] | None = option(None, "peft target_modules (default: the policy's, attention "
                                                    "projections to_q/to_k/to_v/to_out.0; for a UNet without "
                                                    "attention its ResNet conv1/conv2)", source="Flow-GRPO")
     learning_rate: float = option(3e-4, "AdamW learning rate (full fine-tune: ~1e-5)", source="Flow-GRPO")
-    adam_betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="Flow-GRPO")
-    weight_decay: float = option(1e-4, "AdamW weight decay", source="Flow-GRPO")
+    adam_betas: tuple[float, float] = shared_option("adam_betas")
+    weight_decay: float = shared_option("weight_decay", 1e-4, source="Flow-GRPO")
     adam_eps: float = option(1e-8, "AdamW epsilon", source="Flow-GRPO")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", source="Flow-GRPO")
+    max_grad_norm: float | None = shared_option("max_grad_norm")
     ema: bool = option(True, "keep an EMA of the trainable weights, used for eval", source="Flow-GRPO")
     ema_decay: float = option(0.9, "EMA decay (warm-up: min(decay, (1 + n) / (10 + n)))", source="Flow-GRPO")
     ema_every: int = option(8, "EMA update every k optimizer steps", source="Flow-GRPO")
-    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "accelerate mixed precision; with LoRA the "
-                                                            "frozen weights are cast to it. Log-probs stay float32")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = shared_option("mixed_precision", note="with LoRA the frozen weights are cast to it; log-probs stay float32")
+    gradient_checkpointing: bool = shared_option("gradient_checkpointing")
     cpu: bool = option(False, "force the CPU even when a GPU is available")
     # run
     max_steps: int = option(100, "training iterations, each one sampled batch and its num_inner_updates "
                                    "optimizer steps (Flow-GRPO's epochs)")
-    max_minutes: float | None = option(None, "stop after this many minutes of training (checked between "
-                                       "iterations, alike on every process; a wall-clock budget)")
-    num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
+    max_minutes: float | None = shared_option("max_minutes")
+    num_threads: int | None = shared_option("num_threads")
     seed: int = option(0, "seed of prompts, noise and LoRA init")
     output_dir: str = option("runs/flow_grpo", "metrics.jsonl, checkpoints, eval grids, final weights")
-    save_every: int = option(0, "checkpoint every k iterations (0: only the final weights)")
-    resume_from: str | None = option(None, "checkpoint directory, or 'latest': the newest checkpoint-<N> in "
-                                     "output_dir (a fresh start when there is none yet)")
-    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
-                                        "(without it or resume_from, such an output_dir is refused)",
-                                        source="HF Trainer")
-    progress: bool = option(True, "progress bar (with ETA and each reward's mean)")
+    save_every: int = shared_option("save_every")
+    resume_from: str | None = shared_option("resume_from")
+    overwrite_output_dir: bool = shared_option("overwrite_output_dir")
+    progress: bool = shared_option("progress")
     eval_every: int = option(10, "eval grid every k iterations (0: never); also before the first iteration")
     eval_num_steps: int = option(10, "ODE steps of the eval samples", source="Flow-GRPO uses 40 at 512 px")
     eval_images_per_prompt: int = option(4, "columns of the eval grid")

@@ -75,7 +75,7 @@ from PIL import Image
 
 from ..rewards.base import Reward, RewardOutput, Sample
 from ..rewards.specs import parse_reward_specs
-from .config import load_config, option, resolve_config_paths, save_config
+from .config import load_config, option, resolve_config_paths, save_config, shared_option
 from .flow import FlowGRPOConfig, FlowGRPOTrainer, _noise, _read_prompts, build_reward
 from .flow_policies import (
     ClassConditionalFlowPolicy,
@@ -202,14 +202,13 @@ class ReFLConfig:
     adam_betas: tuple[float, float] = _shared("adam_betas")
     weight_decay: float = _shared("weight_decay")
     adam_eps: float = _shared("adam_eps")
-    max_grad_norm: float = _shared("max_grad_norm")
+    max_grad_norm: float | None = _shared("max_grad_norm")
     ema: bool = _shared("ema", False)
     ema_decay: float = _shared("ema_decay")
     ema_every: int = _shared("ema_every", 1)
     mixed_precision: Literal["no", "bf16", "fp16"] = _shared("mixed_precision")
-    gradient_checkpointing: bool = option(False, "recompute each step that keeps the graph in the backward pass "
-                                          "(torch.utils.checkpoint around the denoiser call: any family)",
-                                          source="DRaFT")
+    gradient_checkpointing: bool = shared_option("gradient_checkpointing", source="DRaFT", note=(
+        "here every step that keeps the graph (torch.utils.checkpoint around the denoiser call: any family)"))
     cpu: bool = _shared("cpu")
     # run
     max_steps: int = _shared("max_steps")

@@ -69,7 +69,7 @@ from ..models.reward_model import (  # noqa: F401 (the model lives below the rew
     image_to_tensor,
     qwen2vl_patchify,
 )
-from .config import load_config, option, save_config
+from .config import load_config, option, save_config, shared_option
 from .runtime import (
     MetricsLog,
     TimeBudget,
@@ -303,20 +303,20 @@ class RewardModelConfig:
     margin_scale: float = option(1.0, "multiplier of the label's margin (in logits) when use_margin")
     epochs: float = option(1.0, "passes over the pairs (ignored when max_steps > 0)")
     max_steps: int = option(0, "optimizer steps; 0 = derive from epochs")
-    max_minutes: float | None = option(None, "stop after this wall time (minutes)")
+    max_minutes: float | None = shared_option("max_minutes")
     batch_size: int = option(16, "pairs per micro-batch per process")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     learning_rate: float = option(1e-4, "AdamW learning rate of the backbone (or its LoRA adapters)")
     head_learning_rate: float | None = option(None, "AdamW learning rate of the head (None: learning_rate)")
     lr_scheduler: str = option("cosine", "'cosine' (to 0) or 'constant', both after a linear warmup")
     warmup_steps: int = option(0, "linear warmup steps")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (None: no clipping)")
+    weight_decay: float = shared_option("weight_decay")
+    max_grad_norm: float | None = shared_option("max_grad_norm")
     freeze_backbone: bool = option(False, "train the head only (a linear-probe-style reward model)")
-    lora: bool = option(False, "train LoRA adapters on the backbone (peft) instead of all its weights")
-    lora_r: int = option(16, "LoRA rank", source="peft")
-    lora_alpha: int = option(32, "LoRA alpha", source="peft")
-    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora: bool = shared_option("lora")
+    lora_r: int = shared_option("lora_r")
+    lora_alpha: int = shared_option("lora_alpha")
+    lora_dropout: float = shared_option("lora_dropout")
     lora_target_modules: tuple[str, ...] | None = option(None, "LoRA targets; None: c_fc, c_proj (open_clip) or "
                                                                "q/k/v/o_proj (VLM)")
     save_adapter_only: bool | None = option(None, "LoRA: save the adapters, the head and a pointer to the base "
@@ -325,19 +325,16 @@ class RewardModelConfig:
                                                   "not a random clip_config); False: merge and save everything")
     seed: int = option(0, "seed of the head, a random backbone, the shuffling")
     output_dir: str = option("out/reward", "model, checkpoints, metrics.jsonl, curves.png, eval/")
-    save_every: int = option(0, "checkpoint every this many steps (0: only at the end)")
-    resume_from: str | None = option(None, "a checkpoint directory, or 'latest' in output_dir (a fresh start when "
-                                           "there is none yet)")
-    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
-                                        "(without it or resume_from, such an output_dir is refused)",
-                                        source="HF Trainer")
+    save_every: int = shared_option("save_every")
+    resume_from: str | None = shared_option("resume_from")
+    overwrite_output_dir: bool = shared_option("overwrite_output_dir")
     log_every: int = option(10, "log the mean loss and accuracy every this many steps")
     eval_every: int = option(0, "held-out accuracy every this many steps (0: only at the end)")
     eval_batch_size: int = option(64, "images per forward pass in evaluation")
     bootstrap_resamples: int = option(2000, "bootstrap resamples of the accuracy interval")
-    mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (accelerate)")
-    num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
-    progress: bool = option(True, "show a tqdm progress bar")
+    mixed_precision: str = shared_option("mixed_precision")
+    num_threads: int | None = shared_option("num_threads")
+    progress: bool = shared_option("progress")
 
 
 # ------------------------------------------------------------------------------------------- trainer

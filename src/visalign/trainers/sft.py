@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from .config import load_config, option, save_config
+from .config import load_config, option, save_config, shared_option
 from .prompting import encode_prompts, vision_token_ids
 from .runtime import (
     MetricsLog,
@@ -98,41 +98,36 @@ class SFTConfig:
     system_prompt: str | None = option(None, "optional system turn (must match the GRPO config)")
     epochs: float = option(1.0, "passes over the training rows (ignored when max_steps > 0)")
     max_steps: int = option(0, "optimizer steps; 0 = derive from epochs")
-    max_minutes: float | None = option(None, "stop after this wall time (minutes), whatever the step")
+    max_minutes: float | None = shared_option("max_minutes")
     batch_size: int = option(8, "rows per micro-batch per process")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     learning_rate: float = option(2e-5, "peak AdamW learning rate", source="TRL SFTConfig")
     lr_scheduler: str = option("cosine", "'cosine' (to 0) or 'constant', both after a linear warmup")
     warmup_steps: int = option(0, "linear warmup steps")
-    weight_decay: float = option(0.0, "AdamW weight decay", source="TRL SFTConfig")
-    adam_betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", source="torch")
-    max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (None: no clipping)",
-                                         source="TRL SFTConfig")
+    weight_decay: float = shared_option("weight_decay")
+    adam_betas: tuple[float, float] = shared_option("adam_betas")
+    max_grad_norm: float | None = shared_option("max_grad_norm")
     max_length: int = option(1024, "prompt + answer tokens; the answer is cut to fit, the prompt never")
     seed: int = option(0, "seed of the weights (LoRA), the shuffling and dropout")
     output_dir: str = option("out/sft", "where the model, processor, checkpoints and metrics.jsonl go")
-    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir (its metrics, "
-                                        "checkpoints and final weights) and start over (without it or resume_from, "
-                                        "such an output_dir is refused)", source="HF Trainer")
-    save_every: int = option(0, "save a checkpoint-STEP directory every this many steps (0: only at the end)")
+    overwrite_output_dir: bool = shared_option("overwrite_output_dir")
+    save_every: int = shared_option("save_every")
     save_optimizer: bool = option(True, "save optimizer, scheduler and RNG states and the data position with "
                                         "checkpoints (what resume_from needs)")
-    resume_from: str | None = option(None, "continue a run: a checkpoint directory, or 'latest': the newest "
-                                           "resumable save in output_dir (its checkpoint-<N>, or the final save "
-                                           "of a finished or time-limited run); a fresh start when there is none")
+    resume_from: str | None = shared_option("resume_from")
     log_every: int = option(10, "log the mean loss every this many steps")
     eval_every: int = option(0, "eval loss every this many steps (0: only at the end)")
-    lora: bool = option(False, "train LoRA adapters (peft) instead of all weights")
-    lora_r: int = option(16, "LoRA rank", source="peft")
-    lora_alpha: int = option(32, "LoRA alpha", source="peft")
-    lora_dropout: float = option(0.05, "LoRA dropout", source="peft")
+    lora: bool = shared_option("lora")
+    lora_r: int = shared_option("lora_r")
+    lora_alpha: int = shared_option("lora_alpha")
+    lora_dropout: float = shared_option("lora_dropout", 0.05)
     lora_target_modules: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"),
                                             "modules wrapped with LoRA (the language model's attention)")
     merge_lora: bool = option(False, "save the merged full model at the end instead of the adapter")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
-    mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (accelerate)")
-    num_threads: int | None = option(None, "torch CPU threads (None: torch's default)")
-    progress: bool = option(True, "show a tqdm progress bar")
+    gradient_checkpointing: bool = shared_option("gradient_checkpointing")
+    mixed_precision: str = shared_option("mixed_precision")
+    num_threads: int | None = shared_option("num_threads")
+    progress: bool = shared_option("progress")
 
 
 def build_sft_batch(processor: Any, images: Sequence[Image.Image | None], instructions: Sequence[str],

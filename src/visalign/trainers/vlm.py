@@ -49,7 +49,7 @@ from ..languages import DEFAULT_INSTRUCTIONS, KIND_TO_TASK
 from ..rewards import CompositeReward, RenderService, Reward, Sample
 from ..rewards.code import fill_code
 from ..rewards.specs import build_rewards, parse_reward_specs
-from .config import config_to_dict, load_config, option, save_config
+from .config import config_to_dict, load_config, option, save_config, shared_option
 from .grpo import R1_REWARD_LOG_RATIO_BOUND, filter_advantages, group_advantages, policy_loss
 from .prompting import PromptImages, check_prompts, encode_prompts, vision_token_ids
 from .runtime import (
@@ -133,37 +133,34 @@ class VLMGRPOConfig:
     advantage_filter_sigma: float = option(3.0, "the filter keeps |z| <= sigma (the 3-sigma rule)", source="R1-Reward")
     # optimisation
     learning_rate: float = option(1e-6, "AdamW learning rate", source="TRL 1.16")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    adam_betas: tuple = option((0.9, 0.999), "AdamW betas")
+    weight_decay: float = shared_option("weight_decay")
+    adam_betas: tuple = shared_option("adam_betas")
     lr_scheduler: str = option("constant", "transformers scheduler name: constant, linear, cosine, ...")
     warmup_steps: int = option(0, "scheduler warm-up steps")
-    max_grad_norm: float = option(1.0, "gradient clipping", source="TRL 1.16")
+    max_grad_norm: float | None = shared_option("max_grad_norm")
     per_device_train_batch_size: int = option(8, "completions per forward/backward micro-batch")
     max_steps: int = option(100, "GRPO steps")
-    max_minutes: float | None = option(None, "stop after this many minutes of training (a wall-clock budget)")
-    gradient_checkpointing: bool = option(False, "trade compute for memory")
-    mixed_precision: str = option("no", "no, bf16 or fp16 (accelerate); log-probs stay float32")
-    lora: bool = option(False, "train a LoRA adapter (peft) instead of all weights")
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA alpha")
-    lora_dropout: float = option(0.0, "LoRA dropout")
+    max_minutes: float | None = shared_option("max_minutes")
+    gradient_checkpointing: bool = shared_option("gradient_checkpointing")
+    mixed_precision: str = shared_option("mixed_precision", note="log-probs stay float32")
+    lora: bool = shared_option("lora")
+    lora_r: int = shared_option("lora_r")
+    lora_alpha: int = shared_option("lora_alpha")
+    lora_dropout: float = shared_option("lora_dropout")
     lora_target_modules: Any = option("all-linear", "peft target_modules")
     # run
     seed: int = option(42, "seed of data order, sampling and initialisation")
     output_dir: str = option("out/vlm-grpo", "checkpoints, logs, samples and eval reports")
-    save_every: int = option(0, "checkpoint every N steps (0 = only at the end)")
+    save_every: int = shared_option("save_every")
     eval_every: int = option(0, "evaluate on eval_data every N steps (0 = before and after training only)")
     eval_before: bool = option(True, "evaluate before the first step when eval_data is set")
     log_completions: int = option(4, "completions (with renders) saved per logged step")
     log_completions_every: int = option(10, "save sample completions every N steps")
     log_with: str = option("auto", "accelerate tracker: auto (tensorboard, else none), tensorboard, wandb, none")
-    num_threads: int | None = option(None, "torch CPU threads")
-    resume_from: str | None = option(None, "checkpoint directory, or 'latest': the newest checkpoint-<N> in "
-                                     "output_dir (a fresh start when there is none yet)")
-    overwrite_output_dir: bool = option(False, "delete a previous run's artefacts in output_dir and start over "
-                                        "(without it or resume_from, such an output_dir is refused)",
-                                        source="HF Trainer")
-    progress: bool = option(True, "progress bar (with ETA and the reward means)")
+    num_threads: int | None = shared_option("num_threads")
+    resume_from: str | None = shared_option("resume_from")
+    overwrite_output_dir: bool = shared_option("overwrite_output_dir")
+    progress: bool = shared_option("progress")
 
     def __post_init__(self) -> None:
         checks = {"sampling": ("independent", "tree"), "tree_mode": ("segment", "entropy"),
