@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 __all__ = [
+    "StepResult",
     "cps_step_with_logprob",
     "ddim_step_with_logprob",
     "depthwise_advantages",
@@ -65,6 +66,23 @@ __all__ = [
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class StepResult(NamedTuple):
+    """One stochastic sampling step (what every ``*_step_with_logprob`` returns; unpacks as a 4-tuple).
+
+    Example:
+        >>> import torch
+        >>> v, x = torch.ones(1, 2), torch.ones(1, 2)  # the Euler step from sigma 0.5 to 0: x - 0.5 v
+        >>> out = sde_step_with_logprob(v, x, torch.tensor([1.0, 0.5, 0.0]), 1, noise_level=0.0)
+        >>> out.prev_sample.tolist(), out.log_prob.tolist(), out.std.max().item()
+        ([[0.5, 0.5]], [0.0], 0.0)
+    """
+
+    prev_sample: torch.Tensor  #: the next latents (the given ``prev_sample`` when one is scored)
+    log_prob: torch.Tensor  #: ``(B,)`` mean over non-batch dims of log N(prev_sample | mean, std^2)
+    mean: torch.Tensor  #: the step's mean
+    std: torch.Tensor  #: the step's std (0: a deterministic step)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -177,7 +195,7 @@ def sde_step_with_logprob(
     generator: torch.Generator | None = None,
     sigma_mode: Literal["flow_grpo", "constant"] = "flow_grpo",
     noise_scale: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> StepResult:
     """One Flow-GRPO SDE step from ``sigmas[i]`` to ``sigmas[i + 1]``, with its log-probability.
 
     With ``s = sigmas[i]``, ``s' = sigmas[i + 1]``, ``dt = s' - s`` (negative), ``a = noise_level``:
@@ -236,7 +254,7 @@ def sde_step_with_logprob(
         noise = torch.randn(mean.shape, generator=generator, device=device, dtype=torch.float32).to(mean.device)
         noise = noise * noise_scale
     prev = _draw(mean, std, prev_sample, noise, generator)
-    return prev, _gaussian_log_prob(prev, mean, std), mean, std
+    return StepResult(prev, _gaussian_log_prob(prev, mean, std), mean, std)
 
 
 def _sigma_t(sig: torch.Tensor, s: torch.Tensor, noise_level: float, sigma_mode: str) -> torch.Tensor:
@@ -281,7 +299,7 @@ def cps_step_with_logprob(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     log_prob_form: Literal["flow_grpo", "gaussian"] = "flow_grpo",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> StepResult:
     """One coefficients-preserving (Flow-CPS) step from ``sigmas[i]`` to ``sigmas[i + 1]``.
 
     ``x0_hat = x - s v``, ``eps_hat = x + (1 - s) v``, ``std = s' * sin(a * pi / 2)``,
@@ -328,7 +346,7 @@ def cps_step_with_logprob(
     else:
         elem = -((prev.detach() - mean) ** 2)
         log_prob = _mean_non_batch(torch.where(std > 0, elem, torch.zeros_like(elem)))
-    return prev, log_prob, mean, std
+    return StepResult(prev, log_prob, mean, std)
 
 
 # ----------------------------------------------------------------------------------------- DDIM step
@@ -346,7 +364,7 @@ def ddim_step_with_logprob(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     final_alpha_cumprod: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> StepResult:
     """DDPO's DDIM step from timestep ``t`` to ``t_prev`` (epsilon prediction), with its log-probability.
 
     With ``a_t = alphas_cumprod[t]`` and ``a_prev = alphas_cumprod[t_prev]`` (``final_alpha_cumprod``
@@ -392,7 +410,7 @@ def ddim_step_with_logprob(
     std = eta * torch.sqrt(variance.clamp_min(0))
     mean = torch.sqrt(a_prev) * x0 + torch.sqrt((1 - a_prev - std**2).clamp_min(0)) * eps
     prev = _draw(mean, std, prev_sample, noise, generator)
-    return prev, _gaussian_log_prob(prev, mean, std), mean, std
+    return StepResult(prev, _gaussian_log_prob(prev, mean, std), mean, std)
 
 
 # ------------------------------------------------------------------------------------------------ KL

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..sde import cps_step_with_logprob, sde_step_with_logprob
+from ..sde import StepResult, cps_step_with_logprob, sde_step_with_logprob
 
 __all__ = ["NUM_TRAIN_TIMESTEPS", "Conditioning", "FlowPolicy", "image_grid", "vae_decode"]
 
@@ -151,7 +151,7 @@ class FlowPolicy(ABC):
                           prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                           generator: torch.Generator | None = None, sigma_mode: str = "flow_grpo",
                           noise_scale: float = 1.0,
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                          ) -> StepResult:
         """One stochastic step from ``schedule[k]`` to ``schedule[k + 1]`` with its log-prob:
         ``(prev_sample, log_prob, mean, std)`` as in :mod:`visalign.trainers.sde`.
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from ..sde import ddim_step_with_logprob
+from ..sde import StepResult, ddim_step_with_logprob
 from .base import Conditioning, FlowPolicy, vae_decode
 from .tiny import clip_tokenizer
 
@@ -92,7 +92,7 @@ class StableDiffusionPolicy(FlowPolicy):
                           prev_sample: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                           generator: torch.Generator | None = None, sigma_mode: str = "flow_grpo",
                           noise_scale: float = 1.0,
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                          ) -> StepResult:
         """DDIM from timestep ``schedule[k]`` to ``schedule[k + 1]`` with ``eta = noise_level``
         (:func:`~visalign.trainers.sde.ddim_step_with_logprob`, the scheduler's ``alphas_cumprod``)."""
         self.resolve_sampler(sampler)
