@@ -15,15 +15,24 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
 from .eval_report import _CSS, _figure, _png_data_uri, bootstrap_ci
 
 
+class PairedDifference(NamedTuple):
+    """A paired before / after comparison (unpacks as ``(mean, low, high, n)``)."""
+
+    mean: float  #: mean of after - before over the paired ids
+    low: float  #: bootstrap 95 % interval, lower end
+    high: float  #: upper end
+    n: int  #: ids scored both before and after
+
+
 def paired_difference(before: dict[str, float | None], after: dict[str, float | None], n_resamples: int = 2000,
-                      seed: int = 0) -> tuple[float, float, float, int]:
+                      seed: int = 0) -> PairedDifference:
     """Mean of ``after[id] - before[id]`` over the ids scored in both, its bootstrap 95 % interval, and
     how many ids were paired. A missing score (None) leaves the row out.
 
@@ -35,7 +44,7 @@ def paired_difference(before: dict[str, float | None], after: dict[str, float | 
     diffs = [after[k] - before[k] for k in before
              if before[k] is not None and after.get(k) is not None]  # type: ignore[operator]
     mean, low, high = bootstrap_ci(diffs, n_resamples=n_resamples, seed=seed)
-    return mean, low, high, len(diffs)
+    return PairedDifference(mean, low, high, len(diffs))
 
 
 def _records(eval_dir: Path) -> list[dict[str, Any]]:
