@@ -56,8 +56,8 @@ from ..models.rope import reset_rope_deltas  # re-exported: the trainers' name f
 log = logging.getLogger("visalign.train")
 
 __all__ = ["RUN_ARTEFACTS", "Callback", "MetricsLog", "OutputDirError", "TimeBudget", "checkpoint_step",
-           "find_run_artefacts", "latest_checkpoint", "make_accelerator", "plot_curves", "prepare_output_dir", "progress_bar",
-           "reset_rope_deltas", "resolve_checkpoint", "reward_postfix", "run_callbacks", "trackers"]
+           "find_run_artefacts", "latest_checkpoint", "make_accelerator", "plot_curves", "prepare_output_dir",
+           "progress_bar", "reset_rope_deltas", "resolve_checkpoint", "reward_postfix", "run_callbacks", "trackers"]
 
 #: Names (glob patterns) a trainer writes into ``output_dir``: what makes a directory "a previous run",
 #: and what ``overwrite_output_dir`` clears. Trainers add their own (e.g. SFT's final weights).

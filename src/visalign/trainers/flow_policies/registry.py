@@ -126,4 +126,3 @@ def _load_trained(path: Path, info: dict[str, Any], base: str | Path | None, tor
         trained = type(policy.model).from_pretrained(str(path), torch_dtype=torch_dtype)
         policy.model.load_state_dict(trained.state_dict())
     return policy
-
