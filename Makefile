@@ -50,9 +50,9 @@ demo-reward: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
-# the full suite, as CI runs it (~12 minutes on 2 cores)
+# the full suite, as CI runs it (~15 minutes on 2 quiet cores; it lists its 25 slowest tests)
 test: setup lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 # the edit loop (under 3 minutes on 2 cores): every test not marked slow (a test over ~3 s is marked
 # @pytest.mark.slow; `make test` still runs it)
