@@ -106,3 +106,23 @@ def test_doctor_names_missing_packages(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH: every binary is "missing"
     missing = {m["package"] for m in missing_system_packages()}
     assert {"bubblewrap", "texlive-latex-base", "poppler-utils", "chromium"} <= missing
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids are taken only as root")
+def test_two_processes_whose_pids_collide_get_disjoint_uid_ranges():
+    """The uid range was ``pid % 1000``: two visalign processes whose pids agree mod 1000 (8 ranks of one
+    job on a busy host: ~3 % per run) shared their sandbox uids, so one's cleanup (``kill_uid``) killed
+    the other's workers and, at the fallback levels, one's job could signal the other's. A range is now
+    claimed host-wide (an flock held for the process's life): a process that computes our range gets
+    another one."""
+    import subprocess
+    import sys
+
+    from visalign.renderers.sandbox import UIDS_PER_PROCESS, sandbox_uid
+
+    mine = sandbox_uid(0)
+    code = (f"import os; os.getpid = lambda: {os.getpid()}\n"  # the pid rule gives it exactly our range
+            "from visalign.renderers.sandbox import sandbox_uid; print(sandbox_uid(0))")
+    theirs = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert abs(theirs - mine) >= UIDS_PER_PROCESS, (mine, theirs)
+    assert sandbox_uid(0) == mine  # ours stays ours for the process's life

@@ -106,14 +106,73 @@ _uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()  # slots held by live workers; slot 0 is the probe's
 
 
+#: ranges of :data:`UIDS_PER_PROCESS` uids above :data:`SANDBOX_UID_BASE`, one per live visalign process
+UID_RANGES = 1000
+#: where the ranges are claimed: one file per range, flock'd by the process holding it (root only)
+UID_LOCK_DIRS = ("/run/visalign-sandbox-uids", os.path.join(tempfile.gettempdir(), "visalign-sandbox-uids-0"))
+_range_lock = threading.Lock()
+_range: tuple[int, int] | None = None  # (pid, range) this process claimed
+_range_fds: list[int] = []  # the open, flock'd files (kept for the process's life; close-on-exec)
+
+
+def _private_dir(path: str) -> bool:
+    """``path`` exists (created if missing) as a directory owned by root that nobody else may write."""
+    with contextlib.suppress(FileExistsError, FileNotFoundError, PermissionError):
+        os.mkdir(path, 0o700)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    import stat
+
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def _claim_range() -> int:
+    """This process's uid range, claimed host-wide the first time it is needed (by pid: a forked child
+    claims its own): ``pid % UID_RANGES`` when free, else the next free one. A range is held by an
+    flock on its file, which the kernel drops when the process (and every fork still holding the file)
+    is gone, so a crashed process never leaks its range. Where no private lock directory can be made,
+    the range is ``pid % UID_RANGES`` unclaimed (the old rule), with a warning."""
+    global _range
+    pid = os.getpid()
+    with _range_lock:
+        if _range is not None and _range[0] == pid:
+            return _range[1]
+        import fcntl
+
+        start = pid % UID_RANGES
+        folder = next((d for d in UID_LOCK_DIRS if _private_dir(d)), None)
+        if folder is None:
+            logging.getLogger("visalign").warning(
+                "no private directory to claim a sandbox uid range in (%s): using pid %% %d, which two visalign "
+                "processes may share", ", ".join(UID_LOCK_DIRS), UID_RANGES)
+            _range = (pid, start)
+            return start
+        for k in range(UID_RANGES):
+            index = (start + k) % UID_RANGES
+            fd = os.open(os.path.join(folder, f"{index}.lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _range_fds.append(fd)
+            _range = (pid, index)
+            return index
+    raise RuntimeError(f"all {UID_RANGES} sandbox uid ranges are held by live visalign processes")
+
+
 def sandbox_uid(slot: int = 0) -> int | None:
     """The unprivileged uid of sandbox slot ``slot`` of this process when running as root, else None.
 
-    Different visalign processes get disjoint ranges of :data:`UIDS_PER_PROCESS` uids.
+    Different live visalign processes get disjoint ranges of :data:`UIDS_PER_PROCESS` uids, claimed
+    host-wide (:func:`_claim_range`; ``pid % 1000`` alone let two processes share one).
     """
     if os.geteuid() != 0:
         return None
-    return SANDBOX_UID_BASE + (os.getpid() % 1000) * UIDS_PER_PROCESS + slot % UIDS_PER_PROCESS
+    return SANDBOX_UID_BASE + _claim_range() * UIDS_PER_PROCESS + slot % UIDS_PER_PROCESS
 
 
 def allocate_uid() -> int | None:
