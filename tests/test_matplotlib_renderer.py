@@ -49,8 +49,9 @@ def _nothing_outlived(renderer, before: int) -> bool:
 
 
 def _assert_fails(renderer, code: str, kinds: set[str]):
-    # each worker is a zygote plus the processes it pre-forked for the next job (at least one)
-    before = max(_sandbox_processes(renderer), 2 * renderer.pool.workers)
+    # at rest each worker is a zygote plus the process(es) it pre-forked for the next job; counted from
+    # the pool's structure, not sampled (sampled right after a reply, a worker may still be forking)
+    before = max(_sandbox_processes(renderer), renderer.pool.resting_processes())
     t0 = time.perf_counter()
     res = renderer.render(code)
     wall = time.perf_counter() - t0
