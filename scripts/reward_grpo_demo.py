@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,36 @@ def _scores(report_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def hack_checks(generations: Path) -> dict[str, Any]:
+    """The symptoms of the hacks seen so far, from an eval's completions: the share of charts drawn purple
+    (the synthetic-only reward model's hack) and in the commonest colour (the on-policy one's: cyan), with
+    the references' shares, the share whose colour matches the reference's, and the diversity of the
+    plotted values (distinct value lists over the charts, the share of the commonest list, the mean share
+    of distinct values within a list)."""
+    rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def colour(code: str | None) -> str | None:
+        m = re.search(r"color\s*=\s*['\"](\w+)['\"]", code or "")
+        return m.group(1) if m else None
+
+    def values(code: str | None) -> tuple[str, ...] | None:
+        m = re.search(r"\[([^\[\]]*)\]", code or "")
+        return tuple(v.strip() for v in m.group(1).split(",") if v.strip()) if m else None
+
+    cols = [colour(r.get("completion")) for r in rows]
+    refs = [colour(r.get("reference_code")) for r in rows]
+    vals = [v for v in (values(r.get("completion")) for r in rows) if v]
+    n = len(rows)
+    top, count = Counter(cols).most_common(1)[0]
+    return {"n": n, "purple": sum(c == "purple" for c in cols) / n, "reference_purple": sum(c == "purple" for c in refs) / n,
+            "commonest_colour": top, "commonest_colour_share": count / n,
+            "reference_share_of_that_colour": sum(c == top for c in refs) / n,
+            "colour_matches_reference": sum(c is not None and c == r for c, r in zip(cols, refs, strict=True)) / n,
+            "distinct_value_lists": len(set(vals)),
+            "commonest_value_list_share": Counter(vals).most_common(1)[0][1] / n if vals else 0.0,
+            "distinct_within_list": float(np.mean([len(set(v)) / len(v) for v in vals])) if vals else 0.0}
+
+
 def paired(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Means before / after and the mean paired difference with its bootstrap 95 % interval."""
     ids = sorted(set(before) & set(after))
@@ -67,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--train-charts", type=int, default=400)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--beta", type=float, default=0.0, help="KL weight to the starting policy (GRPO's beta)")
+    ap.add_argument("--seed", type=int, default=0, help="the GRPO seed (sampling, data order)")
     ap.add_argument("--with-chart-code", action="store_true",
                     help="reward = the reward model + the chart-code score (group-normalised and summed); the "
                          "held-out metrics then exclude chart_code")
@@ -89,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     config.update(train_data=str(train_path), eval_data=str(HELDOUT), output_dir=str(out / "run"),
                   rewards=[{"name": "model", "weight": 1.0, "options": {"path": str(model_dir)}}]
                   + ([{"name": "chart_code", "weight": 1.0, "options": CHART_CODE}] if args.with_chart_code else []),
-                  reward_aggregation="normalize_then_sum" if args.with_chart_code else "sum", max_steps=args.steps, max_minutes=None, render_workers=args.workers,
+                  reward_aggregation="normalize_then_sum" if args.with_chart_code else "sum", max_steps=args.steps, max_minutes=None, beta=args.beta, seed=args.seed, render_workers=args.workers,
                   progress=False, overwrite_output_dir=True)  # the script owns out/.../run
     trainer = train_grpo_from_config(config)
     seconds_train = time.perf_counter() - t0
@@ -107,10 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     summary["training_reward_eval"] = {"before": learned[0].get("eval/model/mean"),
                                        "after": learned[-1].get("eval/model/mean")}
     summary["heldout"] = {m: paired(scored["before"][m], scored["after"][m]) for m in METRICS}
+    summary["hack_checks"] = {tag: hack_checks(d / "generations.jsonl") for tag, d in (("before", before_dir), ("after", after_dir))}
+    summary["beta"], summary["seed"] = args.beta, args.seed
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for m, s in summary["heldout"].items():
         print(f"{m:18s} before {s['before']:.4f} after {s['after']:.4f} "
               f"diff {s['diff']:+.4f} [{s['ci95'][0]:+.4f}, {s['ci95'][1]:+.4f}] (n={s['n']})")
+    for tag, h in summary["hack_checks"].items():
+        print(f"{tag}: purple {h['purple']:.2f} (references {h['reference_purple']:.2f}), commonest colour "
+              f"{h['commonest_colour']} {h['commonest_colour_share']:.2f} (references "
+              f"{h['reference_share_of_that_colour']:.2f}), colour matches "
+              f"{h['colour_matches_reference']:.2f}, {h['distinct_value_lists']} distinct value lists, commonest "
+              f"{h['commonest_value_list_share']:.2f}, distinct within a list {h['distinct_within_list']:.2f}")
     print(f"learned reward (held-out mean): {summary['training_reward_eval']}; {summary['seconds']} s")
     return 0
 
