@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         yva = torch.tensor([float(r["label"] == "1") for r in val])
         report["probe_vision"] = linear_probe(vision_features(model, processor, train), ytr,
                                               vision_features(model, processor, val), yva)
-        print(f"linear probe, vision tower |e1-ref|-|e2-ref| (base model): {report['probe_vision']} "
+        print(f"linear probe, vision tower (|e1-ref|-|e2-ref|, or e1-e2 in the difference views; base model): {report['probe_vision']} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
         t = time.perf_counter()
         report["probe_last_hidden_base"] = linear_probe(last_hidden(model, processor, train), ytr,
