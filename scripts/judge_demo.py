@@ -231,7 +231,8 @@ def group_signal(rows: list[dict[str, Any]], verdicts: list[list[str | None]]) -
 
 def supervised_steps(model: Any, processor: Any, rows: list[dict[str, Any]], answers: Any, steps: int, batch_size: int,
                      lr: float, seed: int, on_eval: Any = None, eval_every: int = 0) -> list[float]:
-    """``steps`` AdamW steps of next-token loss on ``answers(rng, row)`` (random or labelled answers)."""
+    """At most ``steps`` AdamW steps of next-token loss on ``answers(rng, row)`` (random or labelled answers);
+    ``on_eval(step, losses)`` every ``eval_every`` steps stops them by returning True."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
@@ -247,8 +248,8 @@ def supervised_steps(model: Any, processor: Any, rows: list[dict[str, Any]], ans
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        if on_eval is not None and eval_every and step % eval_every == 0:
-            on_eval(step, losses)
+        if on_eval is not None and eval_every and step % eval_every == 0 and on_eval(step, losses):
+            break  # the callback asked to stop
     model.eval()
     return losses
 
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                     "stage): steps on the training rows' correct verdicts after the format warm-up; GRPO's "
                     "'before' is the model after it")
     ap.add_argument("--sft-lr", type=float, default=1e-3)
+    ap.add_argument("--sft-until-val", type=float, default=None, help="stop the labelled cold start at the first "
+                    "check (every 10 steps) where greedy validation accuracy reaches this (needs --val-refs; "
+                    "--sft-warmup-labelled is then the most steps)")
     ap.add_argument("--sft-batch", type=int, default=8)
     ap.add_argument("--signal-rows", type=int, default=32, help="training rows sampled at the start to measure the "
                     "share of groups with mixed verdicts (0: skip)")
@@ -450,9 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tag}: GRPO groups on {len(rows)} training rows, {args.generations} samples at temperature "
               f"{args.temperature}: {sig} ({time.perf_counter() - t:.0f} s)", flush=True)
 
-    def val_eval(tag: str) -> None:
+    def val_eval(tag: str) -> float | None:
         if not val:
-            return
+            return None
         v = generate_verdicts(model, processor, val, max_new_tokens=args.max_completion)
         m, lo, hi = accuracy(val, v)
         fit_rows = random.Random(f"fit:{args.seed}").sample(train, min(len(val), len(train)))
@@ -463,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validation greedy verdict accuracy at {tag}: {m:.3f} [{lo:.3f}, {hi:.3f}] (n={len(val)}; answer "
               f"'1' {ones:.2f}; on {len(fit_rows)} training rows {fit:.3f})", flush=True)
         log_report()
+        return m
 
     if args.diagnose:
         signal("after_format_warmup")
@@ -477,12 +482,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.sft_warmup_labelled:
         t = time.perf_counter()
         every = max(1, args.sft_warmup_labelled // 6) if args.diagnose else 0
+        if args.sft_until_val is not None and val:
+            every = 10
+
+        def check(step: int, _: list[float]) -> bool:
+            m = val_eval(f"labelled SFT step {step}")
+            return args.sft_until_val is not None and m is not None and m >= args.sft_until_val
+
         sft = supervised_steps(model, processor, train, lambda rng, r: verdict_answer(r["label"], args.mode, args.short_think),
                                args.sft_warmup_labelled, args.sft_batch, args.sft_lr, args.seed + 7,
-                               on_eval=lambda step, _: val_eval(f"labelled SFT step {step}"), eval_every=every)
-        report["sft_labelled"] = {"steps": args.sft_warmup_labelled, "loss_first": sft[0], "loss_last": sft[-1],
+                               on_eval=check, eval_every=every)
+        report["sft_labelled"] = {"steps": len(sft), "loss_first": sft[0], "loss_last": sft[-1],
                                   "seconds": round(time.perf_counter() - t, 1)}
-        print(f"labelled SFT: {args.sft_warmup_labelled} steps, loss {sft[0]:.3f} -> {sft[-1]:.3f} "
+        print(f"labelled SFT: {len(sft)} steps, loss {sft[0]:.3f} -> {sft[-1]:.3f} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
         if args.diagnose:
             signal("after_labelled_sft")
