@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from visalign.data.pairs import load_pairs, pair_dataset, write_pairs
+from visalign.models.rope import reset_rope_deltas
 from visalign.trainers.config import load_config
 from visalign.trainers.judge import JudgeGRPOConfig, JudgeGRPOTrainer, judge_rows
 from visalign.trainers.sft import build_sft_batch
@@ -114,23 +115,8 @@ def format_warmup(model: Any, processor: Any, rows: list[dict[str, Any]], steps:
     """Supervised steps on label-free answers (:func:`random_answer`): ``<think>image K is
     closer</think><answer>K</answer>`` with K random, or ``good`` / ``bad`` at random (pointwise); the
     row's label is never read. Returns the losses."""
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        batch = rng.sample(rows, min(batch_size, len(rows)))
-        answers = [random_answer(rng, mode, short) for _ in batch]
-        inputs = build_sft_batch(processor, [r["images"] for r in batch], [r["prompt"] for r in batch], answers)
-        inner = getattr(model, "model", None)
-        if inner is not None and hasattr(inner, "rope_deltas"):
-            inner.rope_deltas = None
-        loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+    losses = supervised_steps(model, processor, rows, lambda rng, _row: random_answer(rng, mode, short), steps,
+                              batch_size, lr, seed)
     model.eval()
     return losses
 
@@ -181,9 +167,7 @@ def _encode(processor: Any, rows: list[dict[str, Any]]) -> Any:
 
 
 def _reset_rope(model: Any) -> None:
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "rope_deltas"):
-        inner.rope_deltas = None
+    reset_rope_deltas(model)  # a stale Qwen-VL M-RoPE offset would shift the next batch's positions
 
 
 @torch.no_grad()
