@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from ..rewards.specs import parse_reward_specs
-from .config import load_config, option, shared_option
+from .config import apply_renamed_options, load_config, option, shared_option
 
-__all__ = ["PRESETS", "FlowGRPOConfig", "Preset", "describe_flow_options"]
+__all__ = ["PRESETS", "FlowGRPOConfig", "Preset", "describe_flow_options", "flow_section"]
 
 
 @dataclass
@@ -297,6 +297,20 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def flow_section(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options a flow config gives, as written (a file's or mapping's ``flow:`` section, or its top
+    level): what ``--describe`` attributes to "config".
+
+    Example:
+        >>> flow_section({"flow": {"beta": 0.1}, "algorithm": "grpo"}), flow_section(None)
+        ({'beta': 0.1}, {})
+    """
+    if source is None:
+        return {}
+    data = dict(source) if isinstance(source, Mapping) else dict(yaml.safe_load(Path(source).read_text()) or {})
+    return dict(data["flow"]) if isinstance(data.get("flow"), Mapping) else data
+
+
 def describe_flow_options(source: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> str:
     """A markdown table of the resolved options of a flow config and where each value came from:
     ``--set`` (``overrides``), ``config`` (the file or mapping), ``preset <name>``, or ``default``.
@@ -305,11 +319,7 @@ def describe_flow_options(source: str | Path | Mapping[str, Any] | None = None, 
         >>> print(describe_flow_options({"preset": "dance_grpo"}, beta=0.01).splitlines()[2])
         | `preset` | `'dance_grpo'` | config |
     """
-    data: dict[str, Any] = {}
-    if source is not None:
-        data = dict(source) if isinstance(source, Mapping) else dict(yaml.safe_load(Path(source).read_text()) or {})
-        if isinstance(data.get("flow"), Mapping):
-            data = dict(data["flow"])
+    data = apply_renamed_options(FlowGRPOConfig, flow_section(source))
     config = load_config(FlowGRPOConfig, source, section="flow", **overrides)
     rows = ["| option | value | from |", "| --- | --- | --- |"]
     for f in dataclasses.fields(config):

@@ -75,8 +75,9 @@ from PIL import Image
 
 from ..rewards.base import Reward, RewardOutput, Sample
 from ..rewards.specs import parse_reward_specs
-from .config import load_config, option, resolve_config_paths, save_config, shared_option
+from .config import apply_renamed_options, load_config, option, save_config, shared_option
 from .flow import FlowGRPOConfig, FlowGRPOTrainer, _noise, _read_prompts, build_reward
+from .flow_config import flow_section
 from .flow_policies import (
     ClassConditionalFlowPolicy,
     FlowPolicy,
@@ -282,22 +283,13 @@ def describe_refl_options(source: str | Path | Mapping[str, Any] | None = None, 
         >>> print(describe_refl_options({"mode": "draft"}, draft_k=2).splitlines()[3])
         | `mode` | `'draft'` | config |
     """
-    data = _options(source)
-    config = load_config(ReFLConfig, data, **overrides)
+    data = apply_renamed_options(ReFLConfig, flow_section(source))
+    config = load_config(ReFLConfig, source, section="flow", **overrides)
     rows = ["| option | value | from |", "| --- | --- | --- |"]
     for f in dataclasses.fields(config):
         where = "--set" if f.name in overrides else "config" if f.name in data else "default"
         rows.append(f"| `{f.name}` | `{getattr(config, f.name)!r}` | {where} |")
     return "\n".join(rows)
-
-
-def _options(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
-    import yaml
-
-    if source is None:
-        return {}
-    data = dict(source) if isinstance(source, Mapping) else dict(yaml.safe_load(Path(source).read_text()) or {})
-    return dict(data["flow"]) if isinstance(data.get("flow"), Mapping) else data
 
 
 # --------------------------------------------------------------------------------------------- math
@@ -939,11 +931,7 @@ def build_refl_trainer(source: str | Path | Mapping[str, Any], **overrides: Any)
     """Policy (``pretrained``), rewards, prompts, reference and data from a YAML file or mapping (options
     under a ``flow:`` key or at the top level): the trainer, not yet trained. Every option is checked
     (errors name the field) before the model loads."""
-    options = _options(source)
-    if isinstance(source, (str, Path)):  # paths in a config file are relative to the file
-        kept = {k: v for k, v in options.items() if k not in overrides}
-        options = resolve_config_paths(kept, Path(source).resolve().parent, str(source))
-    config = load_config(ReFLConfig, options, **overrides)
+    config = load_config(ReFLConfig, source, section="flow", **overrides)  # file paths relative to the file
     if not config.pretrained:
         raise ValueError("pretrained: train_refl_from_config needs a local model directory")
     prepare_output_dir(config.output_dir, overwrite=config.overwrite_output_dir, resume_from=config.resume_from,
