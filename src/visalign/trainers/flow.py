@@ -56,7 +56,6 @@ import contextlib
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,7 +96,9 @@ from .runtime import (
     progress_bar,
     resolve_checkpoint,
     reward_postfix,
+    rng_state,
     run_callbacks,
+    set_rng_state,
     trackers,
 )
 from .sde import kl_to_reference
@@ -649,9 +650,7 @@ class FlowGRPOTrainer:
         acc = self.accelerator
         path = self.output_dir / f"checkpoint-{self.iteration:06d}"
         path.mkdir(parents=True, exist_ok=True)
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        torch.save(rng, path / f"rng_{acc.process_index}.pt")
+        torch.save(rng_state(), path / f"rng_{acc.process_index}.pt")
         if acc.is_main_process:
             torch.save({n: p.detach().cpu() for n, p in zip(self.param_names, self.params, strict=True)},
                        path / "trainable.pt")
@@ -680,12 +679,7 @@ class FlowGRPOTrainer:
             self.ema.load_state_dict(torch.load(path / "ema.pt"))
         rng_file = path / f"rng_{self.accelerator.process_index}.pt"
         if rng_file.exists():
-            rng = torch.load(rng_file, weights_only=False)
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            set_rng_state(torch.load(rng_file, weights_only=False))  # also a checkpoint of the older form
         self.iteration = json.loads((path / "trainer_state.json").read_text())["iteration"]
 
     def save_final(self) -> Path | None:

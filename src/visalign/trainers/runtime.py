@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import sys
@@ -57,7 +58,8 @@ log = logging.getLogger("visalign.train")
 
 __all__ = ["RUN_ARTEFACTS", "Callback", "MetricsLog", "OutputDirError", "TimeBudget", "checkpoint_step",
            "find_run_artefacts", "latest_checkpoint", "make_accelerator", "plot_curves", "prepare_output_dir",
-           "progress_bar", "reset_rope_deltas", "resolve_checkpoint", "reward_postfix", "run_callbacks", "trackers"]
+           "progress_bar", "reset_rope_deltas", "resolve_checkpoint", "reward_postfix", "rng_state", "run_callbacks",
+           "set_rng_state", "trackers"]
 
 #: Names (glob patterns) a trainer writes into ``output_dir``: what makes a directory "a previous run",
 #: and what ``overwrite_output_dir`` clears. Trainers add their own (e.g. SFT's final weights).
@@ -290,6 +292,40 @@ def make_accelerator(*, cpu: bool = False, **kwargs: Any) -> Any:
     from accelerate import Accelerator
 
     return Accelerator(cpu=bool(cpu) or not torch.cuda.is_available(), **kwargs)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch, CUDA) in types ``torch.load(weights_only=True)``
+    reads back: what a checkpoint saves per process so a resumed run draws what the run would have.
+
+    Example:
+        >>> import random
+        >>> saved = rng_state(); a = random.random(); set_rng_state(saved); a == random.random()
+        True
+    """
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore :func:`rng_state` (also the older form whose NumPy state is NumPy's own tuple); CUDA
+    states only on as many devices as were saved."""
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def trackers(log_with: str | None) -> list[str]:

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,8 @@ from .runtime import (
     progress_bar,
     reset_rope_deltas,
     resolve_checkpoint,
+    rng_state,
+    set_rng_state,
 )
 
 log = logging.getLogger("visalign.train")
@@ -262,30 +263,6 @@ class _EpochOrder:
 
 
 # ------------------------------------------------------------------------------------ resuming
-def _rng_state() -> dict[str, Any]:
-    """This process's RNG states in types ``torch.load(weights_only=True)`` reads back."""
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _read_state(directory: Path) -> dict[str, Any] | None:
     """The ``trainer_state.json`` of a save, None when there is none (or it cannot be read)."""
     try:
@@ -629,7 +606,7 @@ class SFTTrainer:
                     torch.save(acc.scaler.state_dict(), directory / "scaler.pt")
         acc.wait_for_everyone()
         if cfg.save_optimizer:
-            torch.save(_rng_state(), directory / f"rng_{acc.process_index}.pt")
+            torch.save(rng_state(), directory / f"rng_{acc.process_index}.pt")
             acc.wait_for_everyone()
             if acc.is_main_process:
                 (directory / TRAINER_STATE).write_text(json.dumps({
@@ -666,7 +643,7 @@ class SFTTrainer:
                         "to the new total", path, self.total_steps, state["total_steps"])
         rng = path / f"rng_{acc.process_index}.pt"
         if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=True))
+            set_rng_state(torch.load(rng, weights_only=True))
         else:
             log.warning("resume_from %s: no RNG state for process %d: dropout draws differ from an uninterrupted "
                         "run's", path, acc.process_index)
