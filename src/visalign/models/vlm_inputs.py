@@ -56,14 +56,15 @@ def encode_chats(processor: Any, images: Sequence[Sequence[Any]], instructions: 
     """A left-padded batch of (images, instruction) chats: the processor's ``BatchFeature``.
 
     ``images[i]`` lists the images of chat ``i`` (PIL images, or ``(3, H, W)`` float tensors in
-    ``[0, 1]``, which stay differentiable; one kind per batch); every chat of a batch shows at least one.
+    ``[0, 1]``, which stay differentiable; one kind per batch); either every chat of a batch shows at
+    least one image or none does (text-only).
     ``text_cache`` memoises the chat-template strings by (image count, instruction).
     """
     if len(images) != len(instructions):
         raise ValueError(f"{len(images)} image lists but {len(instructions)} instructions")
     per_chat = [list(p) for p in images]
-    if any(not p for p in per_chat):
-        raise ValueError("every chat needs at least one image")
+    if any(not p for p in per_chat) and not all(not p for p in per_chat):
+        raise ValueError("a batch mixes prompts with and without an image; batch them apart")
     tensors = [isinstance(im, torch.Tensor) for p in per_chat for im in p]
     if any(tensors) and not all(tensors):
         raise ValueError("a batch mixes PIL images and tensors; give one kind")
@@ -82,6 +83,8 @@ def encode_chats(processor: Any, images: Sequence[Sequence[Any]], instructions: 
                 text_cache[key] = text
         texts.append(text)
     extra: dict[str, Any] = {}
+    if not tensors:  # text-only chats
+        return processor(text=texts, images=None, return_tensors="pt", padding=True)
     if all(tensors):
         extra["do_rescale"] = False  # floats in [0, 1] already
     else:

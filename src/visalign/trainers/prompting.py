@@ -36,7 +36,7 @@ from PIL import Image
 from ..languages import DEFAULT_INSTRUCTIONS  # re-exported: the instruction of each language
 from ..models.support import SUPPORTED_VLMS, VLMFamily
 from ..models.tokens import vision_token_ids
-from ..models.vlm_inputs import chat_messages  # re-exported: the one chat layout
+from ..models.vlm_inputs import chat_messages, encode_chats  # chat_messages re-exported: the one chat layout
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "ModelCheck", "PromptImages", "PromptTooLongError", "chat_messages", "check_prompts",
            "check_vlm", "encode_prompts", "format_check", "image_list", "prompt_texts", "vision_token_ids"]
@@ -114,16 +114,7 @@ def encode_prompts(processor: Any, images: Sequence[PromptImages], instructions:
     if len(images) != len(instructions):
         raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
     per_prompt = [image_list(im, row_ids[i] if row_ids is not None else i) for i, im in enumerate(images)]
-    with_image = [bool(p) for p in per_prompt]
-    if any(with_image) and not all(with_image):
-        raise ValueError("a batch mixes prompts with and without an image; batch them apart")
-    tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "left"
-    texts = prompt_texts(processor, instructions, with_image=[len(p) for p in per_prompt], system=system)
-    # one list of images per prompt: SmolVLM / Idefics3 / Gemma 3 processors refuse a flat list for a batch
-    # of two or more prompts, and every other processor flattens the nested form to the same tensors
-    pics = [[im.convert("RGB") for im in p] for p in per_prompt if p]
-    inputs = processor(text=texts, images=pics or None, return_tensors="pt", padding=True)
+    inputs = encode_chats(processor, per_prompt, instructions, system=system)  # the reward model's path too
     if max_prompt_length is not None:
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         image_id = _image_token_id(processor)
