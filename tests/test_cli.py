@@ -19,6 +19,17 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "visalign.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+def _in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """``main(args)`` in this process (no interpreter start and imports per call), as ``_run`` returns it."""
+    capsys.readouterr()
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), rc, captured.out, captured.err)
+
+
 @pytest.mark.slow
 def test_render_json_lines_and_pngs(tmp_path):
     good = tmp_path / "bar.py"
@@ -108,41 +119,41 @@ def test_doctor_reports_sandbox_backends_and_torch():
 
 
 @pytest.mark.slow
-def test_score_images_code_and_tables(tmp_path):
+def test_score_images_code_and_tables(tmp_path, capsys):
     chart = tmp_path / "chart.py"
     chart.write_text(GOOD_CHART)
     other = tmp_path / "other.py"
     other.write_text(GOOD_CHART.replace("[3, 1, 2]", "[1, 3, 1]").replace("'ok'", "'changed'"))
-    assert float(_run("score", "ssim", str(chart), str(chart)).stdout) == 1.0  # rendered, identical
-    lower = float(_run("score", "ssim", str(other), str(chart)).stdout)
+    assert float(_in_process(capsys, "score", "ssim", str(chart), str(chart)).stdout) == 1.0  # rendered, identical
+    lower = float(_in_process(capsys, "score", "ssim", str(other), str(chart)).stdout)
     assert 0.3 < lower < 1.0
     # an image file against the render of the code it came from
     out = tmp_path / "o"
     main(["render", "matplotlib", str(chart), "-o", str(out)])
-    assert float(_run("score", "ssim", str(out / "chart.png"), str(chart)).stdout) == 1.0
-    rec = json.loads(_run("score", "psnr", str(out / "chart.png"), str(out / "chart.png"), "--json").stdout)
+    assert float(_in_process(capsys, "score", "ssim", str(out / "chart.png"), str(chart)).stdout) == 1.0
+    rec = json.loads(_in_process(capsys, "score", "psnr", str(out / "chart.png"), str(out / "chart.png"), "--json").stdout)
     assert rec["score"] == "inf"
     tex = tmp_path / "t.tex"
     tex.write_text(r"\begin{tabular}{cc}\toprule a & b\\ \midrule 1 & 2\\ \bottomrule\end{tabular}")
     tex2 = tmp_path / "t2.tex"
     tex2.write_text(r"\begin{tabular}{cc}\toprule a & b\\ \midrule 1 & 3\\ \bottomrule\end{tabular}")
-    assert float(_run("score", "teds", str(tex), str(tex)).stdout) == 1.0
-    assert float(_run("score", "teds_structure", str(tex2), str(tex)).stdout) == 1.0
-    assert float(_run("score", "teds", str(tex2), str(tex)).stdout) < 1.0
+    assert float(_in_process(capsys, "score", "teds", str(tex), str(tex)).stdout) == 1.0
+    assert float(_in_process(capsys, "score", "teds_structure", str(tex2), str(tex)).stdout) == 1.0
+    assert float(_in_process(capsys, "score", "teds", str(tex2), str(tex)).stdout) < 1.0
 
 
 @pytest.mark.slow
-def test_score_failures(tmp_path):
+def test_score_failures(tmp_path, capsys):
     good = tmp_path / "good.py"
     good.write_text(GOOD_CHART)
     broken = tmp_path / "broken.py"
     broken.write_text("plt.plot(")
-    proc = _run("score", "ssim", str(broken), str(good), "--json")
+    proc = _in_process(capsys, "score", "ssim", str(broken), str(good), "--json")
     rec = json.loads(proc.stdout)
     assert proc.returncode == 0 and rec["score"] == 0.0 and rec["pred_render"]["error_kind"] == "syntax"
-    assert _run("score", "ssim", str(good), str(broken)).returncode == 2  # a broken reference is a usage error
-    assert _run("score", "nope", str(good), str(good)).returncode == 2
-    assert _run("score", "teds", str(good), str(good)).returncode == 2
+    assert _in_process(capsys, "score", "ssim", str(good), str(broken)).returncode == 2  # a broken reference is a usage error
+    assert _in_process(capsys, "score", "nope", str(good), str(good)).returncode == 2
+    assert _in_process(capsys, "score", "teds", str(good), str(good)).returncode == 2
 
 
 @pytest.mark.slow

@@ -24,19 +24,30 @@ class ScoreError(ValueError):
     """The inputs cannot be scored with that metric (a usage error, not a bad sample)."""
 
 
-def _image_or_render(path: Path, timeout: float, details: dict[str, Any], side: str) -> Image.Image | None:
-    ext = path.suffix.lower()
-    if ext in IMAGE_EXTENSIONS:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    kind = EXTENSIONS.get(ext)
-    if kind is None:
-        raise ScoreError(f"{path}: not an image and not code ({' '.join(sorted(EXTENSIONS))})")
-    with get_renderer(kind, timeout=timeout, workers=1) as r:
-        res = r.render(path.read_text(encoding="utf-8", errors="replace"))
-    details[f"{side}_render"] = res.to_json() | {"renderer": kind}
-    return res.image if res.ok else None
+def _images_or_renders(paths: dict[str, Path], timeout: float, details: dict[str, Any]) -> dict[str, Image.Image | None]:
+    """Each side's image: read from an image file, or rendered (None when the render failed; its result
+    goes into ``details[side + "_render"]``). Code files of one kind render in one renderer, started
+    once (a pool start is seconds; ``visalign score a.py b.py`` used to start two)."""
+    images: dict[str, Image.Image | None] = {}
+    by_kind: dict[str, list[str]] = {}
+    for side, path in paths.items():
+        ext = path.suffix.lower()
+        if ext in IMAGE_EXTENSIONS:
+            with Image.open(path) as img:
+                img.load()
+                images[side] = img.copy()
+            continue
+        kind = EXTENSIONS.get(ext)
+        if kind is None:
+            raise ScoreError(f"{path}: not an image and not code ({' '.join(sorted(EXTENSIONS))})")
+        by_kind.setdefault(kind, []).append(side)
+    for kind, sides in by_kind.items():
+        with get_renderer(kind, timeout=timeout, workers=1) as r:
+            results = r.render_batch([paths[s].read_text(encoding="utf-8", errors="replace") for s in sides])
+        for side, res in zip(sides, results, strict=True):
+            details[f"{side}_render"] = res.to_json() | {"renderer": kind}
+            images[side] = res.image if res.ok else None
+    return images
 
 
 def _table_html(path: Path) -> str:
@@ -83,10 +94,10 @@ def score_files(metric: str, pred: str | Path, ref: str | Path, timeout: float =
         details.update(result)
         f1s = [result[f"{k}_f1"] for k in ("text", "layout", "type", "color")]
         return float(sum(f1s) / 4), details
-    ref_img = _image_or_render(ref, timeout, details, "ref")
+    images = _images_or_renders({"ref": ref, "pred": pred}, timeout, details)
+    ref_img, pred_img = images["ref"], images["pred"]
     if ref_img is None:
         raise ScoreError(f"the reference {ref} did not render: {details['ref_render']['error']}")
-    pred_img = _image_or_render(pred, timeout, details, "pred")
     if pred_img is None:
         return (float("inf") if metric == "mse" else 0.0), details
     if pred_img.size != ref_img.size:  # the metric resizes the prediction to the reference: say so
