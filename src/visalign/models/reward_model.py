@@ -34,7 +34,7 @@ from .support import SUPPORTED_VLMS
 from .vlm_inputs import encode_chats, model_inputs
 
 __all__ = ["BACKBONES", "CONDITIONS", "ClipBackbone", "RewardModel", "VlmBackbone", "image_to_tensor",
-           "qwen2vl_patchify", "weights_fingerprint"]
+           "weights_fingerprint"]
 
 CONDITIONS = ("none", "reference", "prompt")
 BACKBONES = ("open_clip", "vlm")
@@ -69,26 +69,6 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-def qwen2vl_patchify(pixels: torch.Tensor, patch_size: int, merge_size: int, temporal_patch_size: int,
-                     ) -> torch.Tensor:
-    """Qwen2-VL's flattened patches of normalised images ``(B, C, H, W)``: ``(B * H/p * W/p,
-    C * t * p * p)`` rows in the order ``Qwen2VLImageProcessor`` writes them (a still image repeated
-    over the temporal patch), as a differentiable torch function.
-
-    Example:
-        >>> qwen2vl_patchify(torch.zeros(2, 3, 32, 32), 8, 2, 2).shape
-        torch.Size([32, 384])
-    """
-    b, c, h, w = pixels.shape
-    p, m, t = patch_size, merge_size, temporal_patch_size
-    if h % (p * m) or w % (p * m):
-        raise ValueError(f"image {h}x{w} is not a multiple of patch_size * merge_size = {p * m}")
-    x = pixels.unsqueeze(1).expand(b, t, c, h, w)
-    x = x.reshape(b, 1, t, c, h // p // m, m, p, w // p // m, m, p)
-    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
-    return x.reshape(b * (h // p) * (w // p), c * t * p * p)
 
 
 # ------------------------------------------------------------------------------------------- backbones

@@ -67,7 +67,6 @@ from ..models.reward_model import (  # noqa: F401 (the model lives below the rew
     RewardModel,
     VlmBackbone,
     image_to_tensor,
-    qwen2vl_patchify,
 )
 from .config import load_config, option, save_config, shared_option
 from .runtime import (
@@ -88,7 +87,6 @@ __all__ = [
     "calibration_bins",
     "evaluate_pairs",
     "image_to_tensor",
-    "qwen2vl_patchify",
     "rank_ladders",
     "train_reward_from_config",
 ]
