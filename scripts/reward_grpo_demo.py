@@ -11,6 +11,14 @@ reports (``run/eval/*/report/report.html``) show every chart side by side.
 
 Run: ``.venv/bin/python scripts/reward_grpo_demo.py --reward-model out/demo-reward/run/model
 --out out/demo-reward/grpo`` (a few minutes on 2 CPU cores; ``scripts/reward_demo.py`` first).
+
+Choosing options without the held-out charts: ``--val-charts 48`` keeps the last 48 training charts out of
+training and evaluates them (every ``--eval-every`` steps, checkpoints as often) instead of the held-out
+charts; the held-out charts are then scored once, for the step chosen on the validation charts, with
+``--heldout-step N`` on the same ``--out`` (the starting policy against ``run/checkpoint-N``). Every
+evaluation reports the chart-code components (text, layout, type, colour F1 and the data score) paired
+with bootstrap intervals, the hack checks with a pass / fail verdict, and a before / after grid PNG.
+``--colour-weight W`` adds the chart-code colour F1 alone as a ground-truth term (group-normalised, summed).
 """
 
 from __future__ import annotations
@@ -31,56 +39,130 @@ from visalign.data.charts import chart_dataset
 from visalign.data.loaders import load_rows, write_jsonl
 from visalign.evaluate import run_eval
 from visalign.report.eval_report import bootstrap_ci
-from visalign.trainers.config import resolve_config_paths
-from visalign.trainers.vlm import train_grpo_from_config
+from visalign.trainers.config import load_config, resolve_config_paths
+from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "models" / "tiny-chart-vlm" / "heldout.jsonl"
 #: the held-out metrics: none of them is the training reward
 METRICS = ["execution", "render_similarity", "chart_code"]
 CHART_CODE = {"weights": {"text": 1, "layout": 1, "type": 1, "color": 1, "data": 4}}
+#: the chart-code components reported one by one (from the eval's details)
+COMPONENTS = ["text_f1", "layout_f1", "type_f1", "color_f1", "data"]
+#: the colour term of ``--colour-weight``: chart_code with the colour F1 alone
+COLOUR_ONLY = {"weights": {"color": 1}}
 
 
 def _scores(report_dir: Path) -> dict[str, dict[str, float]]:
-    """``{reward: {row id: score}}`` from an eval's ``results.jsonl`` (a failed render scores 0)."""
-    out: dict[str, dict[str, float]] = {m: {} for m in METRICS}
+    """``{metric: {row id: score}}`` from an eval's ``results.jsonl``: the rewards (a failed render scores
+    0) and the chart-code components ``chart_code/<component>`` (0 for a failed render)."""
+    names = METRICS + [f"chart_code/{k}" for k in COMPONENTS]
+    out: dict[str, dict[str, float]] = {m: {} for m in names}
     with open(report_dir / "results.jsonl", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             for m in METRICS:
                 v = r.get("scores", {}).get(m)
                 out[m][r["id"]] = 0.0 if v is None else float(v)
+            detail = (r.get("details") or {}).get("chart_code") or {}
+            for k in COMPONENTS:
+                v = None if "error_kind" in detail else detail.get(k)
+                out[f"chart_code/{k}"][r["id"]] = 0.0 if v is None else float(v)
     return out
+
+
+def _colour(code: str | None) -> str | None:
+    m = re.search(r"color\s*=\s*['\"](\w+)['\"]", code or "")
+    return m.group(1) if m else None
+
+
+def _values(code: str | None) -> tuple[str, ...] | None:
+    m = re.search(r"\[([^\[\]]*)\]", code or "")
+    return tuple(v.strip() for v in m.group(1).split(",") if v.strip()) if m else None
+
+
+def _rows(generations: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def colour_match(generations: Path) -> dict[str, float]:
+    """``{row id: 1.0 if the completion's colour name is the reference's else 0.0}``."""
+    return {str(r["id"]): float(_colour(r.get("completion")) is not None
+                                and _colour(r.get("completion")) == _colour(r.get("reference_code")))
+            for r in _rows(generations)}
 
 
 def hack_checks(generations: Path) -> dict[str, Any]:
     """The symptoms of the hacks seen so far, from an eval's completions: the share of charts drawn purple
     (the synthetic-only reward model's hack) and in the commonest colour (the on-policy one's: cyan), with
-    the references' shares, the share whose colour matches the reference's, and the diversity of the
-    plotted values (distinct value lists over the charts, the share of the commonest list, the mean share
+    the references' shares and every colour's share, the share whose colour matches the reference's, and the diversity of the
+    plotted values (distinct value lists over the charts, the commonest list and its share, the mean share
     of distinct values within a list)."""
-    rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def colour(code: str | None) -> str | None:
-        m = re.search(r"color\s*=\s*['\"](\w+)['\"]", code or "")
-        return m.group(1) if m else None
-
-    def values(code: str | None) -> tuple[str, ...] | None:
-        m = re.search(r"\[([^\[\]]*)\]", code or "")
-        return tuple(v.strip() for v in m.group(1).split(",") if v.strip()) if m else None
-
-    cols = [colour(r.get("completion")) for r in rows]
-    refs = [colour(r.get("reference_code")) for r in rows]
-    vals = [v for v in (values(r.get("completion")) for r in rows) if v]
+    rows = _rows(generations)
+    cols = [_colour(r.get("completion")) for r in rows]
+    refs = [_colour(r.get("reference_code")) for r in rows]
+    vals = [v for v in (_values(r.get("completion")) for r in rows) if v]
     n = len(rows)
     top, count = Counter(cols).most_common(1)[0]
+    top_list = Counter(vals).most_common(1)[0] if vals else (None, 0)
     return {"n": n, "purple": sum(c == "purple" for c in cols) / n, "reference_purple": sum(c == "purple" for c in refs) / n,
             "commonest_colour": top, "commonest_colour_share": count / n,
             "reference_share_of_that_colour": sum(c == top for c in refs) / n,
+            "colour_shares": {str(c): k / n for c, k in Counter(cols).most_common()},
             "colour_matches_reference": sum(c is not None and c == r for c, r in zip(cols, refs, strict=True)) / n,
             "distinct_value_lists": len(set(vals)),
-            "commonest_value_list_share": Counter(vals).most_common(1)[0][1] / n if vals else 0.0,
+            "commonest_value_list": list(top_list[0]) if top_list[0] else None,
+            "commonest_value_list_share": top_list[1] / n,
             "distinct_within_list": float(np.mean([len(set(v)) / len(v) for v in vals])) if vals else 0.0}
+
+
+def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, Any], margin: float = 0.05) -> dict[str, Any]:
+    """The hack checks as pass / fail, fixed before the runs: (1) no colour collapse: the after policy's
+    commonest colour is drawn on at most ``margin`` more of the charts than the larger of its share in the
+    references and in the before policy's charts; (2, 3) the colour match (same colour name) and the colour
+    F1 do not fall (the paired interval's upper end >= 0); (4) no value collapse: the commonest value list's
+    share rises by at most ``margin`` and (5) the data score does not fall (upper end >= 0)."""
+    top = after["commonest_colour"]
+    allowed = max(after["reference_share_of_that_colour"], before["colour_shares"].get(str(top), 0.0)) + margin
+    checks = {
+        "no_colour_collapse": after["commonest_colour_share"] <= allowed + 1e-9,
+        "colour_match_not_falling": metrics["colour_match"]["ci95"][1] >= 0,
+        "colour_f1_not_falling": metrics["chart_code/color_f1"]["ci95"][1] >= 0,
+        "no_value_collapse": after["commonest_value_list_share"] <= before["commonest_value_list_share"] + margin + 1e-9,
+        "data_not_falling": metrics["chart_code/data"]["ci95"][1] >= 0,
+    }
+    return {**checks, "all_pass": all(checks.values()), "colour_share_allowed": allowed}
+
+
+def grid(before: Path, after: Path, dest: Path, n: int = 24, cols: int = 6) -> None:
+    """A PNG of the first ``n`` charts (by id), each cell reference | before | after (the eval renders)."""
+    from PIL import Image, ImageDraw
+
+    def images(report: Path) -> dict[str, dict[str, str]]:
+        with open(report / "results.jsonl", encoding="utf-8") as f:
+            return {r["id"]: r for r in map(json.loads, f)}
+
+    b, a = images(before), images(after)
+    ids = sorted(set(b) & set(a), key=lambda i: (len(i), i))[:n]
+    size, pad, head = 96, 6, 14
+
+    def load(report: Path, rel: str | None) -> Image.Image:
+        if rel and (report / rel).is_file():
+            return Image.open(report / rel).convert("RGB").resize((size, size))
+        return Image.new("RGB", (size, size), (200, 0, 0))  # a failed render
+
+    rows = (len(ids) + cols - 1) // cols
+    cell_w, cell_h = 3 * size + pad, size + head + pad
+    canvas = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, i in enumerate(ids):
+        x, y = (k % cols) * cell_w, (k // cols) * cell_h
+        draw.text((x + 2, y + 1), f"{i}: reference | before | after", fill="black")
+        canvas.paste(load(before, b[i].get("reference_png")), (x, y + head))
+        canvas.paste(load(before, b[i].get("generated_png")), (x + size, y + head))
+        canvas.paste(load(after, a[i].get("generated_png")), (x + 2 * size, y + head))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(dest)
 
 
 def paired(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
@@ -90,6 +172,79 @@ def paired(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     a = np.array([after[i] for i in ids])
     mean, lo, hi = bootstrap_ci(list(a - b))
     return {"n": len(ids), "before": float(b.mean()), "after": float(a.mean()), "diff": mean, "ci95": [lo, hi]}
+
+
+def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
+    """Score two evals' completions (``<eval dir>/generations.jsonl``) with the independent metrics (into
+    ``<eval dir>/independent``; a rerun scores only what is missing), pair them per chart, run the hack
+    checks and their verdict."""
+    scored = {}
+    for tag, d in (("before", before), ("after", after)):
+        done = d / "independent" / "summary.json"  # scored already (the step-0 eval, compared with each later one)
+        if not done.is_file() or done.stat().st_mtime < (d / "generations.jsonl").stat().st_mtime:
+            run_eval(d / "generations.jsonl", "chart", METRICS, d / "independent", workers=workers,
+                     progress=False, reward_options={"chart_code": CHART_CODE},
+                     render_options={"matplotlib": {"dpi": 64, "figsize": [1.5, 1.5]}},
+                     title=f"independent metrics · {tag}")
+        scored[tag] = _scores(d / "independent")
+        scored[tag]["colour_match"] = colour_match(d / "generations.jsonl")
+    metrics = {m: paired(scored["before"][m], scored["after"][m]) for m in scored["before"]}
+    checks = {tag: hack_checks(d / "generations.jsonl") for tag, d in (("before", before), ("after", after))}
+    learned = {}
+    for tag, d in (("before", before), ("after", after)):
+        rewards = json.loads((d / "report" / "summary.json").read_text(encoding="utf-8")).get("rewards", {})
+        learned[tag] = {name: r.get("mean") for name, r in rewards.items()}
+    return {"metrics": metrics, "hack_checks": checks, "verdict": verdict(checks["before"], checks["after"], metrics),
+            "training_rewards_eval": learned}
+
+
+def report(title: str, a: dict[str, Any]) -> None:
+    print(f"== {title}")
+    for m, s in a["metrics"].items():
+        print(f"  {m:22s} before {s['before']:.4f} after {s['after']:.4f} "
+              f"diff {s['diff']:+.4f} [{s['ci95'][0]:+.4f}, {s['ci95'][1]:+.4f}] (n={s['n']})")
+    for tag, h in a["hack_checks"].items():
+        print(f"  {tag}: commonest colour {h['commonest_colour']} {h['commonest_colour_share']:.2f} (references "
+              f"{h['reference_share_of_that_colour']:.2f}), purple {h['purple']:.2f}, colour matches "
+              f"{h['colour_matches_reference']:.2f}, {h['distinct_value_lists']} distinct value lists, commonest "
+              f"{h['commonest_value_list']} {h['commonest_value_list_share']:.2f}, distinct within a list "
+              f"{h['distinct_within_list']:.2f}")
+    print(f"  verdict: {a['verdict']}")
+    print(f"  training rewards (eval means): {a['training_rewards_eval']}")
+
+
+def heldout_once(out: Path, step: int, workers: int, force: bool) -> int:
+    """Score the held-out charts once: the starting policy and ``run/checkpoint-<step>``, greedy, with the
+    run's rewards and the independent metrics; ``summary_heldout_step<step>.json`` and a grid PNG."""
+    dest = out / f"summary_heldout_step{step}.json"
+    if dest.exists() and not force:
+        print(f"{dest} exists: the held-out charts were already scored for this step (--force to redo)",
+              file=sys.stderr)
+        return 2
+    ckpt = out / "run" / f"checkpoint-{step:06d}" / "model"
+    if not ckpt.is_dir():
+        print(f"{ckpt}: no such checkpoint", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    saved = yaml.safe_load((out / "run" / "config.yaml").read_text(encoding="utf-8"))
+    saved = saved.get("grpo", saved)
+    dirs = {}
+    for tag, model in (("start", saved["model"]), (f"step_{step}", str(ckpt))):
+        config = load_config(VLMGRPOConfig, dict(saved, model=model, eval_data=str(HELDOUT), max_eval_rows=100,
+                                                 output_dir=str(out / "heldout" / tag), overwrite_output_dir=True,
+                                                 resume_from=None, render_workers=workers))
+        trainer = VLMGRPOTrainer(config)
+        try:
+            trainer.evaluate(tag="heldout")
+        finally:
+            trainer.close()
+        dirs[tag] = out / "heldout" / tag / "eval" / "heldout"
+    a = analyse(dirs["start"], dirs[f"step_{step}"], workers)
+    grid(dirs["start"] / "independent", dirs[f"step_{step}"] / "independent", out / f"grid_heldout_step{step}.png")
+    summary = {"step": step, "checkpoint": str(ckpt), "seconds": round(time.perf_counter() - t0, 1), **a}
+    dest.write_text(json.dumps(summary, indent=1))
+    report(f"held-out charts, start -> step {step}", a)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,56 +259,79 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with-chart-code", action="store_true",
                     help="reward = the reward model + the chart-code score (group-normalised and summed); the "
                          "held-out metrics then exclude chart_code")
+    ap.add_argument("--colour-weight", type=float, default=0.0,
+                    help="add the chart-code colour F1 alone with this weight (group-normalised and summed)")
+    ap.add_argument("--val-charts", type=int, default=0,
+                    help="keep the last N training charts out of training and evaluate them instead of the "
+                         "held-out charts (score those later, once, with --heldout-step)")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="with --val-charts: evaluate (and save a checkpoint) every N steps")
+    ap.add_argument("--heldout-step", type=int, default=None,
+                    help="do not train: score the held-out charts once for run/checkpoint-N of --out")
+    ap.add_argument("--force", action="store_true", help="with --heldout-step: score them again")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.heldout_step is not None:
+        return heldout_once(out, args.heldout_step, args.workers, args.force)
+    if args.with_chart_code and args.colour_weight:
+        ap.error("--with-chart-code and --colour-weight both name the chart_code reward; choose one")
     model_dir = Path(args.reward_model)
     if not (model_dir / "reward_model.json").is_file():
         print(f"{model_dir}: no saved reward model (reward_model.json); run scripts/reward_demo.py first",
               file=sys.stderr)
         return 2
-    out = Path(args.out)
     t0 = time.perf_counter()
     train_path = out / "data" / "train.jsonl"
     if not train_path.exists():
         exclude = {r["code"] for r in load_rows(HELDOUT) if r.get("code")}
         write_jsonl(chart_dataset(args.train_charts, seed=2, workers=args.workers, exclude=exclude), train_path)
+    eval_path, fit_path = HELDOUT, train_path
+    if args.val_charts:
+        rows = [json.loads(line) for line in train_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if args.val_charts >= len(rows):
+            ap.error(f"--val-charts {args.val_charts}: only {len(rows)} training charts")
+        fit_path, eval_path = out / "data" / "train_fit.jsonl", out / "data" / "val.jsonl"
+        for path, part in ((fit_path, rows[: -args.val_charts]), (eval_path, rows[-args.val_charts:])):
+            path.write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
     config = yaml.safe_load((ROOT / "configs" / "chart_grpo_demo.yaml").read_text())["grpo"]
     for key in ("train_data", "eval_data", "output_dir"):  # set below
         config.pop(key)
     config = resolve_config_paths(config, ROOT / "configs")
-    config.update(train_data=str(train_path), eval_data=str(HELDOUT), output_dir=str(out / "run"),
-                  rewards=[{"name": "model", "weight": 1.0, "options": {"path": str(model_dir)}}]
-                  + ([{"name": "chart_code", "weight": 1.0, "options": CHART_CODE}] if args.with_chart_code else []),
-                  reward_aggregation="normalize_then_sum" if args.with_chart_code else "sum", max_steps=args.steps, max_minutes=None, beta=args.beta, seed=args.seed, render_workers=args.workers,
-                  progress=False, overwrite_output_dir=True)  # the script owns out/.../run
+    rewards = [{"name": "model", "weight": 1.0, "options": {"path": str(model_dir)}}]
+    if args.with_chart_code:
+        rewards.append({"name": "chart_code", "weight": 1.0, "options": CHART_CODE})
+    if args.colour_weight:
+        rewards.append({"name": "chart_code", "weight": args.colour_weight, "options": COLOUR_ONLY})
+    every = args.eval_every if args.val_charts else 0
+    config.update(train_data=str(fit_path), eval_data=str(eval_path), output_dir=str(out / "run"), rewards=rewards,
+                  reward_aggregation="normalize_then_sum" if len(rewards) > 1 else "sum", max_steps=args.steps,
+                  max_minutes=None, beta=args.beta, seed=args.seed, render_workers=args.workers, eval_every=every,
+                  save_every=every, progress=False, overwrite_output_dir=True)  # the script owns out/.../run
     trainer = train_grpo_from_config(config)
     seconds_train = time.perf_counter() - t0
-    (before_dir, after_dir) = trainer.eval_dirs[0].parent, trainer.eval_dirs[-1].parent
-    scored = {}
-    for tag, d in (("before", before_dir), ("after", after_dir)):
-        run_eval(d / "generations.jsonl", "chart", METRICS, d / "independent", workers=args.workers,
-                 progress=False, reward_options={"chart_code": CHART_CODE},
-                 render_options={"matplotlib": {"dpi": 64, "figsize": [1.5, 1.5]}},
-                 title=f"independent metrics · {tag}")
-        scored[tag] = _scores(d / "independent")
-    summary: dict[str, Any] = {"reward_model": str(model_dir), "training_rewards": [r["name"] for r in config["rewards"]], "steps": trainer.step_count,
-                               "seconds": round(time.perf_counter() - t0, 1), "seconds_train": round(seconds_train, 1)}
-    learned = [json.loads(line) for line in (out / "run" / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
-    summary["training_reward_eval"] = {"before": learned[0].get("eval/model/mean"),
-                                       "after": learned[-1].get("eval/model/mean")}
-    summary["heldout"] = {m: paired(scored["before"][m], scored["after"][m]) for m in METRICS}
-    summary["hack_checks"] = {tag: hack_checks(d / "generations.jsonl") for tag, d in (("before", before_dir), ("after", after_dir))}
-    summary["beta"], summary["seed"] = args.beta, args.seed
+    summary: dict[str, Any] = {"reward_model": str(model_dir), "training_rewards": rewards, "steps": trainer.step_count,
+                               "beta": args.beta, "seed": args.seed, "val_charts": args.val_charts,
+                               "eval_data": str(eval_path), "seconds_train": round(seconds_train, 1)}
+    first = trainer.eval_dirs[0].parent
+    evals = {}
+    for step, d in zip(trainer.eval_steps[1:], trainer.eval_dirs[1:], strict=True):
+        evals[step] = analyse(first, d.parent, args.workers)
+        grid(first / "independent", d.parent / "independent",
+             out / f"grid_{'val' if args.val_charts else 'heldout'}_step{step}.png")
+        report(f"{'validation' if args.val_charts else 'held-out'} charts, step 0 -> {step}", evals[step])
+    last = evals[trainer.eval_steps[-1]]
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.val_charts:
+        summary["validation"] = {str(k): v for k, v in evals.items()}
+    else:
+        summary["heldout"] = last["metrics"]
+        summary["hack_checks"] = last["hack_checks"]
+        summary["verdict"] = last["verdict"]
+    summary["training_reward_eval"] = {"before": last["training_rewards_eval"]["before"].get("model"),
+                                       "after": last["training_rewards_eval"]["after"].get("model")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for m, s in summary["heldout"].items():
-        print(f"{m:18s} before {s['before']:.4f} after {s['after']:.4f} "
-              f"diff {s['diff']:+.4f} [{s['ci95'][0]:+.4f}, {s['ci95'][1]:+.4f}] (n={s['n']})")
-    for tag, h in summary["hack_checks"].items():
-        print(f"{tag}: purple {h['purple']:.2f} (references {h['reference_purple']:.2f}), commonest colour "
-              f"{h['commonest_colour']} {h['commonest_colour_share']:.2f} (references "
-              f"{h['reference_share_of_that_colour']:.2f}), colour matches "
-              f"{h['colour_matches_reference']:.2f}, {h['distinct_value_lists']} distinct value lists, commonest "
-              f"{h['commonest_value_list_share']:.2f}, distinct within a list {h['distinct_within_list']:.2f}")
-    print(f"learned reward (held-out mean): {summary['training_reward_eval']}; {summary['seconds']} s")
+    print(f"learned reward ({'validation' if args.val_charts else 'held-out'} mean): "
+          f"{summary['training_reward_eval']}; {summary['seconds']} s")
     return 0
 
 
