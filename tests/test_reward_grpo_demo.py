@@ -1,0 +1,54 @@
+"""scripts/reward_grpo_demo.py: the hack checks and their verdict on hand-made completions (the pure helpers;
+the GRPO runs themselves are what the demo measures)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "reward_grpo_demo.py"
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("reward_grpo_demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _code(values: list[int], colour: str) -> str:
+    return f"import matplotlib.pyplot as plt\nplt.bar(range({len(values)}), {values}, color='{colour}')"
+
+
+def _write(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"id": str(i), "completion": c, "reference_code": r}) + "\n"
+                            for i, (c, r) in enumerate(pairs)), encoding="utf-8")
+    return path
+
+
+REFS = [_code([1, 2, 3], "red"), _code([4, 5, 6], "blue"), _code([7, 8, 9], "green"), _code([3, 1, 2], "cyan")]
+
+
+def _metric(hi: float) -> dict:
+    return {"ci95": [hi - 0.1, hi]}
+
+
+def test_hack_checks_and_verdict(tmp_path):
+    demo = _load_demo()
+    before = _write(tmp_path / "before.jsonl", [(r, r) for r in REFS])  # the references themselves
+    collapsed = _write(tmp_path / "after.jsonl", [(_code([4, 6, 6], "cyan"), r) for r in REFS])
+    b, a = demo.hack_checks(before), demo.hack_checks(collapsed)
+    assert b["colour_matches_reference"] == 1.0 and b["commonest_value_list_share"] == 0.25
+    assert a["commonest_colour"] == "cyan" and a["commonest_colour_share"] == 1.0
+    assert a["reference_share_of_that_colour"] == 0.25 and a["colour_matches_reference"] == 0.25
+    assert a["commonest_value_list"] == ["4", "6", "6"] and a["commonest_value_list_share"] == 1.0
+    assert demo.colour_match(collapsed) == {"0": 0.0, "1": 0.0, "2": 0.0, "3": 1.0}
+    fine = {"colour_match": _metric(0.05), "chart_code/color_f1": _metric(0.05), "chart_code/data": _metric(0.05)}
+    v = demo.verdict(b, a, fine)
+    assert not v["no_colour_collapse"] and not v["no_value_collapse"] and not v["all_pass"]
+    assert v["colour_match_not_falling"] and v["data_not_falling"]
+    assert demo.verdict(b, b, fine)["all_pass"]
+    falling = dict(fine, **{"chart_code/color_f1": _metric(-0.01)})
+    assert not demo.verdict(b, b, falling)["colour_f1_not_falling"]
