@@ -27,7 +27,9 @@ val``), never on the held-out pairs. ``--diagnose`` (training / validation split
 the vision tower's features and on the last hidden state, the greedy validation accuracy along a labelled
 SFT, and the share of GRPO groups whose sampled verdicts differ (``signal_*``; a group with one verdict
 has zero advantage). ``--view diff`` shows the two candidates as difference images from the reference
-(what the BT reward model's input carries) instead of reference + candidates.
+(what the BT reward model's input carries) instead of reference + candidates; the view is the library's
+(``judge_rows(..., view=)``), written into ``judge.json``, so ``get_reward("vlm_judge",
+preset="trained_judge", path=...)`` shows the trained judge difference images too.
 
 Run: ``.venv/bin/python scripts/judge_demo.py --out out/demo-judge``. Use ``--threads 1`` on a shared
 machine: with 2 torch threads on 2 busy cores one forward/backward took 3-15 s, with 1 thread 0.45 s.
@@ -48,6 +50,7 @@ import torch
 
 from visalign.data.pairs import load_pairs, pair_dataset, write_pairs
 from visalign.models.rope import reset_rope_deltas
+from visalign.rewards.judge.prompts import VIEWS
 from visalign.trainers.config import load_config
 from visalign.trainers.judge import JudgeGRPOConfig, JudgeGRPOTrainer, judge_rows
 from visalign.trainers.sft import build_sft_batch
@@ -119,28 +122,6 @@ def format_warmup(model: Any, processor: Any, rows: list[dict[str, Any]], steps:
                               batch_size, lr, seed)
     model.eval()
     return losses
-
-
-def difference_view(rows: list[dict[str, Any]], keep_reference: bool = False, mask: bool = False) -> list[dict[str, Any]]:
-    """Pairwise rows shown as difference images (``--view diff``): each candidate becomes its inverted
-    per-pixel difference from the reference (white where it matches, ink where it differs), as the BT
-    reward model's input carries a difference image; ``keep_reference`` keeps the reference first. The
-    label is unchanged (the smaller difference is the closer candidate). ``mask``: black wherever any
-    channel differs, thickened by a 5 px max filter, so that a thin changed stroke survives the squash."""
-    from PIL import ImageChops, ImageFilter, ImageOps
-
-    def diff(c: Any, ref: Any) -> Any:
-        d = ImageChops.difference(c, ref)
-        if mask:
-            d = d.convert("L").point(lambda v: 255 if v > 0 else 0).filter(ImageFilter.MaxFilter(5)).convert("RGB")
-        return ImageOps.invert(d)
-
-    out = []
-    for r in rows:
-        ref, one, two = (im.convert("RGB") for im in r["images"][-3:])
-        diffs = [diff(c, ref) for c in (one, two)]
-        out.append(dict(r, images=([ref] if keep_reference else []) + diffs))
-    return out
 
 
 def split_by_reference(pairs: list[dict[str, Any]], val_refs: int, seed: int) -> tuple[list, list]:
@@ -309,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diagnose", action="store_true", help="diagnostics on the training / validation split only "
                     "(no GRPO, no held-out pairs): linear probes on the vision tower and on the last hidden "
                     "state, a supervised verdict fine-tune, and the share of GRPO groups with mixed verdicts")
-    ap.add_argument("--view", default="raw", choices=["raw", "diff", "ref-diff", "mask"], help="pairwise input: "
-                    "raw (reference, image 1, image 2), diff (the two candidates' difference images from the "
-                    "reference), ref-diff (the reference, then the two difference images) or mask (thickened "
-                    "black-on-white masks of the changed pixels)")
+    ap.add_argument("--view", default="raw", choices=list(VIEWS), help="what the judge is shown "
+                    "(visalign.rewards.judge.prompts.judge_prompt, recorded in judge.json): raw (reference, "
+                    "image 1, image 2), diff (the candidates' difference images from the reference), ref-diff "
+                    "(the reference, then the difference images) or mask (thickened black-on-white masks of the "
+                    "changed pixels)")
     ap.add_argument("--short-think", action="store_true", help="warm-up answers <think>K</think><answer>K</answer>: "
                     "the first verdict token right after the prompt (default: <think>image K is closer</think>...)")
     ap.add_argument("--min-gap", type=int, default=2, help="keep pairs whose severities differ by at least this")
@@ -364,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
                                               args.seed)
     instruction = POINTWISE_INSTRUCTION if args.mode == "pointwise" else (
         INSTRUCTION if args.view == "raw" else DIFF_INSTRUCTION)
-    train = judge_rows(fit_pairs, mode=args.mode, seed=args.seed, instruction=instruction)
-    val = judge_rows(val_pairs, mode=args.mode, seed=args.seed + 2, instruction=instruction) if val_pairs else []
+    view = args.view  # applied by the library (judge_prompt), recorded in judge.json, so vlm_judge shows the same
+    train = judge_rows(fit_pairs, mode=args.mode, seed=args.seed, instruction=instruction, view=view)
+    val = judge_rows(val_pairs, mode=args.mode, seed=args.seed + 2, instruction=instruction, view=view) \
+        if val_pairs else []
     if args.mode == "pairwise":
         train, val = balance_pairwise(train, args.seed), balance_pairwise(val, args.seed + 2)
     held: list[dict[str, Any]] = []
@@ -373,13 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         held = val
     elif not args.diagnose:
         eval_pairs = gap_filter(load_pairs(eval_path), args.min_gap, kinds)
-        held = judge_rows(eval_pairs, mode=args.mode, seed=args.seed + 1, instruction=instruction)
+        held = judge_rows(eval_pairs, mode=args.mode, seed=args.seed + 1, instruction=instruction, view=view)
         held = random.Random(args.seed).sample(held, min(args.max_eval, len(held)))  # fixed by the seed, not the run
         if args.mode == "pairwise":
             held = balance_pairwise(held, args.seed + 1)
-    if args.mode == "pairwise" and args.view != "raw":
-        train, val, held = (difference_view(x, keep_reference=args.view == "ref-diff", mask=args.view == "mask")
-                            for x in (train, val, held))
     t_data = time.perf_counter() - t0
     labels = sorted({r["label"] for r in train})
     print(f"judge rows ({args.mode}, kinds {args.kinds}, min gap {args.min_gap}): {len(train)} train, {len(val)} "
@@ -495,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_device_train_batch_size": args.prompts * args.generations, "max_completion_length": args.max_completion,
         "max_prompt_length": 1024, "learning_rate": args.lr, "max_steps": args.steps, "max_minutes": args.minutes,
         "temperature": args.temperature, "beta": args.beta, "eval_every": args.eval_every,
-        "dynamic_sampling": args.dynamic_sampling,
+        "dynamic_sampling": args.dynamic_sampling, "view": view,
         "max_eval_rows": None, "output_dir": str(out / "run"), "progress": False, "log_with": "none",
         "log_completions_every": 25, "render_workers": 1, "num_threads": args.threads, "seed": args.seed})
     trainer = JudgeGRPOTrainer(config, model=model, processor=processor, train_rows=train, eval_rows=held)

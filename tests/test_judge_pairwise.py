@@ -226,8 +226,9 @@ def test_anchor_reference(tmp_path: Path) -> None:
     samples = group([200, 50, 128], reference_image=ref) + [Sample(prompt="x", image=grey(250), reference_image=ref)]
     reward = pairwise(tmp_path, pairs="anchor", anchor="reference")
     out = reward(samples)
-    assert out.scores == [1.0, 0.0, 0.5, 1.0]  # brighter / darker than the reference; equal: the orders disagree
-    assert len(reward.backend.requests) == 4 * 2
+    assert out.scores == [1.0, 0.0, 0.5, 1.0]  # brighter / darker than the reference; identical to it: a tie
+    assert len(reward.backend.requests) == 3 * 2  # the sample identical to its reference is not asked
+    assert out.metrics["identical_pairs"] == 1
     assert out.details[0]["comparisons"][0]["vs"] == "reference"
     no_ref = reward([Sample(prompt="x", image=grey(200), group=0)])
     assert no_ref.scores == [None] and "no reference image" in no_ref.details[0]["reason"]

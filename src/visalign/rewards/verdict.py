@@ -76,8 +76,11 @@ def rule_consistency(reasoning: str, answer: str | None, cues: Mapping[str, Sequ
     The reasoning's conclusion is the *last* cue it names of any of ``choices`` (default: ``1`` / ``2``
     or ``good`` / ``bad``, whichever holds ``answer``); ``cues`` maps a choice to regular expressions
     matched as whole words (default :data:`DEFAULT_CUES`; a choice without cues is its own word). A
-    ``good`` / ``bad`` cue after a negation ("does not match") counts for the opposite. No verdict, or no
-    cue in the reasoning, gives 0.
+    ``good`` / ``bad`` cue after a negation ("does not match") counts for the opposite. A reasoning that
+    is exactly one of the choices (``<think>2</think>``, `` good. ``: compared as verdicts are,
+    :func:`~visalign.rewards.judge.parsing.normalise_verdict`) names that choice; a choice's bare word
+    inside longer reasoning ("3 bars, 1 missing") is no cue for ``1`` / ``2``. No verdict, or no cue in the
+    reasoning, gives 0.
 
     Example:
         >>> rule_consistency("image 1 has the wrong bars, image 2 is closer", "2")
@@ -86,12 +89,18 @@ def rule_consistency(reasoning: str, answer: str | None, cues: Mapping[str, Sequ
         -1
         >>> rule_consistency("hmm", "good")
         0
+        >>> rule_consistency(" 2 ", "2"), rule_consistency("1", "2"), rule_consistency("3 bars, 1 missing", "1")
+        (1, -1, 0)
     """
     if answer is None or not reasoning:
         return 0
     table = DEFAULT_CUES if cues is None else cues
     if choices is None:
         choices = next((list(p) for p in _PAIRS if answer in p), [answer])
+    bare = normalise_verdict(reasoning)
+    named = [c for c in choices if normalise_verdict(c) == bare]
+    if named:  # the whole reasoning is a choice
+        return 1 if normalise_verdict(named[0]) == normalise_verdict(answer) else -1
     text = reasoning.lower()
     last: tuple[int, str] | None = None
     for choice in choices:

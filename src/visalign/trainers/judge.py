@@ -15,7 +15,10 @@ The VLM GRPO trainer (:class:`~visalign.trainers.vlm.VLMGRPOTrainer`) on text an
 * StableReinforce on (``pre_clip_log_ratio``, ``advantage_filter``);
 * held-out evaluation is greedy verdict accuracy with a bootstrap interval (``eval.jsonl``,
   ``eval/<tag>/verdicts.jsonl``), by perturbation kind;
-* every saved model directory holds ``judge.json`` (mode, instruction, verdicts, reference use), which
+* ``view`` (``raw``, ``diff``, ``ref-diff``, ``mask``; :data:`~visalign.rewards.judge.prompts.VIEWS`):
+  what the judge is shown of the images, applied by :func:`judge_prompt` (a judge trained on difference
+  images is then asked with difference images);
+* every saved model directory holds ``judge.json`` (mode, instruction, verdicts, reference use, view), which
   the ``trained_judge`` preset of ``vlm_judge`` reads so that the judge is asked as it was trained.
 
 Example:
@@ -42,7 +45,7 @@ from typing import Any
 from PIL import Image
 
 from ..rewards import Sample
-from ..rewards.judge.prompts import CHOICES, judge_instruction, judge_prompt
+from ..rewards.judge.prompts import CHOICES, check_view, judge_instruction, judge_prompt
 from ..rewards.verdict import format_ok, parse_verdict
 from .config import load_config, option
 from .vlm import VLMGRPOConfig, VLMGRPOTrainer, _gather_objects
@@ -60,7 +63,7 @@ def _image_key(im: Image.Image) -> str:
 
 
 def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", reference: str = "auto", seed: int = 0,
-               instruction: str | None = None, balance: bool = True) -> list[dict[str, Any]]:
+               instruction: str | None = None, balance: bool = True, view: str = "raw") -> list[dict[str, Any]]:
     """Judge rows from preference pairs (rows as :func:`visalign.data.pairs.load_pairs` gives them).
 
     * ``pairwise``: one row per pair; ``images`` = [reference,] then the two sides in an order drawn
@@ -73,9 +76,12 @@ def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", re
 
     ``reference``: ``"auto"`` shows it when every pair has one, ``"always"`` requires it, ``"never"``
     leaves it out. ``instruction`` overrides :func:`judge_instruction` (``{prompt}`` = the pair's
-    prompt). Rows carry ``id``, ``images``, ``prompt`` (the instruction), ``label``, ``choices``,
-    ``judge_mode``, ``perturbation``, ``margin`` and ``pair_id``. A pair without a chosen or rejected
-    image raises ``ValueError`` naming the pair and the field.
+    prompt). ``view`` (not ``raw``): the candidates are shown as difference images from the reference
+    (:func:`~visalign.rewards.judge.prompts.judge_prompt`), which every pair must then have; the reference
+    itself is shown only for ``ref-diff`` (``reference`` applies to ``raw``). Rows carry ``id``,
+    ``images`` (as shown), ``prompt`` (the instruction), ``label``, ``choices``, ``judge_mode``, ``view``,
+    ``perturbation``, ``margin`` and ``pair_id``. A pair without a chosen or rejected image raises
+    ``ValueError`` naming the pair and the field.
     """
     if mode not in CHOICES:
         raise ValueError(f"judge mode must be 'pairwise' or 'pointwise', got {mode!r}")
@@ -86,12 +92,17 @@ def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", re
             if not isinstance(p.get(f), Image.Image):
                 raise ValueError(f"pair {p.get('id', i)!r} (row {i}): field {f!r} must be an image, got "
                                  f"{type(p.get(f)).__name__}")
+    check_view(view)
     has_ref = [isinstance(p.get("reference"), Image.Image) for p in pairs]
-    if reference == "always" and not all(has_ref):
+    if (reference == "always" or view != "raw") and not all(has_ref):
         i = has_ref.index(False)
-        raise ValueError(f"pair {pairs[i].get('id', i)!r} (row {i}): field 'reference' is missing (reference: always)")
+        why = "reference: always" if view == "raw" else f"view {view!r} shows differences from the reference"
+        raise ValueError(f"pair {pairs[i].get('id', i)!r} (row {i}): field 'reference' is missing ({why})")
+    if view != "raw" and reference == "never":
+        raise ValueError(f"view {view!r} needs the reference image; reference: never leaves it out")
     use_ref = reference == "always" or (reference == "auto" and bool(pairs) and all(has_ref))
-    template = instruction if instruction is not None else judge_instruction(mode, use_ref)
+    shown_ref = use_ref if view == "raw" else view == "ref-diff"
+    template = instruction if instruction is not None else judge_instruction(mode, shown_ref, view)
     rows: list[dict[str, Any]] = []
     if mode == "pairwise":
         for i, p in enumerate(pairs):
@@ -99,9 +110,10 @@ def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", re
             first = random.Random(f"{seed}:{pid}").random() < 0.5
             sides = [p["chosen"], p["rejected"]] if first else [p["rejected"], p["chosen"]]
             shown = judge_prompt(template, sides, reference=p["reference"] if use_ref else None,
-                                 prompt=str(p.get("prompt") or ""))
+                                 prompt=str(p.get("prompt") or ""), view=view)
             rows.append({"id": pid, "pair_id": pid, "images": shown.images, "prompt": shown.text,
                          "label": "1" if first else "2", "choices": list(CHOICES[mode]), "judge_mode": mode,
+                         "view": view,
                          "perturbation": str(p.get("perturbation") or "unknown"),
                          "margin": float(p.get("margin") or 0.0)})
         return rows
@@ -120,9 +132,9 @@ def judge_rows(pairs: Sequence[Mapping[str, Any]], *, mode: str = "pairwise", re
             else:
                 label = "good" if side == "chosen" else "bad"
             shown = judge_prompt(template, [im], reference=p["reference"] if use_ref else None,
-                                 prompt=str(p.get("prompt") or ""))
+                                 prompt=str(p.get("prompt") or ""), view=view)
             rows.append({"id": f"{pid}-{side}", "pair_id": pid, "images": shown.images, "prompt": shown.text,
-                         "label": label, "choices": list(CHOICES[mode]), "judge_mode": mode,
+                         "label": label, "choices": list(CHOICES[mode]), "judge_mode": mode, "view": view,
                          "perturbation": str(p.get("perturbation") or "unknown") if label == "bad" else "none",
                          "margin": float(p.get("margin") or 0.0)})
     if balance and rows:
@@ -147,6 +159,9 @@ class JudgeGRPOConfig(VLMGRPOConfig):
     instruction: str | None = option(None, "the judge's instruction ({prompt} = the pair's prompt); default: "
                                            "the built-in one for judge_mode and reference")
     balance: bool = option(True, "pointwise: subsample the more frequent label to the other's count")
+    view: str = option("raw", "what the judge is shown: raw (the images), diff (the candidates' difference images "
+                              "from the reference), ref-diff (the reference, then the differences) or mask "
+                              "(thickened masks of the changed pixels); recorded in judge.json")
     rewards: list = option([{"name": "verdict", "weight": 1.0, "options": {"consistency": "rules"}},
                             {"name": "verdict_format", "weight": 0.5}],
                            "0.5 * format + acc * (1 + 0.5 * consistency)", source="R1-Reward")
@@ -163,6 +178,7 @@ class JudgeGRPOConfig(VLMGRPOConfig):
             raise ValueError(f"judge_mode must be 'pairwise' or 'pointwise', got {self.judge_mode!r}")
         if self.reference not in ("auto", "always", "never"):
             raise ValueError(f"reference must be 'auto', 'always' or 'never', got {self.reference!r}")
+        check_view(self.view)
 
 
 @dataclass
@@ -198,7 +214,7 @@ class JudgeGRPOTrainer(VLMGRPOTrainer):
 
         c = self.config
         return judge_rows(load_pairs(source, limit=limit), mode=c.judge_mode, reference=c.reference, seed=c.seed,
-                          instruction=c.instruction, balance=c.balance)
+                          instruction=c.instruction, balance=c.balance, view=c.view)
 
     def _checked(self, rows: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
         for i, r in enumerate(rows):
@@ -207,6 +223,9 @@ class JudgeGRPOTrainer(VLMGRPOTrainer):
                 raise ValueError(f"{split} row {rid!r}: field 'label' is missing (a judge row needs its verdict)")
             if not r.get("images") and r.get("image") is None:
                 raise ValueError(f"{split} row {rid!r}: field 'images' is missing")
+            if r.get("view", self.config.view) != self.config.view:
+                raise ValueError(f"{split} row {rid!r} was built with view {r['view']!r}, but the config's view "
+                                 f"(recorded in judge.json) is {self.config.view!r}")
         return super()._checked(rows, split)
 
     def _samples(self, row: dict[str, Any], texts: Sequence[str], group: int) -> list[Sample]:
@@ -294,9 +313,10 @@ class JudgeGRPOTrainer(VLMGRPOTrainer):
 def write_judge_file(model_dir: str | Path, config: JudgeGRPOConfig, rows: Sequence[Mapping[str, Any]]) -> Path:
     """``judge.json`` in ``model_dir``: how the judge is asked (what the ``trained_judge`` preset reads)."""
     n_images = len(rows[0].get("images") or []) if rows else 0
-    reference = n_images == (3 if config.judge_mode == "pairwise" else 2)
-    spec = {"judge_mode": config.judge_mode, "reference": reference,
-            "instruction": config.instruction or judge_instruction(config.judge_mode, reference),
+    reference = n_images == (3 if config.judge_mode == "pairwise" else 2)  # the reference shown first
+    view = getattr(config, "view", "raw")
+    spec = {"judge_mode": config.judge_mode, "reference": reference, "view": view,
+            "instruction": config.instruction or judge_instruction(config.judge_mode, reference, view),
             "choices": CHOICES[config.judge_mode], "system": config.system_prompt,
             "format": "<think>...</think><answer>VERDICT</answer>"}
     path = Path(model_dir) / JUDGE_FILE

@@ -31,7 +31,7 @@ from .parsing import (
     parse_visual_erm,
     visual_erm_score,
 )
-from .prompts import CHOICES, judge_prompt
+from .prompts import CHOICES, check_view, judge_prompt
 
 __all__ = ["MODES", "PRESETS", "JudgePreset", "Skip", "chartmimic_preset", "get_preset", "parse_score",
            "pointwise_preset", "trained_judge_preset", "visual_erm_preset"]
@@ -75,6 +75,9 @@ class JudgePreset:
             then the instruction: :func:`~visalign.rewards.judge.prompts.judge_prompt`, as the GRPO
             judge trainer prompts a judge).
         mode: ``pointwise`` (one sample per request) or ``pairwise`` (two candidates per request).
+        view: what the judge is shown of the candidates (:data:`~visalign.rewards.judge.prompts.VIEWS`;
+            only without ``labels``): ``raw``, or their difference images from the sample's reference
+            (which every judged sample then needs; shown itself only when ``images`` has it, ``ref-diff``).
     """
 
     name: str
@@ -89,6 +92,7 @@ class JudgePreset:
     scale: float | None = None
     labels: bool = True
     mode: str = "pointwise"
+    view: str = "raw"
 
     def __post_init__(self) -> None:
         if self.mode not in _CANDIDATES:
@@ -99,6 +103,17 @@ class JudgePreset:
                              f"one reference), got images={self.images!r}")
         if not self.labels and "reference" in self.images and self.images[0] != "reference":
             raise ValueError("without labels the reference comes first (as the judge trainer shows it)")
+        if check_view(self.view) != "raw":
+            if self.labels:
+                raise ValueError(f"view {self.view!r} is a trained judge's view: it needs labels=False")
+            if ("reference" in self.images) != (self.view == "ref-diff"):
+                raise ValueError(f"view {self.view!r} shows the reference first only for 'ref-diff'; got "
+                                 f"images={self.images!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """The reference image is shown, or the view is made from it."""
+        return "reference" in self.images or self.view != "raw"
 
     def candidate(self, sample: Sample) -> Image.Image | Skip:
         """The image of ``sample`` the judge will see, or a :class:`Skip` with its score and reason.
@@ -106,8 +121,9 @@ class JudgePreset:
         ``sample.rendered`` must already be filled for samples that carry code
         (:class:`VlmJudgeReward` does it).
         """
-        if "reference" in self.images and sample.target_image is None:
-            why = "no reference image"
+        if self.needs_reference and sample.target_image is None:
+            why = "no reference image" if "reference" in self.images else \
+                f"no reference image to make the {self.view!r} view from"
             if sample.reference_rendered is not None and not sample.reference_rendered.ok:
                 why = f"the reference failed to render ({sample.reference_rendered.error_kind})"
             return Skip(None, why)
@@ -132,9 +148,9 @@ class JudgePreset:
         if len(candidates) != len(roles):
             raise ValueError(f"a {self.mode} request shows {len(roles)} candidate(s), got {len(candidates)}")
         instruction = self.instruction.replace("{scale}", f"{self.scale:g}" if self.scale is not None else "")
-        reference = sample.target_image if "reference" in self.images else None
+        reference = sample.target_image if self.needs_reference else None
         if not self.labels:
-            shown = judge_prompt(instruction, candidates, reference=reference, prompt=sample.prompt)
+            shown = judge_prompt(instruction, candidates, reference=reference, prompt=sample.prompt, view=self.view)
             return JudgeRequest(parts=[*shown.images, shown.text], system=self.system)
         image_of = {"reference": reference, **dict(zip(roles, candidates, strict=True))}
         parts: list[str | Image.Image] = []
@@ -257,10 +273,12 @@ def trained_judge_preset(path: str | os.PathLike[str], mode: str = "pointwise") 
     """A judge trained by ``visalign train reward --mode judge``, asked exactly as it was trained.
 
     Reads ``judge.json`` from the model directory ``path`` (the trainer writes it into every saved
-    model): the judge's mode, the instruction, whether the reference image comes first, the verdicts and
-    the system turn. The request is what the trainer showed
-    (:func:`~visalign.rewards.judge.prompts.judge_prompt`): the images alone (the reference, then the
-    generated image, or Image 1 and Image 2), then the instruction. Answers
+    model): the judge's mode, the instruction, whether the reference image comes first, the verdicts,
+    the system turn and the view (``view``; a file without it, from before views were recorded: ``raw``).
+    The request is what the trainer showed (:func:`~visalign.rewards.judge.prompts.judge_prompt`): the
+    images alone (the reference, then the generated image, or Image 1 and Image 2; with a ``diff`` view
+    their difference images from the sample's reference, which is then required), then the instruction.
+    Answers
     ``<think>...</think><answer>VERDICT</answer>`` are read by
     :func:`~visalign.rewards.judge.parsing.parse_verdict`, as the ``verdict`` reward read them in training:
 
@@ -305,7 +323,7 @@ def trained_judge_preset(path: str | os.PathLike[str], mode: str = "pointwise") 
     return JudgePreset(name="trained_judge", instruction=instruction,
                        images=("reference", *roles) if spec.get("reference") else roles, parse=parse,
                        parse_failure_score=failure, skip_blank=False, needs_prompt="{prompt}" in instruction,
-                       system=spec.get("system"), labels=False, mode=mode)
+                       system=spec.get("system"), labels=False, mode=mode, view=str(spec.get("view") or "raw"))
 
 
 PRESETS: dict[str, Callable[..., JudgePreset]] = {

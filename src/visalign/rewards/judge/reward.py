@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -67,12 +68,15 @@ class VlmJudgeReward(RenderingReward):
       without any decision is left out of both samples' scores, and a judged candidate with no decided
       comparison (and no free win) scores ``failure_score`` (default 0.5, neither better nor worse); the
       batch never fails;
+    * a pair of byte-identical images (two samples that rendered the same, or a sample that reproduced
+      its reference exactly with ``anchor="reference"``) is a tie, 0.5, without a request (``identical``
+      in its comparisons, ``metrics["identical_pairs"]``);
     * a judged sample with nothing to compare with (alone in its group) scores None (not applicable).
 
     Details per judged sample: ``wins``, ``ties``, ``losses``, ``undecided`` (its judged pairs),
     ``free_wins`` (against no-output samples) and ``comparisons``, each ``{"vs": index | "reference", "result": share,
     "votes": [share per order asked], "no_decision": [reasons]}`` from this sample's side. Metrics:
-    ``judged`` (candidates shown), ``skipped``, ``pairs``, ``requests``, ``undecided_pairs``,
+    ``judged`` (candidates shown), ``skipped``, ``pairs``, ``requests``, ``identical_pairs``, ``undecided_pairs``,
     ``swap_disagreements`` (pairs whose two orders chose different samples), ``parse_failures``,
     ``request_failures``, ``no_decision`` (+ per reason), ``picked_first_mean`` (share of verdicts for
     Image 1: a position-bias gauge, 0.5 for an unbiased judge when ``swap`` is on), ``mean_latency``.
@@ -154,7 +158,7 @@ class VlmJudgeReward(RenderingReward):
 
     def prepare(self, samples: list[Sample]) -> None:
         """Extract and render what the judge will look at (generated programs, reference programs)."""
-        if "reference" in self.preset.images or (self.mode == "pairwise" and self.anchor == "reference"):
+        if self.preset.needs_reference or (self.mode == "pairwise" and self.anchor == "reference"):
             refs = [s for s in samples if s.reference_image is None and s.reference_code is not None
                     and s.kind is not None]
             if refs:
@@ -218,11 +222,41 @@ class VlmJudgeReward(RenderingReward):
 
     def _score_pairwise(self, samples: list[Sample]) -> RewardOutput:
         """Plan the pairs of each group, ask each in one or both orders, score the outcomes."""
-        n = len(samples)
-        scores: list[float | None] = [None] * n
-        details: list[dict[str, Any]] = [{} for _ in range(n)]
-        images: dict[int, Image.Image] = {}  # judged candidates
-        groups: dict[Hashable, list[int]] = {}  # judged and no-output members, in batch order
+        scores: list[float | None] = [None] * len(samples)
+        details: list[dict[str, Any]] = [{} for _ in samples]
+        images, groups, group_of = self._pairwise_candidates(samples, scores, details)
+        plan = self._plan(groups, images)
+        asked = self._ask_pairs(samples, images, plan)
+        results = [combine_votes(v) for v in asked.votes]
+        outcomes, comparisons = _pair_outcomes(plan, asked, results, images, group_of)
+        free_wins: Counter[int] = Counter()
+        for members in groups.values():
+            for i in (m for m in members if m in images):
+                for f in (m for m in members if m not in images):
+                    outcomes.append((i, f, 1.0))
+                    free_wins[i] += 1
+        strengths = win_rates(outcomes) if self.scoring == "win_rate" else bradley_terry(outcomes)
+        for i in images:
+            scores[i], details[i] = self._pairwise_detail(comparisons[i], free_wins[i], strengths.get(i))
+        metrics: dict[str, float] = {
+            "judged": float(len(images)), "skipped": float(len(samples) - len(images)), "pairs": float(len(plan)),
+            "requests": float(asked.requests), "identical_pairs": float(len(asked.identical)),
+            "undecided_pairs": float(sum(r is None for r in results)),
+            "swap_disagreements": float(sum(len(v) == 2 and None not in v and v[0] != v[1] for v in asked.votes)),
+            "parse_failures": float(asked.parse_failures), "request_failures": float(asked.request_failures),
+            "no_decision": float(sum(asked.no_decision.values())),
+            **{f"no_decision/{k}": float(c) for k, c in sorted(asked.no_decision.items())},
+            "mean_latency": sum(asked.latencies) / len(asked.latencies) if asked.latencies else 0.0}
+        if asked.first_shares:
+            metrics["picked_first_mean"] = sum(asked.first_shares) / len(asked.first_shares)
+        return RewardOutput(scores=scores, details=details, metrics=metrics)
+
+    def _pairwise_candidates(self, samples: list[Sample], scores: list[float | None], details: list[dict[str, Any]],
+                             ) -> tuple[dict[int, Image.Image], dict[Hashable, list[int]], dict[int, Hashable]]:
+        """The judged candidates' images, the groups (judged and no-output members, in batch order) and each
+        member's group; skipped samples get their score and reason in ``scores`` / ``details``."""
+        images: dict[int, Image.Image] = {}
+        groups: dict[Hashable, list[int]] = {}
         group_of: dict[int, Hashable] = {}
         for i, sample in enumerate(samples):
             got = self.preset.candidate(sample)
@@ -237,108 +271,124 @@ class VlmJudgeReward(RenderingReward):
                 images[i] = got
             group_of[i] = ("group", sample.group) if sample.group is not None else ("alone", i)
             groups.setdefault(group_of[i], []).append(i)
+        return images, groups, group_of
 
-        plan: list[tuple[int, int | None]] = []  # (a, b); b None: a's reference image
+    def _plan(self, groups: dict[Hashable, list[int]], images: dict[int, Image.Image]) -> list[tuple[int, int | None]]:
+        """The pairs asked, ``(a, b)``; ``b`` None: ``a``'s reference image."""
+        plan: list[tuple[int, int | None]] = []
         for members in groups.values():
             judged = [m for m in members if m in images]
             if self.pairs == "anchor" and self.anchor == "reference":
                 plan += [(m, None) for m in judged]
             else:
                 plan += plan_pairs(judged, self.pairs)
+        return plan
 
+    def _ask_pairs(self, samples: list[Sample], images: dict[int, Image.Image],
+                   plan: list[tuple[int, int | None]]) -> _Asked:
+        """Ask each planned pair in one or both orders and read the votes (each ``a``'s share). A pair of
+        byte-identical images is a tie (one vote 0.5) without a request: the judge has nothing to tell
+        apart, and asking it would pay one position."""
+        asked = _Asked(votes=[[] for _ in plan], reasons=[[] for _ in plan])
         requests: list[JudgeRequest] = []
-        asked: list[tuple[int, bool]] = []  # per request: (pair, a shown as Image 1)
+        order: list[tuple[int, bool]] = []  # per request: (pair, a shown as Image 1)
         for k, (a, b) in enumerate(plan):
             image_b = images[b] if b is not None else samples[a].target_image
+            if _same_pixels(images[a], image_b):
+                asked.votes[k].append(0.5)
+                asked.identical.append(k)
+                continue
             requests.append(self.preset.request(samples[a], images[a], image_b))
-            asked.append((k, True))
+            order.append((k, True))
             if self.swap:
                 requests.append(self.preset.request(samples[a], image_b, images[a]))
-                asked.append((k, False))
-        responses = self._ask(requests)
-
-        votes: list[list[float | None]] = [[] for _ in plan]  # a's share, per order asked
-        reasons: list[list[str]] = [[] for _ in plan]
-        no_decision: Counter[str] = Counter()
-        parse_failures = request_failures = 0
-        first_shares: list[float] = []
-        latencies: list[float] = []
-        for (k, a_first), response in zip(asked, responses, strict=True):
+                order.append((k, False))
+        asked.requests = len(requests)
+        for (k, a_first), response in zip(order, self._ask(requests), strict=True):
             vote: float | None = None
             if response.text is None:
-                request_failures += 1
+                asked.request_failures += 1
                 reason = "request_failed"
             else:
-                latencies.append(response.latency)
+                asked.latencies.append(response.latency)
                 judgement = self.preset.parse(response.text)
                 if judgement.parse_failed:
-                    parse_failures += 1
+                    asked.parse_failures += 1
                     reason = judgement.reason or "unparsable"
                 else:
-                    first_shares.append(judgement.score)
+                    asked.first_shares.append(judgement.score)
                     vote = judgement.score if a_first else 1.0 - judgement.score
-            votes[k].append(vote)
+            asked.votes[k].append(vote)
             if vote is None:
-                reasons[k].append(reason)
-                no_decision[reason] += 1
-        results = [combine_votes(v) for v in votes]
+                asked.reasons[k].append(reason)
+                asked.no_decision[reason] += 1
+        return asked
 
-        # outcomes between players: sample indices, a group's reference image, and free wins over no-output samples
-        outcomes: list[tuple[Hashable, Hashable, float]] = []
-        comparisons: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
-        for (a, b), v, why, r in zip(plan, votes, reasons, results, strict=True):
-            for me, other, flip in ((a, b, False), (b, a, True)):
-                if me is None:
-                    continue
-                c: dict[str, Any] = {"vs": "reference" if other is None else other,
-                                     "result": None if r is None else (1.0 - r if flip else r),
-                                     "votes": [None if x is None else (1.0 - x if flip else x) for x in v]}
-                if why:
-                    c["no_decision"] = list(why)
-                comparisons[me].append(c)
-            if r is not None:
-                outcomes.append((a, b if b is not None else ("reference", group_of[a]), r))
-        free_wins: Counter[int] = Counter()
-        for members in groups.values():
-            for i in (m for m in members if m in images):
-                for f in (m for m in members if m not in images):
-                    outcomes.append((i, f, 1.0))
-                    free_wins[i] += 1
-        strengths = win_rates(outcomes) if self.scoring == "win_rate" else bradley_terry(outcomes)
-
-        for i in images:
-            mine = comparisons[i]
-            decided = [c["result"] for c in mine if c["result"] is not None]
-            d: dict[str, Any] = {"preset": self.preset.name, "judged": True,
-                                 "wins": sum(r == 1.0 for r in decided),
-                                 "ties": sum(0.0 < r < 1.0 for r in decided),
-                                 "losses": sum(r == 0.0 for r in decided), "undecided": len(mine) - len(decided),
-                                 "free_wins": free_wins[i], "comparisons": mine}
-            if not mine and not free_wins[i]:
-                scores[i] = None
-                d.update(judged=False, reason="nothing to compare with: alone in its group")
-            elif not decided and not free_wins[i]:
-                scores[i] = self.failure_score
-                d["reason"] = "no comparison decided: every answer was unusable"
-            else:
-                scores[i] = strengths[i]
-            details[i] = d
-        metrics: dict[str, float] = {
-            "judged": float(len(images)), "skipped": float(n - len(images)), "pairs": float(len(plan)),
-            "requests": float(len(requests)), "undecided_pairs": float(sum(r is None for r in results)),
-            "swap_disagreements": float(sum(len(v) == 2 and None not in v and v[0] != v[1] for v in votes)),
-            "parse_failures": float(parse_failures), "request_failures": float(request_failures),
-            "no_decision": float(sum(no_decision.values())),
-            **{f"no_decision/{k}": float(c) for k, c in sorted(no_decision.items())},
-            "mean_latency": sum(latencies) / len(latencies) if latencies else 0.0}
-        if first_shares:
-            metrics["picked_first_mean"] = sum(first_shares) / len(first_shares)
-        return RewardOutput(scores=scores, details=details, metrics=metrics)
+    def _pairwise_detail(self, mine: list[dict[str, Any]], free_wins: int,
+                         strength: float | None) -> tuple[float | None, dict[str, Any]]:
+        """A judged candidate's score and details from its comparisons."""
+        decided = [c["result"] for c in mine if c["result"] is not None]
+        d: dict[str, Any] = {"preset": self.preset.name, "judged": True, "wins": sum(r == 1.0 for r in decided),
+                             "ties": sum(0.0 < r < 1.0 for r in decided), "losses": sum(r == 0.0 for r in decided),
+                             "undecided": len(mine) - len(decided), "free_wins": free_wins, "comparisons": mine}
+        if not mine and not free_wins:
+            d.update(judged=False, reason="nothing to compare with: alone in its group")
+            return None, d
+        if not decided and not free_wins:
+            d["reason"] = "no comparison decided: every answer was unusable"
+            return self.failure_score, d
+        return strength, d
 
     def close(self) -> None:
         """Close the backend and the private render service (a shared ``service`` is left open)."""
         self.backend.close()
         super().close()
+
+
+@dataclass
+class _Asked:
+    """What the judge said about the planned pairs: per pair its votes (``a``'s share per order asked;
+    None: no decision) and no-decision reasons, and the counts behind the metrics."""
+
+    votes: list[list[float | None]]
+    reasons: list[list[str]]
+    requests: int = 0
+    identical: list[int] = field(default_factory=list)  # pairs of byte-identical images: a tie, not asked
+    parse_failures: int = 0
+    request_failures: int = 0
+    no_decision: Counter[str] = field(default_factory=Counter)
+    first_shares: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    """Byte-identical images (same size, mode and pixels)."""
+    return a is b or (a.size == b.size and a.mode == b.mode and a.tobytes() == b.tobytes())
+
+
+def _pair_outcomes(plan: list[tuple[int, int | None]], asked: _Asked, results: list[float | None],
+                   images: dict[int, Image.Image], group_of: dict[int, Hashable],
+                   ) -> tuple[list[tuple[Hashable, Hashable, float]], dict[int, list[dict[str, Any]]]]:
+    """The decided outcomes between players (sample indices, or a group's reference image) and each judged
+    sample's comparisons, from its own side."""
+    outcomes: list[tuple[Hashable, Hashable, float]] = []
+    comparisons: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
+    identical = set(asked.identical)
+    for k, ((a, b), v, why, r) in enumerate(zip(plan, asked.votes, asked.reasons, results, strict=True)):
+        for me, other, flip in ((a, b, False), (b, a, True)):
+            if me is None:
+                continue
+            c: dict[str, Any] = {"vs": "reference" if other is None else other,
+                                 "result": None if r is None else (1.0 - r if flip else r),
+                                 "votes": [None if x is None else (1.0 - x if flip else x) for x in v]}
+            if why:
+                c["no_decision"] = list(why)
+            if k in identical:
+                c["identical"] = True
+            comparisons[me].append(c)
+        if r is not None:
+            outcomes.append((a, b if b is not None else ("reference", group_of[a]), r))
+    return outcomes, comparisons
 
 
 def _resolve_preset(preset: str | JudgePreset, path: str | os.PathLike[str] | None, mode: str | None) -> JudgePreset:
