@@ -18,7 +18,8 @@ charts; the held-out charts are then scored once, for the step chosen on the val
 ``--heldout-step N`` on the same ``--out`` (the starting policy against ``run/checkpoint-N``). Every
 evaluation reports the chart-code components (text, layout, type, colour F1 and the data score) paired
 with bootstrap intervals, the hack checks with a pass / fail verdict, and a before / after grid PNG.
-``--colour-weight W`` adds the chart-code colour F1 alone as a ground-truth term (group-normalised, summed).
+``--colour-weight W`` adds the chart-code colour F1 alone as a ground-truth term (group-normalised, summed);
+``--colour-match-weight W`` adds the exact colour-name match (``scripts/chart_colour_match.py``) instead.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from visalign.trainers.config import load_config, resolve_config_paths
 from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # chart_colour_match:ColourNameMatch (--colour-match-weight)
+COLOUR_MATCH = "chart_colour_match:ColourNameMatch"
 HELDOUT = ROOT / "models" / "tiny-chart-vlm" / "heldout.jsonl"
 #: the held-out metrics: none of them is the training reward
 METRICS = ["execution", "render_similarity", "chart_code"]
@@ -261,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                          "held-out metrics then exclude chart_code")
     ap.add_argument("--colour-weight", type=float, default=0.0,
                     help="add the chart-code colour F1 alone with this weight (group-normalised and summed)")
+    ap.add_argument("--colour-match-weight", type=float, default=0.0,
+                    help="add the colour-name match (scripts/chart_colour_match.py: 1 when the program's colour "
+                         "name is the reference's) with this weight (group-normalised and summed)")
     ap.add_argument("--val-charts", type=int, default=0,
                     help="keep the last N training charts out of training and evaluate them instead of the "
                          "held-out charts (score those later, once, with --heldout-step)")
@@ -302,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         rewards.append({"name": "chart_code", "weight": 1.0, "options": CHART_CODE})
     if args.colour_weight:
         rewards.append({"name": "chart_code", "weight": args.colour_weight, "options": COLOUR_ONLY})
+    if args.colour_match_weight:
+        rewards.append({"name": COLOUR_MATCH, "weight": args.colour_match_weight})
     every = args.eval_every if args.val_charts else 0
     config.update(train_data=str(fit_path), eval_data=str(eval_path), output_dir=str(out / "run"), rewards=rewards,
                   reward_aggregation="normalize_then_sum" if len(rewards) > 1 else "sum", max_steps=args.steps,

@@ -52,3 +52,16 @@ def test_hack_checks_and_verdict(tmp_path):
     assert demo.verdict(b, b, fine)["all_pass"]
     falling = dict(fine, **{"chart_code/color_f1": _metric(-0.01)})
     assert not demo.verdict(b, b, falling)["colour_f1_not_falling"]
+
+
+def test_colour_name_match_reward_by_its_module_name():
+    demo = _load_demo()  # puts scripts/ on sys.path
+    from visalign.rewards import Sample
+    from visalign.rewards.specs import build_reward_map
+
+    reward = build_reward_map([{"name": demo.COLOUR_MATCH}])[demo.COLOUR_MATCH]
+    out = reward([Sample(completion=f"```python\n{REFS[0]}\n```", reference_code=REFS[0], kind="matplotlib"),
+                  Sample(code=REFS[1], reference_code=REFS[0], kind="matplotlib"),
+                  Sample(code=REFS[1], kind="matplotlib")])
+    assert out.scores == [1.0, 0.0, None]
+    assert out.details[1] == {"colour": "blue", "reference_colour": "red"}
