@@ -114,12 +114,15 @@ def random_answer(rng: random.Random, mode: str, short: bool = False) -> str:
 
 
 def format_warmup(model: Any, processor: Any, rows: list[dict[str, Any]], steps: int, batch_size: int, lr: float,
-                  seed: int, mode: str = "pairwise", short: bool = False) -> list[float]:
+                  seed: int, mode: str = "pairwise", short: bool = False, embeddings_only: bool = False) -> list[float]:
     """Supervised steps on label-free answers (:func:`random_answer`): ``<think>image K is
     closer</think><answer>K</answer>`` with K random, or ``good`` / ``bad`` at random (pointwise); the
-    row's label is never read. Returns the losses."""
+    row's label is never read. ``embeddings_only``: only the token embeddings (tied to the LM head in the
+    tiny model) are trained, so the format is learned without flattening what the transformer passes on
+    about the images. Returns the losses."""
+    params = [model.get_input_embeddings().weight] if embeddings_only else None
     losses = supervised_steps(model, processor, rows, lambda rng, _row: random_answer(rng, mode, short), steps,
-                              batch_size, lr, seed)
+                              batch_size, lr, seed, params=params)
     model.eval()
     return losses
 
@@ -195,11 +198,14 @@ def group_signal(rows: list[dict[str, Any]], verdicts: list[list[str | None]]) -
 
 
 def supervised_steps(model: Any, processor: Any, rows: list[dict[str, Any]], answers: Any, steps: int, batch_size: int,
-                     lr: float, seed: int, on_eval: Any = None, eval_every: int = 0) -> list[float]:
-    """At most ``steps`` AdamW steps of next-token loss on ``answers(rng, row)`` (random or labelled answers);
-    ``on_eval(step, losses)`` every ``eval_every`` steps stops them by returning True."""
+                     lr: float, seed: int, on_eval: Any = None, eval_every: int = 0,
+                     params: list[torch.Tensor] | None = None) -> list[float]:
+    """At most ``steps`` AdamW steps of next-token loss on ``answers(rng, row)`` (random or labelled answers),
+    on ``params`` (default: every trainable parameter); ``on_eval(step, losses)`` every ``eval_every`` steps
+    stops them by returning True."""
     rng = random.Random(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.AdamW(params if params is not None else [p for p in model.parameters() if p.requires_grad],
+                            lr=lr)
     losses = []
     for step in range(1, steps + 1):
         model.train()
@@ -211,7 +217,7 @@ def supervised_steps(model: Any, processor: Any, rows: list[dict[str, Any]], ans
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if on_eval is not None and eval_every and step % eval_every == 0 and on_eval(step, losses):
             break  # the callback asked to stop
@@ -306,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=120)
     ap.add_argument("--warmup-batch", type=int, default=4)
     ap.add_argument("--warmup-lr", type=float, default=2e-3)
+    ap.add_argument("--warmup-embeddings-only", action="store_true", help="the format warm-up trains the token "
+                    "embeddings (tied LM head) only: trained in full, it leaves the verdict logits independent of "
+                    "the images on some seeds (see the README)")
     ap.add_argument("--sft-warmup-labelled", type=int, default=0, help="supervised cold start (R1-Reward's SFT "
                     "stage): steps on the training rows' correct verdicts after the format warm-up; GRPO's "
                     "'before' is the model after it")
@@ -314,11 +323,19 @@ def main(argv: list[str] | None = None) -> int:
                     "check (every 10 steps) where greedy validation accuracy reaches this (needs --val-refs; "
                     "--sft-warmup-labelled is then the most steps)")
     ap.add_argument("--sft-batch", type=int, default=8)
+    ap.add_argument("--sft-restarts", type=int, default=0, help="model selection on the validation split (needs "
+                    "--val-refs): when the labelled cold start ends below --sft-min-val greedy validation accuracy, "
+                    "restart it from the same weights with another data order, at most this many times (the "
+                    "last attempt is kept)")
+    ap.add_argument("--sft-min-val", type=float, default=0.6, help="validation accuracy a cold start must reach "
+                    "(--sft-restarts)")
     ap.add_argument("--signal-rows", type=int, default=32, help="training rows sampled at the start to measure the "
                     "share of groups with mixed verdicts (0: skip)")
     ap.add_argument("--steps", type=int, default=400, help="GRPO steps (max_steps)")
     ap.add_argument("--minutes", type=float, default=None, help="GRPO wall-clock budget (default: none, --steps "
                     "decides; a budget makes the result depend on the machine's load)")
+    ap.add_argument("--grpo-freeze-embeddings", action="store_true", help="GRPO leaves the token embeddings (tied "
+                    "LM head) as the cold start left them")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.0, help="KL weight to the reference (the warmed-up model)")
     ap.add_argument("--max-completion", type=int, default=16, help="answer tokens")
@@ -401,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t1 = time.perf_counter()
     losses = format_warmup(model, processor, train, args.warmup_steps, args.warmup_batch, args.warmup_lr, args.seed,
-                           args.mode, args.short_think)
+                           args.mode, args.short_think, embeddings_only=args.warmup_embeddings_only)
     t_warm = time.perf_counter() - t1
     report["warmup"] = {"steps": args.warmup_steps, "loss_first": losses[0] if losses else None,
                         "loss_last": losses[-1] if losses else None}
@@ -454,12 +471,22 @@ def main(argv: list[str] | None = None) -> int:
             m = val_eval(f"labelled SFT step {step}")
             return args.sft_until_val is not None and m is not None and m >= args.sft_until_val
 
-        sft = supervised_steps(model, processor, train, lambda rng, r: verdict_answer(r["label"], args.mode, args.short_think),
-                               args.sft_warmup_labelled, args.sft_batch, args.sft_lr, args.seed + 7,
-                               on_eval=check, eval_every=every)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.sft_restarts else None
+        attempts = []
+        for attempt in range(args.sft_restarts + 1):
+            if attempt:  # model selection on the validation split: the same start, another data order
+                model.load_state_dict(start)
+            sft = supervised_steps(model, processor, train,
+                                   lambda rng, r: verdict_answer(r["label"], args.mode, args.short_think),
+                                   args.sft_warmup_labelled, args.sft_batch, args.sft_lr, args.seed + 7 + 1000 * attempt,
+                                   on_eval=check, eval_every=every)
+            m = val_eval(f"labelled SFT attempt {attempt} end ({len(sft)} steps)") if args.sft_restarts else None
+            attempts.append({"attempt": attempt, "steps": len(sft), "val_accuracy": m})
+            if m is None or m >= args.sft_min_val:
+                break
         report["sft_labelled"] = {"steps": len(sft), "loss_first": sft[0], "loss_last": sft[-1],
-                                  "seconds": round(time.perf_counter() - t, 1)}
-        print(f"labelled SFT: {len(sft)} steps, loss {sft[0]:.3f} -> {sft[-1]:.3f} "
+                                  "seconds": round(time.perf_counter() - t, 1), "attempts": attempts}
+        print(f"labelled SFT: {len(sft)} steps, loss {sft[0]:.3f} -> {sft[-1]:.3f}, attempts {attempts} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
         if args.diagnose:
             signal("after_labelled_sft")
@@ -479,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         "dynamic_sampling": args.dynamic_sampling, "view": view,
         "max_eval_rows": None, "output_dir": str(out / "run"), "progress": False, "log_with": "none",
         "log_completions_every": 25, "render_workers": 1, "num_threads": args.threads, "seed": args.seed})
+    if args.grpo_freeze_embeddings:  # the trainer optimises the parameters that require grad
+        model.get_input_embeddings().weight.requires_grad_(False)
     trainer = JudgeGRPOTrainer(config, model=model, processor=processor, train_rows=train, eval_rows=held)
     t2 = time.perf_counter()
     try:
