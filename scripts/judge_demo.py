@@ -17,8 +17,11 @@ with a paired bootstrap interval.
    ``<think>image K is closer</think><answer>K</answer>`` with K drawn at random, independent of the
    label, so the warm-up teaches the format and nothing about which image is closer.
    ``--short-think``: ``<think>K</think><answer>K</answer>`` (the verdict token right after the prompt).
-   ``--sft-warmup-labelled N``: R1-Reward's supervised cold start, N steps on the training rows' correct
-   verdicts; GRPO's "before" is the model after it.
+   ``--warmup-embeddings-only``: the warm-up trains the token embeddings only (in full at lr 2e-3 it
+   leaves the verdict logit independent of the image on some seeds, and no cold start recovers).
+   ``--sft-warmup-labelled N``: R1-Reward's supervised cold start, at most N steps on the training rows'
+   correct verdicts (``--sft-until-val``: stopped at a validation accuracy; ``--sft-restarts``: restarted
+   with another data order when it ends below ``--sft-min-val``); GRPO's "before" is the model after it.
 4. ``JudgeGRPOTrainer``: GRPO with ``verdict`` (rules consistency) + 0.5 ``verdict_format``,
    StableReinforce on; greedy held-out verdict accuracy before and after, paired difference.
 
@@ -33,7 +36,10 @@ preset="trained_judge", path=...)`` shows the trained judge difference images to
 
 Run: ``.venv/bin/python scripts/judge_demo.py --out out/demo-judge``. Use ``--threads 1`` on a shared
 machine: with 2 torch threads on 2 busy cores one forward/backward took 3-15 s, with 1 thread 0.45 s.
-Status (issue 12): no setting tried so far lifts held-out accuracy off 0.5; see the README.
+Recipe (issue 12; README, *A tiny judge that learns*, has the held-out numbers for seeds 0, 1, 2):
+``--train-refs 48 --eval-refs 20 --val-refs 8 --view diff --short-think --warmup-embeddings-only
+--sft-warmup-labelled 150 --sft-lr 3e-4 --sft-batch 16 --sft-until-val 0.7 --sft-restarts 2 --sft-min-val 0.6
+--lr 1e-4 --steps 150 --signal-rows 48 --threads 1 --seed S``.
 """
 
 from __future__ import annotations
