@@ -41,10 +41,15 @@ demo-flow: setup
 # ReFL (DRaFT) on the shipped shapes model with a differentiable reward, judged by a reward it was not trained on
 # (chart GRPO with the trained reward model: scripts/reward_grpo_demo.py, ~15-25 minutes, see the README)
 demo-reward: setup
-	rm -rf out/demo-reward out/demo-refl
+	rm -rf out/demo-reward out/demo-refl out/demo-judge
 	$(PY) scripts/reward_demo.py --out out/demo-reward --threads 2
+	$(PY) scripts/judge_demo.py --out out/demo-judge --data out/demo-reward/data --train-refs 48 --eval-refs 20 \
+		--val-refs 8 --view diff --short-think --warmup-embeddings-only --sft-warmup-labelled 150 --sft-lr 3e-4 \
+		--sft-batch 16 --sft-until-val 0.7 --sft-restarts 2 --sft-min-val 0.6 --lr 1e-4 --steps 150 \
+		--signal-rows 48 --threads 2
 	$(PY) scripts/refl_demo.py --out out/demo-refl --minutes 3 --eval-per-caption 32
 	@echo "demo-reward: open out/demo-reward/summary.json, run/curves.png and run/eval/calibration.png;"
+	@echo "             out/demo-judge/summary.json (the judge's held-out accuracy before / after GRPO);"
 	@echo "             out/demo-refl/summary.json and its before / after grid"
 
 lint: setup
