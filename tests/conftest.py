@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import psutil
 import pytest
@@ -21,6 +24,19 @@ SLOW_DOCTESTS = frozenset({
     "visalign.renderers.html.HtmlRenderer", "visalign.renderers.matplotlib.MatplotlibRenderer",
     "visalign.data.charts.chart_dataset", "visalign.rewards.ocr.OcrReward", "visalign.rewards.identity.IdentityReward",
 })
+
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package), its main not run."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,7 +3,6 @@ improves: that is what the full demo measures)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,23 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "flow_grpo_demo.py"
 MODEL_DIR = ROOT / "models" / "tiny-shapes-flow"
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("flow_grpo_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(not (MODEL_DIR / "diffusion_pytorch_model.safetensors").exists(),
                     reason="no shipped model")
 @pytest.mark.slow
 def test_flow_demo_writes_outputs(tmp_path):
-    demo = _load_demo()
+    demo = load_script("flow_grpo_demo")
     out = tmp_path / "demo-flow"
     lines: list[str] = []
     summary = demo.run_demo(out, demo.DEFAULT_CONFIG, minutes=None, eval_per_caption=2, log=lines.append,
@@ -75,7 +68,7 @@ def test_flow_demo_writes_outputs(tmp_path):
 def test_flow_demo_time_budget_stops_between_iterations() -> None:
     """The demo's budget is a callback on the trainer's loop: it stops when one more iteration of the mean
     length so far would overrun the budget (a fake clock: 0.06 s per iteration, a 0.2 s budget)."""
-    demo = _load_demo()
+    demo = load_script("flow_grpo_demo")
     clock = iter([0.0, *[0.06 * i for i in range(1, 100)]])
     lines: list[str] = []
     budget = demo.IterationBudget(0.2 / 60, log=lines.append, clock=lambda: next(clock))

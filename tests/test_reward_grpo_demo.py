@@ -3,19 +3,10 @@ the GRPO runs themselves are what the demo measures)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "reward_grpo_demo.py"
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("reward_grpo_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def _code(values: list[int], colour: str) -> str:
@@ -36,7 +27,7 @@ def _metric(hi: float) -> dict:
 
 
 def test_hack_checks_and_verdict(tmp_path):
-    demo = _load_demo()
+    demo = load_script("reward_grpo_demo")
     before = _write(tmp_path / "before.jsonl", [(r, r) for r in REFS])  # the references themselves
     collapsed = _write(tmp_path / "after.jsonl", [(_code([4, 6, 6], "cyan"), r) for r in REFS])
     b, a = demo.hack_checks(before), demo.hack_checks(collapsed)
@@ -55,7 +46,7 @@ def test_hack_checks_and_verdict(tmp_path):
 
 
 def test_colour_name_match_reward_by_its_module_name():
-    demo = _load_demo()  # puts scripts/ on sys.path
+    demo = load_script("reward_grpo_demo")  # puts scripts/ on sys.path
     from visalign.rewards import Sample
     from visalign.rewards.specs import build_reward_map
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from conftest import load_script
 from visalign.data.shapes import (
     CAPTIONS,
     COLOURS,
@@ -37,14 +36,6 @@ def rows() -> list[dict]:
 @pytest.fixture(scope="module")
 def reward() -> ShapeColourReward:
     return ShapeColourReward()
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_tiny_flow_model", ROOT / "scripts" / "make_tiny_flow_model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -155,7 +146,7 @@ def test_shipped_model_samples_follow_captions(reward: ShapeColourReward) -> Non
                 "a magenta square"]
     per = 4
     labels = torch.tensor([caption_to_class(c) for c in captions]).repeat_interleave(per)
-    script = _script()
+    script = load_script("make_tiny_flow_model")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine, 2 threads here ran 5x slower than 1
     try:
