@@ -53,7 +53,7 @@ demo-reward: setup
 	@echo "             out/demo-refl/summary.json and its before / after grid"
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
 
 # tests run in one process per core (at most 4), each test file in one process (module fixtures such
 # as the attack corpus start once); PYTEST_WORKERS=0 runs them in this process (for pdb)
