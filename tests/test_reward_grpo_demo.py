@@ -56,3 +56,23 @@ def test_colour_name_match_reward_by_its_module_name():
                   Sample(code=REFS[1], kind="matplotlib")])
     assert out.scores == [1.0, 0.0, None]
     assert out.details[1] == {"colour": "blue", "reference_colour": "red"}
+
+
+def test_colour_counterfactuals_keep_the_sample_and_change_only_its_colour():
+    import random
+
+    pairs = load_script("colour_pairs")
+    ref = _code([1, 2, 3], "red")
+    samples = [{"row": 0, "reference_code": ref, "code": _code([4, 4, 4], "cyan"), "rendered": True},
+               {"row": 0, "reference_code": ref, "code": _code([4, 4, 4], "cyan"), "rendered": True},  # a repeat
+               {"row": 0, "reference_code": ref, "code": _code([9, 1], "red"), "rendered": True},
+               {"row": 0, "reference_code": ref, "code": _code([5, 5, 5], "blue"), "rendered": False},
+               {"row": 0, "reference_code": ref, "code": "plt.plot([1], color='red')\nplt.plot([2], color='blue')",
+                "rendered": True},  # two colours: which one to set is ambiguous
+               {"row": 1, "reference_code": "import matplotlib.pyplot as plt\nplt.pie([1, 2])",
+                "code": _code([1, 2], "red"), "rendered": True}]  # the reference has no colour
+    specs = pairs.counterfactuals(samples, per_chart=4, rng=random.Random(0))
+    assert sorted(s["chosen_code"] for s in specs) == sorted([_code([4, 4, 4], "red"), _code([9, 1], "red")])
+    for s in specs:
+        assert s["chart"] == 0 and s["wrong"] != "red" and s["rejected_code"] == pairs.recolour(s["chosen_code"], s["wrong"])
+    assert len(pairs.counterfactuals(samples, per_chart=1, rng=random.Random(0))) == 1
