@@ -181,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the model the new one is compared with on the validation pairs (default: the "
                          "synthetic-only model, SYNTHETIC/run/model)")
     ap.add_argument("--eval-only", action="store_true", help="reuse OUT/run/model (no training); evaluate it")
+    ap.add_argument("--data-only", action="store_true", help="sample, score and write the pairs; train nothing")
+    ap.add_argument("--data", default=None, help="the pairs' directory (default OUT/data; an existing one is reused)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     synth = Path(args.synthetic)
     t0 = time.perf_counter()
-    train_path, val_path = out / "data" / "train.jsonl", out / "data" / "val.jsonl"
+    data = Path(args.data) if args.data else out / "data"
+    train_path, val_path = data / "train.jsonl", data / "val.jsonl"
     stats: dict = {}
     if not (train_path.exists() and val_path.exists()):
         exclude = {r["code"] for r in load_rows(HELDOUT) if r.get("code")}
@@ -205,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         val = make_pairs(rows[split:], groups[split:], args.min_gap, args.pairs_per_chart, rng)
         write_pairs(train, train_path)
         write_pairs(val, val_path)
-        (out / "data" / "samples.jsonl").write_text("".join(
+        (data / "samples.jsonl").write_text("".join(
             json.dumps({"row": r["id"], "reference_code": r["code"], "code": s.code, "chart_code": s.metadata["chart_code"],
                         "rendered": s.generated_image is not None}) + "\n" for r, g in zip(rows, groups, strict=True) for s in g))
-        (out / "data" / "stats.json").write_text(json.dumps(stats, indent=1))
-    stats = json.loads((out / "data" / "stats.json").read_text())
+        (data / "stats.json").write_text(json.dumps(stats, indent=1))
+    stats = json.loads((data / "stats.json").read_text())
     n_train, n_val = len(load_rows_count(train_path)), len(load_rows_count(val_path))
     t_data = time.perf_counter() - t0
     print(f"on-policy pairs: {n_train} train, {n_val} validation; samples {stats['samples']} ({t_data:.0f} s)",
           flush=True)
+    if args.data_only:
+        return 0
 
     config = load_config(RewardModelConfig, {
         "backbone": "open_clip", "clip_config": TINY_CLIP, "condition": "reference", "difference": True,

@@ -20,6 +20,13 @@ evaluation reports the chart-code components (text, layout, type, colour F1 and 
 with bootstrap intervals, the hack checks with a pass / fail verdict, and a before / after grid PNG.
 ``--colour-weight W`` adds the chart-code colour F1 alone as a ground-truth term (group-normalised, summed);
 ``--colour-match-weight W`` adds the exact colour-name match (``scripts/chart_colour_match.py``) instead.
+
+Controls: ``--control placebo`` trains with a reward that carries no information (a hash of the program's
+text, ``scripts/placebo_reward.py``): how far GRPO moves this policy on its own; ``--control ground-truth``
+with ``make demo``'s rewards (SSIM + chart-code). ``--baseline OUT2`` compares a finished run with another
+(the placebo) chart by chart at each common validation step, the hack checks taking the baseline's
+completions in the place of the start's; with ``--heldout-step N`` it also scores the baseline's
+checkpoint N on the held-out charts and reports the run against it.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ from visalign.trainers.config import load_config, resolve_config_paths
 from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))  # chart_colour_match:ColourNameMatch (--colour-match-weight)
+sys.path.insert(0, str(ROOT / "scripts"))  # the module:Class rewards of --colour-match-weight and --control
 COLOUR_MATCH = "chart_colour_match:ColourNameMatch"
+PLACEBO = "placebo_reward:PlaceboReward"
 HELDOUT = ROOT / "models" / "tiny-chart-vlm" / "heldout.jsonl"
 #: the held-out metrics: none of them is the training reward
 METRICS = ["execution", "render_similarity", "chart_code"]
@@ -216,23 +224,29 @@ def report(title: str, a: dict[str, Any]) -> None:
     print(f"  training rewards (eval means): {a['training_rewards_eval']}")
 
 
-def heldout_once(out: Path, step: int, workers: int, force: bool) -> int:
+def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path | None = None) -> int:
     """Score the held-out charts once: the starting policy and ``run/checkpoint-<step>``, greedy, with the
-    run's rewards and the independent metrics; ``summary_heldout_step<step>.json`` and a grid PNG."""
+    run's rewards and the independent metrics; ``summary_heldout_step<step>.json`` and a grid PNG. With
+    ``baseline`` (another run's ``--out``, e.g. the placebo control) its ``checkpoint-<step>`` too, and the
+    run compared with it chart by chart (the hack checks with the baseline in the place of the start)."""
     dest = out / f"summary_heldout_step{step}.json"
     if dest.exists() and not force:
         print(f"{dest} exists: the held-out charts were already scored for this step (--force to redo)",
               file=sys.stderr)
         return 2
-    ckpt = out / "run" / f"checkpoint-{step:06d}" / "model"
-    if not ckpt.is_dir():
-        print(f"{ckpt}: no such checkpoint", file=sys.stderr)
-        return 2
+    runs = {"start": None, f"step_{step}": out}
+    if baseline is not None:
+        runs[f"baseline_step_{step}"] = baseline
+    for run in runs.values():
+        if run is not None and not (run / "run" / f"checkpoint-{step:06d}" / "model").is_dir():
+            print(f"{run / 'run' / f'checkpoint-{step:06d}' / 'model'}: no such checkpoint", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     saved = yaml.safe_load((out / "run" / "config.yaml").read_text(encoding="utf-8"))
     saved = saved.get("grpo", saved)
     dirs = {}
-    for tag, model in (("start", saved["model"]), (f"step_{step}", str(ckpt))):
+    for tag, run in runs.items():
+        model = saved["model"] if run is None else str(run / "run" / f"checkpoint-{step:06d}" / "model")
         config = load_config(VLMGRPOConfig, dict(saved, model=model, eval_data=str(HELDOUT), max_eval_rows=100,
                                                  output_dir=str(out / "heldout" / tag), overwrite_output_dir=True,
                                                  resume_from=None, render_workers=workers))
@@ -244,9 +258,34 @@ def heldout_once(out: Path, step: int, workers: int, force: bool) -> int:
         dirs[tag] = out / "heldout" / tag / "eval" / "heldout"
     a = analyse(dirs["start"], dirs[f"step_{step}"], workers)
     grid(dirs["start"] / "independent", dirs[f"step_{step}"] / "independent", out / f"grid_heldout_step{step}.png")
-    summary = {"step": step, "checkpoint": str(ckpt), "seconds": round(time.perf_counter() - t0, 1), **a}
-    dest.write_text(json.dumps(summary, indent=1))
+    summary = {"step": step, "checkpoint": str(out / "run" / f"checkpoint-{step:06d}" / "model"), **a}
     report(f"held-out charts, start -> step {step}", a)
+    if baseline is not None:
+        b = analyse(dirs[f"baseline_step_{step}"], dirs[f"step_{step}"], workers)
+        summary["baseline"] = {"run": str(baseline), **b,
+                               "baseline_from_start": analyse(dirs["start"], dirs[f"baseline_step_{step}"], workers)}
+        report(f"held-out charts, baseline {baseline} step {step} -> this run step {step}", b)
+        report(f"held-out charts, start -> baseline {baseline} step {step}", summary["baseline"]["baseline_from_start"])
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    dest.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def compare_validation(out: Path, baseline: Path, workers: int) -> int:
+    """Each validation evaluation of the run at ``out`` against the baseline run's at the same step, chart by
+    chart (the hack checks with the baseline's completions in the place of the start's):
+    ``summary_val_vs_<baseline name>.json``. Reads only the validation charts' evaluations."""
+    steps = sorted({d.name for d in (out / "run" / "eval").glob("step_*") if d.name != "step_000000"}
+                   & {d.name for d in (baseline / "run" / "eval").glob("step_*")})
+    if not steps:
+        print(f"{out} and {baseline}: no validation evaluation at a common step", file=sys.stderr)
+        return 2
+    result = {}
+    for step in steps:
+        a = analyse(baseline / "run" / "eval" / step, out / "run" / "eval" / step, workers)
+        result[str(int(step.split("_")[1]))] = a
+        report(f"validation charts, step {int(step.split('_')[1])}: baseline {baseline} -> {out}", a)
+    (out / f"summary_val_vs_{baseline.name}.json").write_text(json.dumps(result, indent=1))
     return 0
 
 
@@ -267,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--colour-match-weight", type=float, default=0.0,
                     help="add the colour-name match (scripts/chart_colour_match.py: 1 when the program's colour "
                          "name is the reference's) with this weight (group-normalised and summed)")
+    ap.add_argument("--control", choices=("placebo", "ground-truth"), default=None,
+                    help="a control run without the reward model: a placebo reward (a hash of the text: how far "
+                         "GRPO drifts on its own) or make demo's ground-truth rewards (SSIM + chart-code)")
     ap.add_argument("--val-charts", type=int, default=0,
                     help="keep the last N training charts out of training and evaluate them instead of the "
                          "held-out charts (score those later, once, with --heldout-step)")
@@ -274,15 +316,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --val-charts: evaluate (and save a checkpoint) every N steps")
     ap.add_argument("--heldout-step", type=int, default=None,
                     help="do not train: score the held-out charts once for run/checkpoint-N of --out")
+    ap.add_argument("--baseline", default=None,
+                    help="another run's --out (e.g. the placebo control): compare this run's validation evaluations "
+                         "with it step by step (no training), or with --heldout-step score its checkpoint too")
     ap.add_argument("--force", action="store_true", help="with --heldout-step: score them again")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.heldout_step is not None:
-        return heldout_once(out, args.heldout_step, args.workers, args.force)
+        return heldout_once(out, args.heldout_step, args.workers, args.force,
+                            Path(args.baseline) if args.baseline else None)
+    if args.baseline:
+        return compare_validation(out, Path(args.baseline), args.workers)
     if args.with_chart_code and args.colour_weight:
         ap.error("--with-chart-code and --colour-weight both name the chart_code reward; choose one")
     model_dir = Path(args.reward_model)
-    if not (model_dir / "reward_model.json").is_file():
+    if args.control is None and not (model_dir / "reward_model.json").is_file():
         print(f"{model_dir}: no saved reward model (reward_model.json); run scripts/reward_demo.py first",
               file=sys.stderr)
         return 2
@@ -304,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         config.pop(key)
     config = resolve_config_paths(config, ROOT / "configs")
     rewards = [{"name": "model", "weight": 1.0, "options": {"path": str(model_dir)}}]
+    if args.control == "placebo":
+        rewards = [{"name": PLACEBO, "weight": 1.0}]
+    elif args.control == "ground-truth":
+        rewards = config["rewards"]
     if args.with_chart_code:
         rewards.append({"name": "chart_code", "weight": 1.0, "options": CHART_CODE})
     if args.colour_weight:
@@ -317,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                   save_every=every, progress=False, overwrite_output_dir=True)  # the script owns out/.../run
     trainer = train_grpo_from_config(config)
     seconds_train = time.perf_counter() - t0
-    summary: dict[str, Any] = {"reward_model": str(model_dir), "training_rewards": rewards, "steps": trainer.step_count,
+    summary: dict[str, Any] = {"reward_model": None if args.control else str(model_dir), "control": args.control, "training_rewards": rewards, "steps": trainer.step_count,
                                "beta": args.beta, "seed": args.seed, "val_charts": args.val_charts,
                                "eval_data": str(eval_path), "seconds_train": round(seconds_train, 1)}
     first = trainer.eval_dirs[0].parent

@@ -76,3 +76,23 @@ def test_colour_counterfactuals_keep_the_sample_and_change_only_its_colour():
     for s in specs:
         assert s["chart"] == 0 and s["wrong"] != "red" and s["rejected_code"] == pairs.recolour(s["chosen_code"], s["wrong"])
     assert len(pairs.counterfactuals(samples, per_chart=1, rng=random.Random(0))) == 1
+
+
+def test_placebo_reward_is_a_fixed_uninformative_number():
+    from visalign.rewards import Sample
+
+    placebo = load_script("placebo_reward")
+    samples = [Sample(completion=t) for t in ("plt.plot([1, 2])", "plt.plot([1, 2])", "plt.bar([3])", None)]
+    scores = placebo.PlaceboReward()(samples).scores
+    assert scores[0] == scores[1] != scores[2] and all(0.0 <= s < 1.0 for s in scores)
+
+
+def test_heldout_with_a_baseline_needs_its_checkpoint_before_scoring(tmp_path, capsys):
+    demo = load_script("reward_grpo_demo")
+    run, baseline = tmp_path / "run", tmp_path / "placebo"
+    (run / "run" / "checkpoint-000016" / "model").mkdir(parents=True)
+    baseline.mkdir()
+    assert demo.heldout_once(run, 16, workers=1, force=False, baseline=baseline) == 2
+    assert "placebo/run/checkpoint-000016/model: no such checkpoint" in capsys.readouterr().err
+    assert not (run / "summary_heldout_step16.json").exists()
+    assert demo.compare_validation(run, baseline, workers=1) == 2  # no evaluation at a common step
