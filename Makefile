@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.visalign-installed
 
-.PHONY: setup system demo demo-flow demo-reward test test-fast lint bench clean
+.PHONY: setup system demo demo-flow demo-reward demo-reward-chart test test-fast lint bench clean
 
 setup: system $(STAMP)
 
@@ -36,10 +36,10 @@ demo-flow: setup
 	$(PY) scripts/flow_grpo_demo.py --out out/demo-flow --minutes 0 --eval-per-caption 64 --threads 1
 	@echo "demo-flow: open out/demo-flow/before_after.png and out/demo-flow/summary.json"
 
-# the reward-model demo (~8-10 minutes on 2 cores): rendered chart pairs -> a tiny Bradley-Terry reward model ->
-# held-out pairwise accuracy (bootstrap interval, per perturbation kind, calibration) and ladder ranking; then
-# ReFL (DRaFT) on the shipped shapes model with a differentiable reward, judged by a reward it was not trained on
-# (chart GRPO with the trained reward model: scripts/reward_grpo_demo.py, ~15-25 minutes, see the README)
+# the reward-model demo (~12 minutes on 2 cores): rendered chart pairs -> a tiny Bradley-Terry reward model ->
+# held-out pairwise accuracy (bootstrap interval, per perturbation kind, calibration) and ladder ranking; a tiny
+# judge trained with GRPO; ReFL (DRaFT) on the shipped shapes model with a differentiable reward, judged by a
+# reward it was not trained on (chart GRPO with the trained reward model: make demo-reward-chart)
 demo-reward: setup
 	rm -rf out/demo-reward out/demo-refl out/demo-judge
 	$(PY) scripts/reward_demo.py --out out/demo-reward --threads 2
@@ -51,6 +51,28 @@ demo-reward: setup
 	@echo "demo-reward: open out/demo-reward/summary.json, run/curves.png and run/eval/calibration.png;"
 	@echo "             out/demo-judge/summary.json (the judge's held-out accuracy before / after GRPO);"
 	@echo "             out/demo-refl/summary.json and its before / after grid"
+
+# chart GRPO with a trained reward model (~35-40 minutes on 2 cores): the BT model of demo-reward retrained
+# with the tiny policy's own samples (on-policy pairs, colour counterfactuals), GRPO with it + the exact colour
+# name, a placebo-reward control run, then the held-out charts scored once against the start and the placebo
+CHART := out/demo-reward-chart
+demo-reward-chart: setup
+	rm -rf $(CHART)
+	$(PY) scripts/reward_demo.py --out $(CHART)/synthetic --threads 2
+	$(PY) scripts/onpolicy_pairs.py --out $(CHART)/onpolicy --synthetic $(CHART)/synthetic --charts 240 \
+		--val-charts 40 --data-only
+	$(PY) scripts/colour_pairs.py --onpolicy $(CHART)/onpolicy --out $(CHART)/colour-pairs --val-charts 40
+	$(PY) scripts/onpolicy_pairs.py --out $(CHART)/onpolicy --synthetic $(CHART)/synthetic --charts 240 \
+		--val-charts 40 --threads 2 --extra-train $(CHART)/colour-pairs/train.jsonl
+	$(PY) scripts/colour_pairs.py --onpolicy $(CHART)/onpolicy --out $(CHART)/colour-pairs \
+		--evaluate $(CHART)/onpolicy/run/model $(CHART)/synthetic/run/model
+	$(PY) scripts/reward_grpo_demo.py --out $(CHART)/placebo --control placebo --beta 0.04 --steps 48 \
+		--val-charts 48 --eval-every 16
+	$(PY) scripts/reward_grpo_demo.py --out $(CHART)/grpo --reward-model $(CHART)/onpolicy/run/model \
+		--colour-match-weight 3 --beta 0.04 --steps 48 --val-charts 48 --eval-every 16
+	$(PY) scripts/reward_grpo_demo.py --out $(CHART)/grpo --heldout-step 48 --baseline $(CHART)/placebo
+	@echo "demo-reward-chart: $(CHART)/grpo/summary_heldout_step48.json (held-out: start, placebo, GRPO) and"
+	@echo "                   $(CHART)/grpo/grid_heldout_step48.png (reference | before | after)"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples scripts
