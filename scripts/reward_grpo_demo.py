@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--beta", type=float, default=0.0, help="KL weight to the starting policy (GRPO's beta)")
     ap.add_argument("--seed", type=int, default=0, help="the GRPO seed (sampling, data order)")
+    ap.add_argument("--prompts-per-step", type=int, default=None,
+                    help="charts per GRPO step (make demo's 8 unless given): more per step, less drift per unit of signal")
     ap.add_argument("--with-chart-code", action="store_true",
                     help="reward = the reward model + the chart-code score (group-normalised and summed); the "
                          "held-out metrics then exclude chart_code")
@@ -363,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.colour_match_weight:
         rewards.append({"name": COLOUR_MATCH, "weight": args.colour_match_weight})
     every = args.eval_every if args.val_charts else 0
+    if args.prompts_per_step:
+        config["prompts_per_step"] = args.prompts_per_step
     config.update(train_data=str(fit_path), eval_data=str(eval_path), output_dir=str(out / "run"), rewards=rewards,
                   reward_aggregation="normalize_then_sum" if len(rewards) > 1 else "sum", max_steps=args.steps,
                   max_minutes=None, beta=args.beta, seed=args.seed, render_workers=args.workers, eval_every=every,
