@@ -52,7 +52,7 @@ demo-reward: setup
 	@echo "             out/demo-judge/summary.json (the judge's held-out accuracy before / after GRPO);"
 	@echo "             out/demo-refl/summary.json and its before / after grid"
 
-# chart GRPO with a trained reward model (~35-40 minutes on 2 cores): the BT model of demo-reward retrained
+# chart GRPO with a trained reward model (~40 minutes on 2 cores): the BT model of demo-reward retrained
 # with the tiny policy's own samples (on-policy pairs, colour counterfactuals), GRPO with it + the exact colour
 # name, a placebo-reward control run, then the held-out charts scored once against the start and the placebo
 CHART := out/demo-reward-chart
