@@ -15,12 +15,12 @@ import re
 from visalign.rewards.base import Reward, RewardOutput, Sample
 from visalign.rewards.code import fill_code
 
-_COLOUR = re.compile(r"color\s*=\s*['\"](\w+)['\"]")
+COLOUR = re.compile(r"color\s*=\s*['\"](\w+)['\"]")
 
 
 def colour_name(code: str | None) -> str | None:
     """The first ``color='<name>'`` of a program, or None."""
-    m = _COLOUR.search(code or "")
+    m = COLOUR.search(code or "")
     return m.group(1) if m else None
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from visalign.data.charts import COLOURS
 from visalign.rewards import Sample, get_reward
 from visalign.rewards.render import RenderService
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "models" / "tiny-chart-vlm" / "heldout.jsonl"
-COLOURS = ["cyan", "orange", "red", "blue", "green", "purple", "gray", "black"]
 MIDDLING = "[4, 6, 6, 6]"
 
 

@@ -29,18 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from pathlib import Path
 
 from visalign.data.charts import COLOURS, render_charts
 from visalign.data.pairs import load_pairs, write_pairs
+from visalign.languages import LANGUAGES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chart_colour_match import COLOUR  # the colour literal the colour-name reward reads
 from onpolicy_pairs import chart_bootstrap, pair_correct  # the on-policy script's helpers
 
-COLOUR = re.compile(r"color='(\w+)'")
-PROMPT = "Write matplotlib code that reproduces this chart."
+PROMPT = LANGUAGES["matplotlib"].instruction
 
 
 def recolour(code: str, colour: str) -> str:

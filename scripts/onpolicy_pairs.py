@@ -182,13 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                          "synthetic-only model, SYNTHETIC/run/model)")
     ap.add_argument("--eval-only", action="store_true", help="reuse OUT/run/model (no training); evaluate it")
     ap.add_argument("--data-only", action="store_true", help="sample, score and write the pairs; train nothing")
-    ap.add_argument("--data", default=None, help="the pairs' directory (default OUT/data; an existing one is reused)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     synth = Path(args.synthetic)
     t0 = time.perf_counter()
-    data = Path(args.data) if args.data else out / "data"
+    data = out / "data"
     train_path, val_path = data / "train.jsonl", data / "val.jsonl"
     stats: dict = {}
     if not (train_path.exists() and val_path.exists()):

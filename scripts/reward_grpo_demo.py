@@ -224,6 +224,11 @@ def report(title: str, a: dict[str, Any]) -> None:
     print(f"  training rewards (eval means): {a['training_rewards_eval']}")
 
 
+def _checkpoint(run: Path, step: int) -> Path:
+    """The model saved by the run at ``run`` (its ``--out``) at ``step``."""
+    return run / "run" / f"checkpoint-{step:06d}" / "model"
+
+
 def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path | None = None) -> int:
     """Score the held-out charts once: the starting policy and ``run/checkpoint-<step>``, greedy, with the
     run's rewards and the independent metrics; ``summary_heldout_step<step>.json`` and a grid PNG. With
@@ -238,15 +243,15 @@ def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path
     if baseline is not None:
         runs[f"baseline_step_{step}"] = baseline
     for run in runs.values():
-        if run is not None and not (run / "run" / f"checkpoint-{step:06d}" / "model").is_dir():
-            print(f"{run / 'run' / f'checkpoint-{step:06d}' / 'model'}: no such checkpoint", file=sys.stderr)
+        if run is not None and not _checkpoint(run, step).is_dir():
+            print(f"{_checkpoint(run, step)}: no such checkpoint", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
     saved = yaml.safe_load((out / "run" / "config.yaml").read_text(encoding="utf-8"))
     saved = saved.get("grpo", saved)
     dirs = {}
     for tag, run in runs.items():
-        model = saved["model"] if run is None else str(run / "run" / f"checkpoint-{step:06d}" / "model")
+        model = saved["model"] if run is None else str(_checkpoint(run, step))
         config = load_config(VLMGRPOConfig, dict(saved, model=model, eval_data=str(HELDOUT), max_eval_rows=100,
                                                  output_dir=str(out / "heldout" / tag), overwrite_output_dir=True,
                                                  resume_from=None, render_workers=workers))
@@ -258,7 +263,7 @@ def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path
         dirs[tag] = out / "heldout" / tag / "eval" / "heldout"
     a = analyse(dirs["start"], dirs[f"step_{step}"], workers)
     grid(dirs["start"] / "independent", dirs[f"step_{step}"] / "independent", out / f"grid_heldout_step{step}.png")
-    summary = {"step": step, "checkpoint": str(out / "run" / f"checkpoint-{step:06d}" / "model"), **a}
+    summary = {"step": step, "checkpoint": str(_checkpoint(out, step)), **a}
     report(f"held-out charts, start -> step {step}", a)
     if baseline is not None:
         b = analyse(dirs[f"baseline_step_{step}"], dirs[f"step_{step}"], workers)
