@@ -52,6 +52,8 @@ from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the module:Class rewards of --colour-match-weight and --control
+from chart_colour_match import colour_name  # noqa: E402  (the colour literal the colour-name reward reads)
+
 COLOUR_MATCH = "chart_colour_match:ColourNameMatch"
 PLACEBO = "placebo_reward:PlaceboReward"
 HELDOUT = ROOT / "models" / "tiny-chart-vlm" / "heldout.jsonl"
@@ -82,11 +84,6 @@ def _scores(report_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def _colour(code: str | None) -> str | None:
-    m = re.search(r"color\s*=\s*['\"](\w+)['\"]", code or "")
-    return m.group(1) if m else None
-
-
 def _values(code: str | None) -> tuple[str, ...] | None:
     m = re.search(r"\[([^\[\]]*)\]", code or "")
     return tuple(v.strip() for v in m.group(1).split(",") if v.strip()) if m else None
@@ -98,8 +95,8 @@ def _rows(generations: Path) -> list[dict[str, Any]]:
 
 def colour_match(generations: Path) -> dict[str, float]:
     """``{row id: 1.0 if the completion's colour name is the reference's else 0.0}``."""
-    return {str(r["id"]): float(_colour(r.get("completion")) is not None
-                                and _colour(r.get("completion")) == _colour(r.get("reference_code")))
+    return {str(r["id"]): float(colour_name(r.get("completion")) is not None
+                                and colour_name(r.get("completion")) == colour_name(r.get("reference_code")))
             for r in _rows(generations)}
 
 
@@ -110,8 +107,8 @@ def hack_checks(generations: Path) -> dict[str, Any]:
     plotted values (distinct value lists over the charts, the commonest list and its share, the mean share
     of distinct values within a list)."""
     rows = _rows(generations)
-    cols = [_colour(r.get("completion")) for r in rows]
-    refs = [_colour(r.get("reference_code")) for r in rows]
+    cols = [colour_name(r.get("completion")) for r in rows]
+    refs = [colour_name(r.get("reference_code")) for r in rows]
     vals = [v for v in (_values(r.get("completion")) for r in rows) if v]
     n = len(rows)
     top, count = Counter(cols).most_common(1)[0]
