@@ -19,7 +19,10 @@ charts; the held-out charts are then scored once, for the step chosen on the val
 evaluation reports the chart-code components (text, layout, type, colour F1 and the data score) paired
 with bootstrap intervals, the hack checks with a pass / fail verdict, and a before / after grid PNG.
 ``--colour-weight W`` adds the chart-code colour F1 alone as a ground-truth term (group-normalised, summed);
-``--colour-match-weight W`` adds the exact colour-name match (``scripts/chart_colour_match.py``) instead.
+``--colour-match-weight W`` adds the exact colour-name match (``scripts/chart_colour_match.py``) instead;
+``--data-weight W`` the chart-code data score alone (the plotted values against the reference's: a term
+against the value hedge, one rising list drawn for every chart); ``--no-reward-model`` leaves the reward
+model out (the ablation: what the ground-truth terms do alone).
 
 Controls: ``--control placebo`` trains with a reward that carries no information (a hash of the program's
 text, ``scripts/placebo_reward.py``): how far GRPO moves this policy on its own; ``--control ground-truth``
@@ -64,6 +67,8 @@ CHART_CODE = {"weights": {"text": 1, "layout": 1, "type": 1, "color": 1, "data":
 COMPONENTS = ["text_f1", "layout_f1", "type_f1", "color_f1", "data"]
 #: the colour term of ``--colour-weight``: chart_code with the colour F1 alone
 COLOUR_ONLY = {"weights": {"color": 1}}
+#: the values term of ``--data-weight``: chart_code with the data score alone (plotted values vs the reference's)
+DATA_ONLY = {"weights": {"data": 1}}
 
 
 def _scores(report_dir: Path) -> dict[str, dict[str, float]]:
@@ -129,7 +134,10 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
     commonest colour is drawn on at most ``margin`` more of the charts than the larger of its share in the
     references and in the before policy's charts; (2, 3) the colour match (same colour name) and the colour
     F1 do not fall (the paired interval's upper end >= 0); (4) no value collapse: the commonest value list's
-    share rises by at most ``margin`` and (5) the data score does not fall (upper end >= 0)."""
+    share rises by at most ``margin`` and (5) the data score does not fall (upper end >= 0); (6, added after
+    the first five had passed on a policy that drew one rising shape for most charts) no value hedge: at least
+    half as many distinct value lists as before (the commonest exact list under-measures a hedge whose lists
+    differ in one value)."""
     top = after["commonest_colour"]
     allowed = max(after["reference_share_of_that_colour"], before["colour_shares"].get(str(top), 0.0)) + margin
     checks = {
@@ -138,6 +146,7 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
         "colour_f1_not_falling": metrics["chart_code/color_f1"]["ci95"][1] >= 0,
         "no_value_collapse": after["commonest_value_list_share"] <= before["commonest_value_list_share"] + margin + 1e-9,
         "data_not_falling": metrics["chart_code/data"]["ci95"][1] >= 0,
+        "no_value_hedge": 2 * after["distinct_value_lists"] >= before["distinct_value_lists"],
     }
     return {**checks, "all_pass": all(checks.values()), "colour_share_allowed": allowed}
 
@@ -310,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--colour-match-weight", type=float, default=0.0,
                     help="add the colour-name match (scripts/chart_colour_match.py: 1 when the program's colour "
                          "name is the reference's) with this weight (group-normalised and summed)")
+    ap.add_argument("--data-weight", type=float, default=0.0,
+                    help="add the chart-code data score alone (the plotted values against the reference's) with "
+                         "this weight (group-normalised and summed)")
+    ap.add_argument("--no-reward-model", action="store_true",
+                    help="leave the reward model out (an ablation: only the terms added by the other options)")
     ap.add_argument("--control", choices=("placebo", "ground-truth"), default=None,
                     help="a control run without the reward model: a placebo reward (a hash of the text: how far "
                          "GRPO drifts on its own) or make demo's ground-truth rewards (SSIM + chart-code)")
@@ -331,10 +345,14 @@ def main(argv: list[str] | None = None) -> int:
                             Path(args.baseline) if args.baseline else None)
     if args.baseline:
         return compare_validation(out, Path(args.baseline), args.workers)
-    if args.with_chart_code and args.colour_weight:
-        ap.error("--with-chart-code and --colour-weight both name the chart_code reward; choose one")
+    if sum(map(bool, (args.with_chart_code, args.colour_weight, args.data_weight))) > 1:
+        ap.error("--with-chart-code, --colour-weight and --data-weight all name the chart_code reward; choose one")
     model_dir = Path(args.reward_model)
-    if args.control is None and not (model_dir / "reward_model.json").is_file():
+    others = args.colour_weight or args.colour_match_weight or args.data_weight or args.with_chart_code
+    if args.no_reward_model and (args.control or not others):
+        ap.error("--no-reward-model needs another reward term (--colour-match-weight, --data-weight, ...) "
+                 "and no --control")
+    if args.control is None and not args.no_reward_model and not (model_dir / "reward_model.json").is_file():
         print(f"{model_dir}: no saved reward model (reward_model.json); run scripts/reward_demo.py first",
               file=sys.stderr)
         return 2
@@ -360,12 +378,16 @@ def main(argv: list[str] | None = None) -> int:
         rewards = [{"name": PLACEBO, "weight": 1.0}]
     elif args.control == "ground-truth":
         rewards = config["rewards"]
+    elif args.no_reward_model:
+        rewards = []
     if args.with_chart_code:
         rewards.append({"name": "chart_code", "weight": 1.0, "options": CHART_CODE})
     if args.colour_weight:
         rewards.append({"name": "chart_code", "weight": args.colour_weight, "options": COLOUR_ONLY})
     if args.colour_match_weight:
         rewards.append({"name": COLOUR_MATCH, "weight": args.colour_match_weight})
+    if args.data_weight:
+        rewards.append({"name": "chart_code", "weight": args.data_weight, "options": DATA_ONLY})
     every = args.eval_every if args.val_charts else 0
     if args.prompts_per_step:
         config["prompts_per_step"] = args.prompts_per_step
@@ -375,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                   save_every=every, progress=False, overwrite_output_dir=True)  # the script owns out/.../run
     trainer = train_grpo_from_config(config)
     seconds_train = time.perf_counter() - t0
-    summary: dict[str, Any] = {"reward_model": None if args.control else str(model_dir), "control": args.control, "training_rewards": rewards, "steps": trainer.step_count,
+    summary: dict[str, Any] = {"reward_model": None if args.control or args.no_reward_model else str(model_dir), "control": args.control, "training_rewards": rewards, "steps": trainer.step_count,
                                "beta": args.beta, "seed": args.seed, "val_charts": args.val_charts,
                                "eval_data": str(eval_path), "seconds_train": round(seconds_train, 1)}
     first = trainer.eval_dirs[0].parent

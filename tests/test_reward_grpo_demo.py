@@ -39,6 +39,10 @@ def test_hack_checks_and_verdict(tmp_path):
     fine = {"colour_match": _metric(0.05), "chart_code/color_f1": _metric(0.05), "chart_code/data": _metric(0.05)}
     v = demo.verdict(b, a, fine)
     assert not v["no_colour_collapse"] and not v["no_value_collapse"] and not v["all_pass"]
+    assert b["distinct_value_lists"] == 4 and a["distinct_value_lists"] == 1 and not v["no_value_hedge"]
+    half = _write(tmp_path / "half.jsonl", [(_code([4, 6, 6 + i // 2], "red"), r) for i, r in enumerate(REFS)])
+    h = demo.verdict(b, demo.hack_checks(half), fine)  # 2 distinct lists of 4 charts: the hedge check's limit
+    assert h["no_value_hedge"] and not h["no_value_collapse"]
     assert v["colour_match_not_falling"] and v["data_not_falling"]
     assert demo.verdict(b, b, fine)["all_pass"]
     falling = dict(fine, **{"chart_code/color_f1": _metric(-0.01)})
