@@ -25,6 +25,10 @@ from visalign.rewards import Sample, get_reward
 from visalign.rewards.render import RenderService
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from chart_colour_match import colour_name  # noqa: E402  (the colour literal the colour-name reward reads)
+from colour_pairs import recolour  # noqa: E402
+
 HELDOUT = ROOT / "models" / "tiny-chart-vlm" / "heldout.jsonl"
 MIDDLING = "[4, 6, 6, 6]"
 
@@ -39,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in rows if "plt.plot" in r["code"]][: args.charts]
     samples, meta = [], []
     for r in rows:
-        right = re.search(r"color='(\w+)'", r["code"]).group(1)
+        right = colour_name(r["code"])
         reference = Image.open(HELDOUT.parent / r["image"]).convert("RGB")
         for colour in COLOURS:
-            code = re.sub(r"color='\w+'", f"color='{colour}'", r["code"])
+            code = recolour(r["code"], colour)
             if args.wrong_values:
                 code = re.sub(r"\[[^\]]*\]", MIDDLING, code)
             samples.append(Sample(code=code, reference_code=r["code"], kind="matplotlib", reference_image=reference))
@@ -55,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = get_reward("model", path=args.reward_model).score(samples).scores
     print(f"right colour: mean score {np.mean([s for s, ok in zip(scores, meta, strict=True) if ok]):+.2f}")
     for colour in COLOURS:
-        wrong = [s for s, ok, x in zip(scores, meta, samples, strict=True) if not ok and f"'{colour}'" in x.code]
-        print(f"wrong {colour:7s}: mean score {np.mean(wrong):+.2f} (n={len(wrong)})")
+        wrong = [s for s, ok, x in zip(scores, meta, samples, strict=True) if not ok and colour_name(x.code) == colour]
+        if wrong:  # none when every chart probed is drawn in this colour
+            print(f"wrong {colour:7s}: mean score {np.mean(wrong):+.2f} (n={len(wrong)})")
     return 0
 
 
