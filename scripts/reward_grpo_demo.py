@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the GRPO seed (sampling, data order)")
     ap.add_argument("--prompts-per-step", type=int, default=None,
                     help="charts per GRPO step (make demo's 8 unless given): more per step, less drift per unit of signal")
+    ap.add_argument("--sampling", choices=["tree", "independent"], default=None,
+                    help="rollouts (make demo's tree unless given): independent samples carry more signal per group "
+                         "than leaves sharing prefixes, at more generation cost")
     ap.add_argument("--with-chart-code", action="store_true",
                     help="reward = the reward model + the chart-code score (group-normalised and summed); the "
                          "held-out metrics then exclude chart_code")
@@ -391,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     every = args.eval_every if args.val_charts else 0
     if args.prompts_per_step:
         config["prompts_per_step"] = args.prompts_per_step
+    if args.sampling:
+        config["sampling"] = args.sampling
     config.update(train_data=str(fit_path), eval_data=str(eval_path), output_dir=str(out / "run"), rewards=rewards,
                   reward_aggregation="normalize_then_sum" if len(rewards) > 1 else "sum", max_steps=args.steps,
                   max_minutes=None, beta=args.beta, seed=args.seed, render_workers=args.workers, eval_every=every,
