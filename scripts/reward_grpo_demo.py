@@ -35,6 +35,7 @@ checkpoint N on the held-out charts and reports the run against it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -67,6 +68,8 @@ CHART_CODE = {"weights": {"text": 1, "layout": 1, "type": 1, "color": 1, "data":
 COMPONENTS = ["text_f1", "layout_f1", "type_f1", "color_f1", "data"]
 #: the colour term of ``--colour-weight``: chart_code with the colour F1 alone
 COLOUR_ONLY = {"weights": {"color": 1}}
+#: what the reward model reward charges a program that does not render (its default, which training used)
+FAILED_RENDER_SCORE = -10.0
 #: the values term of ``--data-weight``: chart_code with the data score alone (plotted values vs the reference's)
 DATA_ONLY = {"weights": {"data": 1}}
 
@@ -215,6 +218,28 @@ def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
             "training_rewards_eval": learned}
 
 
+def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float]:
+    """``{row id: score}``: the saved reward model at ``model`` scoring each completion of
+    ``<eval_dir>/generations.jsonl`` against its reference, rendered at the size GRPO trained with (a failed
+    render gets the reward's failure score, as in training). Kept in ``<eval_dir>/learned-<hash of the model
+    path>``: a rerun with the same model scores only what is missing, another model gets its own folder."""
+    key = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:10]
+    dest = eval_dir / f"learned-{key}"
+    run_eval(eval_dir / "generations.jsonl", "chart", ["model"], dest, workers=workers, progress=False,
+             reward_options={"model": {"path": str(model), "failed_score": FAILED_RENDER_SCORE}},
+             render_options={"matplotlib": {"dpi": 64, "figsize": [1.5, 1.5]}}, title=f"reward model {model}")
+    out = {}
+    with open(dest / "results.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            v = r.get("scores", {}).get("model")
+            if v is None and not (r.get("render") or {}).get("ok", True):  # the eval leaves a failed render
+                v = FAILED_RENDER_SCORE                                    # unscored; training charges it
+            if v is not None:
+                out[r["id"]] = float(v)
+    return out
+
+
 def report(title: str, a: dict[str, Any]) -> None:
     print(f"== {title}")
     for m, s in a["metrics"].items():
@@ -228,6 +253,10 @@ def report(title: str, a: dict[str, Any]) -> None:
               f"{h['distinct_within_list']:.2f}")
     print(f"  verdict: {a['verdict']}")
     print(f"  training rewards (eval means): {a['training_rewards_eval']}")
+    for name, s in a.get("learned_reward", {}).items():
+        if name != "model":
+            print(f"  reward model, {name:20s} before {s['before']:.3f} after {s['after']:.3f} "
+                  f"diff {s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] (n={s['n']})")
 
 
 def _checkpoint(run: Path, step: int) -> Path:
@@ -282,10 +311,12 @@ def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path
     return 0
 
 
-def compare_validation(out: Path, baseline: Path, workers: int) -> int:
+def compare_validation(out: Path, baseline: Path, workers: int, score_with: Path | None = None) -> int:
     """Each validation evaluation of the run at ``out`` against the baseline run's at the same step, chart by
     chart (the hack checks with the baseline's completions in the place of the start's):
-    ``summary_val_vs_<baseline name>.json``. Reads only the validation charts' evaluations."""
+    ``summary_val_vs_<baseline name>.json``. Reads only the validation charts' evaluations. With
+    ``score_with`` (a saved reward model) that model also scores the start's, the baseline's and the run's
+    completions, paired per chart (``learned_reward``): does the reward model rank what GRPO did as better?"""
     steps = sorted({d.name for d in (out / "run" / "eval").glob("step_*") if d.name != "step_000000"}
                    & {d.name for d in (baseline / "run" / "eval").glob("step_*")})
     if not steps:
@@ -294,6 +325,11 @@ def compare_validation(out: Path, baseline: Path, workers: int) -> int:
     result = {}
     for step in steps:
         a = analyse(baseline / "run" / "eval" / step, out / "run" / "eval" / step, workers)
+        if score_with is not None:
+            start, base, run = (learned_scores(d, score_with, workers) for d in (
+                out / "run" / "eval" / "step_000000", baseline / "run" / "eval" / step, out / "run" / "eval" / step))
+            a["learned_reward"] = {"model": str(score_with), "start -> run": paired(start, run),
+                                   "baseline -> run": paired(base, run), "start -> baseline": paired(start, base)}
         result[str(int(step.split("_")[1]))] = a
         report(f"validation charts, step {int(step.split('_')[1])}: baseline {baseline} -> {out}", a)
     (out / f"summary_val_vs_{baseline.name}.json").write_text(json.dumps(result, indent=1))
@@ -340,14 +376,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default=None,
                     help="another run's --out (e.g. the placebo control): compare this run's validation evaluations "
                          "with it step by step (no training), or with --heldout-step score its checkpoint too")
+    ap.add_argument("--score-with", default=None,
+                    help="with --baseline (validation): a saved reward model that also scores the start's, the "
+                         "baseline's and this run's completions, paired per chart")
     ap.add_argument("--force", action="store_true", help="with --heldout-step: score them again")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.score_with and (args.heldout_step is not None or not args.baseline):
+        ap.error("--score-with compares validation evaluations: it needs --baseline and no --heldout-step")
+    if args.score_with and not (Path(args.score_with) / "reward_model.json").is_file():
+        ap.error(f"--score-with {args.score_with}: no saved reward model (reward_model.json) there")
     if args.heldout_step is not None:
         return heldout_once(out, args.heldout_step, args.workers, args.force,
                             Path(args.baseline) if args.baseline else None)
     if args.baseline:
-        return compare_validation(out, Path(args.baseline), args.workers)
+        return compare_validation(out, Path(args.baseline), args.workers,
+                                  Path(args.score_with) if args.score_with else None)
     if sum(map(bool, (args.with_chart_code, args.colour_weight, args.data_weight))) > 1:
         ap.error("--with-chart-code, --colour-weight and --data-weight all name the chart_code reward; choose one")
     model_dir = Path(args.reward_model)

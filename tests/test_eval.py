@@ -211,6 +211,22 @@ def test_eval_rerun_computes_a_reward_added_later(tmp_path):
     assert {r["id"] for r in records} == {"0", "1", "2"}
 
 
+def test_eval_rerun_with_options_for_rewards_already_scored(tmp_path):
+    """A rerun whose rows were all scored builds no reward: the options it was given again are not
+    'options for rewards not asked for' (they failed that way, seen rescoring GRPO evals with a reward
+    model); options for a reward really not asked for still fail, before anything renders."""
+    data = _jsonl(tmp_path / "data.jsonl", [{"id": str(i), "completion": SVG_OK, "reference_code": SVG_OK}
+                                            for i in range(2)])
+    out, options = tmp_path / "out", {"render_similarity": {"metric": "ssim"}}
+    first = run_eval(data, "svg", ["render_similarity"], out, workers=1, progress=False, reward_options=options)
+    again = run_eval(data, "svg", ["render_similarity"], out, workers=1, progress=False, reward_options=options)
+    assert again["rewards"] == first["rewards"] and again["rows"] == 2
+    with pytest.raises(ValueError, match=r"not asked for: \['clip'\]"):
+        run_eval(data, "svg", ["render_similarity"], tmp_path / "other", workers=1, progress=False,
+                 reward_options={"clip": {}})
+    assert not (tmp_path / "other").exists()
+
+
 def test_eval_keeps_every_scored_sample_when_interrupted(tmp_path, monkeypatch):
     """Issue 13.3: Ctrl-C kept nothing (results written in batches of 32): write as samples finish."""
     from visalign.rewards import Reward, RewardOutput

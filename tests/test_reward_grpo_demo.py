@@ -100,3 +100,36 @@ def test_heldout_with_a_baseline_needs_its_checkpoint_before_scoring(tmp_path, c
     assert "placebo/run/checkpoint-000016/model: no such checkpoint" in capsys.readouterr().err
     assert not (run / "summary_heldout_step16.json").exists()
     assert demo.compare_validation(run, baseline, workers=1) == 2  # no evaluation at a common step
+
+
+def test_learned_scores_rescore_completions_with_a_saved_reward_model(tmp_path):
+    """``--score-with``: a saved reward model scores an eval's completions (a program that does not render
+    gets the reward's failure score, as in training); a rerun reuses them, another model gets its own folder."""
+    import torch
+    from PIL import Image
+
+    from visalign.trainers.reward_model import RewardModel
+
+    demo = load_script("reward_grpo_demo")
+    tiny_clip = {"embed_dim": 16,
+                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
+    models = []
+    for i, hidden in enumerate((16, 8)):  # two different models
+        torch.manual_seed(0)
+        rm = RewardModel.build(clip_config=tiny_clip, condition="reference", head_hidden=hidden, difference=True)
+        rm.save_pretrained(tmp_path / f"rm{i}")
+        models.append(tmp_path / f"rm{i}")
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "refs").mkdir(parents=True)
+    Image.new("RGB", (96, 96), "white").save(eval_dir / "refs" / "0.png")
+    rows = [{"id": "0", "completion": _code([1, 2, 3], "red"), "reference_image": "refs/0.png"},
+            {"id": "1", "completion": "I cannot draw that.", "reference_image": "refs/0.png"}]
+    (eval_dir / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    first = demo.learned_scores(eval_dir, models[0], workers=1)
+    assert set(first) == {"0", "1"} and first["1"] == -10.0 and first["0"] != -10.0
+    assert demo.learned_scores(eval_dir, models[0], workers=1) == first
+    other = demo.learned_scores(eval_dir, models[1], workers=1)
+    assert other["1"] == -10.0 and other["0"] != first["0"]
+    assert len(list(eval_dir.glob("learned-*"))) == 2

@@ -189,6 +189,10 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     names = list(rewards or DEFAULT_REWARDS[task])
+    reward_options = reward_options or {}
+    unknown = sorted(set(reward_options) - set(names))
+    if unknown:  # checked against every reward asked for, not only those a rerun still has to compute
+        raise ValueError(f"options given for rewards not asked for: {unknown}")
     data, out = Path(data), Path(out)
     numbered = read_numbered_rows(data, limit)
     check_rows(data, numbered, task)  # before anything slow: misnamed fields, missing images
@@ -209,7 +213,8 @@ def run_eval(data: str | Path, task: str, rewards: Sequence[str] | None, out: st
     if batch_size is None:  # small batches: an interrupted run keeps every batch it finished
         batch_size = max(2, min(32, 2 * (workers or os.cpu_count() or 1)))
     with RenderService(timeout=timeout, workers=workers, options=render_options) as service:
-        built = build_rewards([n for n in names if any(n in m for _, m in mine)], service, reward_options)
+        needed = [n for n in names if any(n in m for _, m in mine)]
+        built = build_rewards(needed, service, {n: o for n, o in reward_options.items() if n in needed})
         try:
             bar = tqdm(total=len(mine), desc=f"eval {task}", unit="sample", disable=not progress or None)
             _end_with_newline(results_path)
