@@ -68,10 +68,10 @@ CHART_CODE = {"weights": {"text": 1, "layout": 1, "type": 1, "color": 1, "data":
 COMPONENTS = ["text_f1", "layout_f1", "type_f1", "color_f1", "data"]
 #: the colour term of ``--colour-weight``: chart_code with the colour F1 alone
 COLOUR_ONLY = {"weights": {"color": 1}}
-#: what the reward model reward charges a program that does not render (its default, which training used)
-FAILED_RENDER_SCORE = -10.0
 #: the values term of ``--data-weight``: chart_code with the data score alone (plotted values vs the reference's)
 DATA_ONLY = {"weights": {"data": 1}}
+#: what the reward model reward charges a program that does not render (its default, which training used)
+FAILED_RENDER_SCORE = -10.0
 
 
 def _scores(report_dir: Path) -> dict[str, dict[str, float]]:
