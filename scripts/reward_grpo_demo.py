@@ -323,11 +323,12 @@ def compare_validation(out: Path, baseline: Path, workers: int, score_with: Path
         print(f"{out} and {baseline}: no validation evaluation at a common step", file=sys.stderr)
         return 2
     result = {}
+    start = learned_scores(out / "run" / "eval" / "step_000000", score_with, workers) if score_with else {}
     for step in steps:
         a = analyse(baseline / "run" / "eval" / step, out / "run" / "eval" / step, workers)
         if score_with is not None:
-            start, base, run = (learned_scores(d, score_with, workers) for d in (
-                out / "run" / "eval" / "step_000000", baseline / "run" / "eval" / step, out / "run" / "eval" / step))
+            base, run = (learned_scores(d, score_with, workers) for d in (
+                baseline / "run" / "eval" / step, out / "run" / "eval" / step))
             a["learned_reward"] = {"model": str(score_with), "start -> run": paired(start, run),
                                    "baseline -> run": paired(base, run), "start -> baseline": paired(start, base)}
         result[str(int(step.split("_")[1]))] = a
