@@ -283,7 +283,7 @@ class JudgeServer:
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # notified when a request is read
         self.stop = threading.Event()
         outer = self
 
@@ -296,6 +296,7 @@ class JudgeServer:
                 with outer.lock:
                     seen = Seen(len(outer.seen), time.monotonic(), dict(self.headers.items()), body)
                     outer.seen.append(seen)
+                    outer.lock.notify_all()
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
@@ -350,6 +351,12 @@ class JudgeServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
+
+    def wait_seen(self, n: int, limit: float = 60.0) -> int:
+        """How many requests the server has read, once it has read ``n`` (or ``limit`` s passed: a failure)."""
+        with self.lock:
+            self.lock.wait_for(lambda: len(self.seen) >= n, timeout=limit)
+            return len(self.seen)
 
     def close(self) -> None:
         self.stop.set()
@@ -494,7 +501,9 @@ class TestRetries:
         d = out.details[0]
         assert d["request_failed"] and "timeout" in d["error"] and d["attempts"] == 2
         assert out.metrics["request_failures"] == 1 and out.metrics["parse_failures"] == 0
-        assert len(server.seen) == 2
+        # the client gave up on each attempt after 0.3 s, maybe before the server's thread read the request
+        # (a loaded machine): both were sent, so both are recorded once the server gets to them
+        assert server.wait_seen(2) == 2
 
     def test_request_failure_score_default_and_override(self, server: JudgeServer) -> None:
         server.behave = lambda seen: Action(status=400, answer="bad request")
@@ -503,12 +512,13 @@ class TestRetries:
         assert VlmJudgeReward(backend_for(server), failure_score=0.0)(s).scores == [0.0]
 
     def test_total_deadline_on_a_trickling_answer(self, server: JudgeServer) -> None:
-        server.behave = lambda seen: Action(answer="Score: 9/10", trickle=0.05)
+        server.behave = lambda seen: Action(answer="Score: 9/10", trickle=0.2)
         t0 = time.monotonic()
         [r] = direct(server, ["trickle"], timeout=0.5, max_retries=0)
         assert not r.ok and "timeout" in r.error and r.attempts == 1
-        # the ~170-byte answer at 0.05 s a byte takes ~8.5 s: the 0.5 s total deadline cut it well before
-        assert time.monotonic() - t0 < 6
+        # the ~170-byte answer at 0.2 s a byte takes ~34 s: the 0.5 s total deadline cut it well before (the
+        # bound is half of the answer's time, so that a loaded machine's slow start cannot reach it)
+        assert time.monotonic() - t0 < 17
 
     def test_500_then_success_with_exponential_backoff(self, server: JudgeServer) -> None:
         server.behave = lambda seen: Action(status=500, answer="boom") if seen.n < 3 else Action(answer="ok")
@@ -572,7 +582,17 @@ class TestRetries:
 
 class TestConcurrencyAndLoops:
     def test_concurrency_limit(self, server: JudgeServer) -> None:
-        server.behave = lambda seen: Action(answer="fine", delay=0.3)
+        # the first three requests are held until all three are in the server at once (a barrier, not a delay
+        # that a loaded machine can outlast before the third one arrives); then each answer takes 0.3 s, time
+        # for a request over the limit to arrive and be counted
+        barrier = threading.Barrier(3)
+
+        def behave(seen: Seen) -> Action:
+            if seen.n < 3:
+                barrier.wait(timeout=60)
+            return Action(answer="fine", delay=0.3)
+
+        server.behave = behave
         out = direct(server, [str(i) for i in range(9)], max_concurrency=3)
         assert all(r.ok for r in out) and [r.attempts for r in out] == [1] * 9
         assert server.max_in_flight == 3
