@@ -341,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reward-model", default="out/demo-reward/run/model", help="a saved reward model directory")
     ap.add_argument("--out", default="out/demo-reward/grpo")
+    ap.add_argument("--policy", default=None,
+                    help="the starting policy (a Qwen2-VL checkpoint directory; make demo's shipped "
+                         "models/tiny-chart-vlm unless given), e.g. one built by scripts/make_tiny_chart_vlm.py")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--train-charts", type=int, default=400)
     ap.add_argument("--workers", type=int, default=2)
@@ -404,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model_dir}: no saved reward model (reward_model.json); run scripts/reward_demo.py first",
               file=sys.stderr)
         return 2
+    if args.policy and not (Path(args.policy) / "config.json").is_file():
+        ap.error(f"--policy {args.policy}: no checkpoint there (config.json)")
     t0 = time.perf_counter()
     train_path = out / "data" / "train.jsonl"
     if not train_path.exists():
@@ -421,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("train_data", "eval_data", "output_dir"):  # set below
         config.pop(key)
     config = resolve_config_paths(config, ROOT / "configs")
+    if args.policy:
+        config["model"] = str(Path(args.policy).resolve())
     rewards = [{"name": "model", "weight": 1.0, "options": {"path": str(model_dir)}}]
     if args.control == "placebo":
         rewards = [{"name": PLACEBO, "weight": 1.0}]

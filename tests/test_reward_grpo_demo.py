@@ -133,3 +133,13 @@ def test_learned_scores_rescore_completions_with_a_saved_reward_model(tmp_path):
     other = demo.learned_scores(eval_dir, models[1], workers=1)
     assert other["1"] == -10.0 and other["0"] != first["0"]
     assert len(list(eval_dir.glob("learned-*"))) == 2
+
+
+def test_a_missing_policy_is_named_before_any_chart_renders(tmp_path, capsys):
+    import pytest
+
+    demo = load_script("reward_grpo_demo")
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "run"), "--control", "placebo", "--policy", str(tmp_path / "nope")])
+    assert f"--policy {tmp_path / 'nope'}: no checkpoint there (config.json)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()
