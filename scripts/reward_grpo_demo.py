@@ -22,7 +22,9 @@ with bootstrap intervals, the hack checks with a pass / fail verdict, and a befo
 ``--colour-match-weight W`` adds the exact colour-name match (``scripts/chart_colour_match.py``) instead;
 ``--data-weight W`` the chart-code data score alone (the plotted values against the reference's: a term
 against the value hedge, one rising list drawn for every chart); ``--no-reward-model`` leaves the reward
-model out (the ablation: what the ground-truth terms do alone).
+model out (the ablation: what the ground-truth terms do alone). ``--policy DIR`` starts from another tiny chart
+policy than the shipped one (e.g. ``scripts/make_tiny_chart_vlm.py --steps 1500``, one that reads colours);
+the held-out charts stay the shipped model card's (the same recipe with seed 0 excludes them from training).
 
 Controls: ``--control placebo`` trains with a reward that carries no information (a hash of the program's
 text, ``scripts/placebo_reward.py``): how far GRPO moves this policy on its own; ``--control ground-truth``
@@ -72,6 +74,7 @@ COLOUR_ONLY = {"weights": {"color": 1}}
 DATA_ONLY = {"weights": {"data": 1}}
 #: what the reward model reward charges a program that does not render (its default, which training used)
 FAILED_RENDER_SCORE = -10.0
+PREFIX = 3  # values a list's prefix holds for the prefix-hedge check (the shortest synthetic charts have 3)
 
 
 def _scores(report_dir: Path) -> dict[str, dict[str, float]]:
@@ -113,7 +116,8 @@ def hack_checks(generations: Path) -> dict[str, Any]:
     (the synthetic-only reward model's hack) and in the commonest colour (the on-policy one's: cyan), with
     the references' shares and every colour's share, the share whose colour matches the reference's, and the diversity of the
     plotted values (distinct value lists over the charts, the commonest list and its share, the mean share
-    of distinct values within a list)."""
+    of distinct values within a list; the same for the lists' first ``PREFIX`` values, which lists of
+    different lengths share when the policy draws one shape for many charts)."""
     rows = _rows(generations)
     cols = [colour_name(r.get("completion")) for r in rows]
     refs = [colour_name(r.get("reference_code")) for r in rows]
@@ -121,6 +125,8 @@ def hack_checks(generations: Path) -> dict[str, Any]:
     n = len(rows)
     top, count = Counter(cols).most_common(1)[0]
     top_list = Counter(vals).most_common(1)[0] if vals else (None, 0)
+    prefixes = Counter(v[:PREFIX] for v in vals)
+    top_prefix = prefixes.most_common(1)[0] if vals else (None, 0)
     return {"n": n, "purple": sum(c == "purple" for c in cols) / n, "reference_purple": sum(c == "purple" for c in refs) / n,
             "commonest_colour": top, "commonest_colour_share": count / n,
             "reference_share_of_that_colour": sum(c == top for c in refs) / n,
@@ -129,7 +135,10 @@ def hack_checks(generations: Path) -> dict[str, Any]:
             "distinct_value_lists": len(set(vals)),
             "commonest_value_list": list(top_list[0]) if top_list[0] else None,
             "commonest_value_list_share": top_list[1] / n,
-            "distinct_within_list": float(np.mean([len(set(v)) / len(v) for v in vals])) if vals else 0.0}
+            "distinct_within_list": float(np.mean([len(set(v)) / len(v) for v in vals])) if vals else 0.0,
+            "distinct_value_prefixes": len(prefixes),
+            "commonest_value_prefix": list(top_prefix[0]) if top_prefix[0] else None,
+            "commonest_value_prefix_share": top_prefix[1] / n}
 
 
 def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, Any], margin: float = 0.05) -> dict[str, Any]:
@@ -140,7 +149,9 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
     share rises by at most ``margin`` and (5) the data score does not fall (upper end >= 0); (6, added after
     the first five had passed on a policy that drew one rising shape for most charts) no value hedge: at least
     half as many distinct value lists as before (the commonest exact list under-measures a hedge whose lists
-    differ in one value)."""
+    differ in one value); (7, added in session 10 after a run that passed the first six drew "7, 5, 6, 6, ..."
+    on a quarter of the held-out charts, in lists of different lengths) no prefix hedge: at least half as
+    many distinct first-``PREFIX``-value prefixes as before."""
     top = after["commonest_colour"]
     allowed = max(after["reference_share_of_that_colour"], before["colour_shares"].get(str(top), 0.0)) + margin
     checks = {
@@ -150,6 +161,7 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
         "no_value_collapse": after["commonest_value_list_share"] <= before["commonest_value_list_share"] + margin + 1e-9,
         "data_not_falling": metrics["chart_code/data"]["ci95"][1] >= 0,
         "no_value_hedge": 2 * after["distinct_value_lists"] >= before["distinct_value_lists"],
+        "no_prefix_hedge": 2 * after.get("distinct_value_prefixes", 0) >= before.get("distinct_value_prefixes", 0),
     }
     return {**checks, "all_pass": all(checks.values()), "colour_share_allowed": allowed}
 
@@ -250,7 +262,8 @@ def report(title: str, a: dict[str, Any]) -> None:
               f"{h['reference_share_of_that_colour']:.2f}), purple {h['purple']:.2f}, colour matches "
               f"{h['colour_matches_reference']:.2f}, {h['distinct_value_lists']} distinct value lists, commonest "
               f"{h['commonest_value_list']} {h['commonest_value_list_share']:.2f}, distinct within a list "
-              f"{h['distinct_within_list']:.2f}")
+              f"{h['distinct_within_list']:.2f}, {h.get('distinct_value_prefixes')} distinct first-{PREFIX} "
+              f"prefixes, commonest {h.get('commonest_value_prefix')} {h.get('commonest_value_prefix_share', 0):.2f}")
     print(f"  verdict: {a['verdict']}")
     print(f"  training rewards (eval means): {a['training_rewards_eval']}")
     for name, s in a.get("learned_reward", {}).items():

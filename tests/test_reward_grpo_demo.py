@@ -49,6 +49,24 @@ def test_hack_checks_and_verdict(tmp_path):
     assert not demo.verdict(b, b, falling)["colour_f1_not_falling"]
 
 
+def test_prefix_hedge_sees_one_shape_drawn_in_lists_of_different_lengths(tmp_path):
+    # the hedge seen on held-out charts: "7, 5, 6, 6, ..." in lists of 3 to 7 values, every list distinct
+    demo = load_script("reward_grpo_demo")
+    refs = [_code(v, c) for v, c in [([1, 2, 3], "red"), ([4, 5, 6, 7], "blue"), ([8, 2, 9, 1, 3], "green"),
+                                      ([3, 1, 2, 9, 9, 4], "cyan")]]
+    before = demo.hack_checks(_write(tmp_path / "before.jsonl", [(r, r) for r in refs]))
+    shape = [_code([7, 5, 6, 6, 6, 6, 6][:n], c) for n, c in [(3, "red"), (4, "blue"), (5, "green"), (6, "cyan")]]
+    after = demo.hack_checks(_write(tmp_path / "after.jsonl", list(zip(shape, refs, strict=True))))
+    assert before["distinct_value_prefixes"] == 4 and before["commonest_value_prefix_share"] == 0.25
+    assert after["distinct_value_lists"] == 4  # every list distinct: the exact-list checks see nothing
+    assert after["distinct_value_prefixes"] == 1 and after["commonest_value_prefix"] == ["7", "5", "6"]
+    assert after["commonest_value_prefix_share"] == 1.0
+    fine = {"colour_match": _metric(0.05), "chart_code/color_f1": _metric(0.05), "chart_code/data": _metric(0.05)}
+    v = demo.verdict(before, after, fine)
+    assert v["no_value_hedge"] and v["no_value_collapse"] and not v["no_prefix_hedge"] and not v["all_pass"]
+    assert demo.verdict(before, before, fine)["no_prefix_hedge"]
+
+
 def test_colour_name_match_reward_by_its_module_name():
     demo = load_script("reward_grpo_demo")  # puts scripts/ on sys.path
     from visalign.rewards import Sample
