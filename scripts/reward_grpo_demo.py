@@ -149,7 +149,7 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
     share rises by at most ``margin`` and (5) the data score does not fall (upper end >= 0); (6, added after
     the first five had passed on a policy that drew one rising shape for most charts) no value hedge: at least
     half as many distinct value lists as before (the commonest exact list under-measures a hedge whose lists
-    differ in one value); (7, added in session 10 after a run that passed the first six drew "7, 5, 6, 6, ..."
+    differ in one value); (7, added after a run that passed the first six drew "7, 5, 6, 6, ..."
     on a quarter of the held-out charts, in lists of different lengths) no prefix hedge: at least half as
     many distinct first-``PREFIX``-value prefixes as before."""
     top = after["commonest_colour"]
