@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from visalign.data.charts import chart_dataset
+from visalign.data.charts import CHART_RENDER_OPTIONS, chart_dataset
 from visalign.data.loaders import load_rows, write_jsonl
 from visalign.evaluate import run_eval
 from visalign.report.eval_report import bootstrap_ci
@@ -74,6 +74,8 @@ COLOUR_ONLY = {"weights": {"color": 1}}
 DATA_ONLY = {"weights": {"data": 1}}
 #: what the reward model reward charges a program that does not render (its default, which training used)
 FAILED_RENDER_SCORE = -10.0
+#: the renders the references were made with (96 x 96), for every eval this script scores
+RENDER_OPTIONS = {"matplotlib": CHART_RENDER_OPTIONS}
 PREFIX = 3  # values a list's prefix holds for the prefix-hedge check (the shortest synthetic charts have 3)
 
 
@@ -126,7 +128,7 @@ def hack_checks(generations: Path) -> dict[str, Any]:
     top, count = Counter(cols).most_common(1)[0]
     top_list = Counter(vals).most_common(1)[0] if vals else (None, 0)
     prefixes = Counter(v[:PREFIX] for v in vals)
-    top_prefix = prefixes.most_common(1)[0] if vals else (None, 0)
+    top_prefix = prefixes.most_common(1)[0] if prefixes else (None, 0)
     return {"n": n, "purple": sum(c == "purple" for c in cols) / n, "reference_purple": sum(c == "purple" for c in refs) / n,
             "commonest_colour": top, "commonest_colour_share": count / n,
             "reference_share_of_that_colour": sum(c == top for c in refs) / n,
@@ -216,7 +218,7 @@ def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
         if not done.is_file() or done.stat().st_mtime < (d / "generations.jsonl").stat().st_mtime:
             run_eval(d / "generations.jsonl", "chart", METRICS, d / "independent", workers=workers,
                      progress=False, reward_options={"chart_code": CHART_CODE},
-                     render_options={"matplotlib": {"dpi": 64, "figsize": [1.5, 1.5]}},
+                     render_options=RENDER_OPTIONS,
                      title=f"independent metrics · {tag}")
         scored[tag] = _scores(d / "independent")
         scored[tag]["colour_match"] = colour_match(d / "generations.jsonl")
@@ -239,7 +241,7 @@ def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float
     dest = eval_dir / f"learned-{key}"
     run_eval(eval_dir / "generations.jsonl", "chart", ["model"], dest, workers=workers, progress=False,
              reward_options={"model": {"path": str(model), "failed_score": FAILED_RENDER_SCORE}},
-             render_options={"matplotlib": {"dpi": 64, "figsize": [1.5, 1.5]}}, title=f"reward model {model}")
+             render_options=RENDER_OPTIONS, title=f"reward model {model}")
     out = {}
     with open(dest / "results.jsonl", encoding="utf-8") as f:
         for line in f:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import load_script
 
 
@@ -154,8 +156,6 @@ def test_learned_scores_rescore_completions_with_a_saved_reward_model(tmp_path):
 
 
 def test_a_missing_policy_is_named_before_any_chart_renders(tmp_path, capsys):
-    import pytest
-
     demo = load_script("reward_grpo_demo")
     with pytest.raises(SystemExit):
         demo.main(["--out", str(tmp_path / "run"), "--control", "placebo", "--policy", str(tmp_path / "nope")])
