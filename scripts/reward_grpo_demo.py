@@ -37,6 +37,7 @@ checkpoint N on the held-out charts and reports the run against it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -53,7 +54,7 @@ from visalign.data.charts import CHART_RENDER_OPTIONS, chart_dataset
 from visalign.data.loaders import load_rows, write_jsonl
 from visalign.evaluate import run_eval
 from visalign.report.eval_report import bootstrap_ci
-from visalign.trainers.config import load_config, resolve_config_paths
+from visalign.trainers.config import load_config, parse_overrides, resolve_config_paths
 from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,10 @@ DATA_ONLY = {"weights": {"data": 1}}
 FAILED_RENDER_SCORE = -10.0
 #: the renders the references were made with (96 x 96), for every eval this script scores
 RENDER_OPTIONS = {"matplotlib": CHART_RENDER_OPTIONS}
+#: options this script sets itself (from its own flags or the run's layout); --set may not name them
+SCRIPT_OWNED = ("model", "train_data", "eval_data", "output_dir", "rewards", "reward_aggregation", "max_steps",
+                "max_minutes", "beta", "seed", "render_workers", "eval_every", "save_every", "prompts_per_step",
+                "sampling", "overwrite_output_dir")
 PREFIX = 3  # values a list's prefix holds for the prefix-hedge check (the shortest synthetic charts have 3)
 
 
@@ -399,8 +404,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --baseline (validation): a saved reward model that also scores the start's, the "
                          "baseline's and this run's completions, paired per chart")
     ap.add_argument("--force", action="store_true", help="with --heldout-step: score them again")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a GRPO option of configs/chart_grpo_demo.yaml, as `visalign train --set` "
+                         "(repeatable), e.g. --set temperature=0.7 --set learning_rate=3e-4")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        ap.error(str(e))
+    known = {f.name for f in dataclasses.fields(VLMGRPOConfig)}
+    for key in overrides:
+        if key not in known:
+            ap.error(f"--set {key}: not a GRPO option (`visalign train vlm --describe` lists them)")
+        if key in SCRIPT_OWNED:
+            ap.error(f"--set {key}: this script sets it (use its own option)")
     if args.score_with and (args.heldout_step is not None or not args.baseline):
         ap.error("--score-with compares validation evaluations: it needs --baseline and no --heldout-step")
     if args.score_with and not (Path(args.score_with) / "reward_model.json").is_file():
@@ -463,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         config["prompts_per_step"] = args.prompts_per_step
     if args.sampling:
         config["sampling"] = args.sampling
+    config.update(overrides)
     config.update(train_data=str(fit_path), eval_data=str(eval_path), output_dir=str(out / "run"), rewards=rewards,
                   reward_aggregation="normalize_then_sum" if len(rewards) > 1 else "sum", max_steps=args.steps,
                   max_minutes=None, beta=args.beta, seed=args.seed, render_workers=args.workers, eval_every=every,
@@ -470,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = train_grpo_from_config(config)
     seconds_train = time.perf_counter() - t0
     summary: dict[str, Any] = {"reward_model": None if args.control or args.no_reward_model else str(model_dir), "control": args.control, "training_rewards": rewards, "steps": trainer.step_count,
-                               "beta": args.beta, "seed": args.seed, "val_charts": args.val_charts,
+                               "beta": args.beta, "seed": args.seed, "val_charts": args.val_charts, "overrides": overrides,
                                "eval_data": str(eval_path), "seconds_train": round(seconds_train, 1)}
     first = trainer.eval_dirs[0].parent
     evals = {}

@@ -161,3 +161,36 @@ def test_a_missing_policy_is_named_before_any_chart_renders(tmp_path, capsys):
         demo.main(["--out", str(tmp_path / "run"), "--control", "placebo", "--policy", str(tmp_path / "nope")])
     assert f"--policy {tmp_path / 'nope'}: no checkpoint there (config.json)" in capsys.readouterr().err
     assert not (tmp_path / "run" / "data").exists()
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("temprature=0.7", "--set temprature: not a GRPO option"),
+    ("beta=0.1", "--set beta: this script sets it (use its own option)"),
+    ("temperature", "--set takes KEY=VALUE, got 'temperature'"),
+])
+def test_a_wrong_override_is_named_before_any_chart_renders(tmp_path, capsys, item, message):
+    demo = load_script("reward_grpo_demo")
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path / "run"), "--control", "placebo", "--set", item])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_overrides_reach_the_grpo_config(tmp_path, monkeypatch):
+    demo = load_script("reward_grpo_demo")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(config):
+        seen.update(config)
+        raise Stop
+
+    monkeypatch.setattr(demo, "chart_dataset", lambda n, **_: [{"prompt": "p", "code": f"c{i}"} for i in range(n)])
+    monkeypatch.setattr(demo, "train_grpo_from_config", fake_train)
+    with pytest.raises(Stop):
+        demo.main(["--out", str(tmp_path / "run"), "--control", "placebo", "--train-charts", "4", "--steps", "2",
+                   "--set", "temperature=0.7", "--set", "learning_rate=3e-4"])
+    config = demo.load_config(demo.VLMGRPOConfig, seen)  # as train_grpo_from_config reads it (YAML's "3e-4" too)
+    assert (config.temperature, config.learning_rate, config.max_steps) == (0.7, 3e-4, 2)
