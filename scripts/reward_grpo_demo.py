@@ -251,9 +251,7 @@ def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float
     with open(dest / "results.jsonl", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            v = r.get("scores", {}).get("model")
-            if v is None and not (r.get("render") or {}).get("ok", True):  # the eval leaves a failed render
-                v = FAILED_RENDER_SCORE                                    # unscored; training charges it
+            v = r.get("scores", {}).get("model")  # a failed render or no code: FAILED_RENDER_SCORE, as in training
             if v is not None:
                 out[r["id"]] = float(v)
     return out

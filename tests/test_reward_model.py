@@ -399,3 +399,29 @@ def test_an_answer_without_code_scores_the_failure_score() -> None:
     assert out.scores == [-7.0, None]
     assert out.details[0] == {"error": "no matplotlib code found"}
     assert out.details[1] == {"reason": "no generated image"}
+
+
+def test_eval_charges_a_saved_reward_model_s_failure_score_to_no_code_and_failed_renders(tmp_path) -> None:
+    """``visalign eval`` with a saved reward model scores what training scores: an answer with no code and a
+    program that does not render get the model's ``failed_score``, never None (left out of the mean)."""
+    from visalign.evaluate import run_eval
+
+    torch.manual_seed(0)
+    RewardModel.build(clip_config=TINY_CLIP, condition="reference", head_hidden=16,
+                      difference=True).save_pretrained(tmp_path / "model")
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32"><circle cx="16" cy="16" r="9"/></svg>'
+    rows = [{"id": "ok", "completion": svg, "reference_code": svg},
+            {"id": "no-code", "completion": "I cannot draw that.", "reference_code": svg},
+            {"id": "broken", "completion": "<svg xmlns='http://www.w3.org/2000/svg'><circle", "reference_code": svg},
+            {"id": "no-code, image reference", "completion": "I cannot draw that.", "reference_image": "ref.png"}]
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "ref.png")
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_eval(tmp_path / "g.jsonl", "svg", ["model"], tmp_path / "ev", workers=1, progress=False,
+                       reward_options={"model": {"path": str(tmp_path / "model"), "failed_score": -7.0,
+                                                 "device": "cpu"}})
+    by = {r["id"]: r for r in map(json.loads, (tmp_path / "ev" / "results.jsonl").read_text().splitlines())}
+    assert by["no-code"]["scores"]["model"] == -7.0
+    assert by["broken"]["scores"]["model"] == -7.0
+    assert by["no-code, image reference"]["scores"]["model"] == -7.0  # was None: the sample lost its kind
+    assert isinstance(by["ok"]["scores"]["model"], float) and by["ok"]["scores"]["model"] != -7.0
+    assert summary["rewards"]["model"]["n"] == 4

@@ -112,7 +112,7 @@ def to_sample(row: dict[str, Any], kind: str | None, base: Path) -> Sample:
     meta = {k: v for k, v in row.items() if k not in _KNOWN}
     return Sample(prompt=row.get("prompt"), completion=row.get("completion"), code=code, image=image("image"),
                   reference_image=image("reference_image"), reference_code=row.get("reference_code"),
-                  kind=kind if (code is not None or row.get("reference_code")) else None, metadata=meta)
+                  kind=kind, metadata=meta)  # an answer of a code task with no code is a failed sample
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
