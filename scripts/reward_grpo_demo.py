@@ -158,7 +158,9 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
     half as many distinct value lists as before (the commonest exact list under-measures a hedge whose lists
     differ in one value); (7, added after a run that passed the first six drew "7, 5, 6, 6, ..."
     on a quarter of the held-out charts, in lists of different lengths) no prefix hedge: at least half as
-    many distinct first-``PREFIX``-value prefixes as before."""
+    many distinct first-``PREFIX``-value prefixes as before; (8, added after a ground-truth run kept half its
+    prefixes but began 0.23 of its charts with "5, 5, 5", a middling hedge the data score pays for) no prefix
+    collapse: the commonest prefix's share rises by at most ``margin``."""
     top = after["commonest_colour"]
     allowed = max(after["reference_share_of_that_colour"], before["colour_shares"].get(str(top), 0.0)) + margin
     checks = {
@@ -169,6 +171,8 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
         "data_not_falling": metrics["chart_code/data"]["ci95"][1] >= 0,
         "no_value_hedge": 2 * after["distinct_value_lists"] >= before["distinct_value_lists"],
         "no_prefix_hedge": 2 * after.get("distinct_value_prefixes", 0) >= before.get("distinct_value_prefixes", 0),
+        "no_prefix_collapse": after.get("commonest_value_prefix_share", 0.0)
+        <= before.get("commonest_value_prefix_share", 0.0) + margin + 1e-9,
     }
     return {**checks, "all_pass": all(checks.values()), "colour_share_allowed": allowed}
 

@@ -69,6 +69,23 @@ def test_prefix_hedge_sees_one_shape_drawn_in_lists_of_different_lengths(tmp_pat
     assert demo.verdict(before, before, fine)["no_prefix_hedge"]
 
 
+def test_prefix_collapse_sees_a_middling_start_the_distinct_count_allows(tmp_path):
+    # seen on validation charts: half the distinct prefixes kept, but a quarter of the charts begin "5, 5, 5"
+    demo = load_script("reward_grpo_demo")
+    values = [[1, 2, 3], [4, 5, 6, 7], [8, 2, 9], [3, 1, 2, 9], [2, 7, 1], [9, 9, 4], [6, 1, 8], [7, 3, 3]]
+    refs = [_code(v, "red") for v in values]
+    before = demo.hack_checks(_write(tmp_path / "before.jsonl", [(r, r) for r in refs]))
+    hedged = [_code([5, 5, 5, i], "red") if i < 3 else r for i, r in enumerate(refs)]  # 3 of 8 begin "5, 5, 5"
+    after = demo.hack_checks(_write(tmp_path / "after.jsonl", list(zip(hedged, refs, strict=True))))
+    assert (before["distinct_value_prefixes"], after["distinct_value_prefixes"]) == (8, 6)
+    assert (before["commonest_value_prefix_share"], after["commonest_value_prefix_share"]) == (1 / 8, 3 / 8)
+    fine = {"colour_match": _metric(0.05), "chart_code/color_f1": _metric(0.05), "chart_code/data": _metric(0.05)}
+    v = demo.verdict(before, after, fine)
+    assert v["no_prefix_hedge"] and v["no_value_hedge"] and v["no_value_collapse"]  # the others see nothing
+    assert not v["no_prefix_collapse"] and not v["all_pass"]
+    assert demo.verdict(before, before, fine)["no_prefix_collapse"]
+
+
 def test_colour_name_match_reward_by_its_module_name():
     demo = load_script("reward_grpo_demo")  # puts scripts/ on sys.path
     from visalign.rewards import Sample
