@@ -453,3 +453,45 @@ def test_eval_never_reads_an_earlier_score(tiny: dict[str, Any], tmp_path: Path)
         assert trainer.evaluate("step_000000")["rewards"]["execution"]["mean"] == 0.0
     finally:
         trainer.close()
+
+
+def test_headroom_counts_samples_above_the_greedy_answer(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """scripts/grpo_headroom.py on scripted completions: the reward of greedy "abc1" is 3/4 letters; the
+    samples "abcd", "ab12", "a123", "abc1" score 1, 1/2, 1/4, 3/4: mean 5/8, best 1, one of four above greedy."""
+    from conftest import load_script
+    from visalign.rewards import CompositeReward
+
+    headroom = load_script("grpo_headroom")
+    model, processor = load(tiny)
+    trainer = VLMGRPOTrainer(config(tmp_path), model=model, processor=processor, train_rows=rows(2),
+                             reward=CompositeReward([CharReward()]))
+    tok, seen = trainer.tokenizer, []
+
+    def sample(rows_: Any, positions: Any, plan: Any = None, greedy: bool = False,
+               temperature: float | None = None) -> list[SampledGroup]:
+        seen.append(None if greedy else temperature)
+        texts = ["abc1"] if greedy else ["abcd", "ab12", "a123", "abc1"]
+        ids = [tok(t, add_special_tokens=False)["input_ids"] + trainer.eos_ids[:1] for t in texts]
+        return [SampledGroup(completions=ids, logprobs=[[0.0] * len(i) for i in ids], truncated=[False] * len(ids),
+                             tokens_sampled=sum(map(len, ids))) for _ in rows_]
+
+    trainer.sample = sample  # type: ignore[method-assign]
+    try:
+        table = headroom.headroom(trainer, trainer.train_rows, temperature=0.4)
+    finally:
+        trainer.close()
+    assert tok.decode(tok("abc1", add_special_tokens=False)["input_ids"]) == "abc1"  # the tokenizer round-trips
+    assert table == {"letters": {"greedy": 0.75, "sample_mean": 0.625, "best_of_g": 1.0, "above_greedy": 0.25}}
+    assert seen == [None, 0.4, None, 0.4]  # per batch of generation_batch_size (1) rows: greedy, then T=0.4
+
+
+def test_sample_takes_a_temperature_for_one_call(tiny: dict[str, Any], tmp_path: Path) -> None:
+    model, processor = load(tiny)
+    trainer = VLMGRPOTrainer(config(tmp_path, temperature=1.0), model=model, processor=processor, train_rows=rows(2))
+    try:
+        default, same, hot = (trainer.sample(trainer.train_rows, [0, 1], temperature=t) for t in (None, 1.0, 3.0))
+    finally:
+        trainer.close()
+    assert [g.completions for g in default] == [g.completions for g in same]  # None: the config's temperature
+    assert [g.logprobs for g in default] == [g.logprobs for g in same]
+    assert [g.logprobs for g in hot] != [g.logprobs for g in default]  # drawn from another distribution

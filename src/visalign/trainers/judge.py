@@ -228,7 +228,7 @@ class JudgeGRPOTrainer(VLMGRPOTrainer):
                                  f"(recorded in judge.json) is {self.config.view!r}")
         return super()._checked(rows, split)
 
-    def _samples(self, row: dict[str, Any], texts: Sequence[str], group: int) -> list[Sample]:
+    def to_samples(self, row: dict[str, Any], texts: Sequence[str], group: int) -> list[Sample]:
         meta = {"row_id": row["id"], "label": row["label"],
                 "choices": list(row.get("choices") or CHOICES[self.config.judge_mode])}
         return [Sample(prompt=self._instruction(row), completion=t, group=group, metadata=dict(meta)) for t in texts]

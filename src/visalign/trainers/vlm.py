@@ -407,23 +407,26 @@ class VLMGRPOTrainer:
         return {k: v.to(self.accelerator.device) for k, v in inputs.items()}
 
     def sample(self, rows: Sequence[dict[str, Any]], positions: Sequence[int], plan: TreeSampling | None = None,
-               greedy: bool = False) -> list[SampledGroup]:
+               greedy: bool = False, temperature: float | None = None) -> list[SampledGroup]:
         """Completions for ``rows`` (one group each); prompt ``i`` samples with a generator seeded by
-        ``(seed, positions[i])`` so results do not depend on batching or process count."""
+        ``(seed, positions[i])`` so results do not depend on batching or process count. ``temperature``
+        replaces the config's for this call (a diagnostic: training samples at the config's)."""
         c = self.config
+        temperature = c.temperature if temperature is None else temperature
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         try:
             gens = [torch.Generator().manual_seed(_stable_seed(c.seed, "sample", int(p))) for p in positions]
             return sample_groups(model, self._encode(rows), plan or self.plan, max_new_tokens=c.max_completion_length,
-                                 eos_token_ids=self.eos_ids, generators=gens, temperature=1.0 if greedy else c.temperature,
+                                 eos_token_ids=self.eos_ids, generators=gens, temperature=1.0 if greedy else temperature,
                                  top_k=1 if greedy else c.top_k, top_p=1.0 if greedy else c.top_p,
                                  suppress_tokens=self.suppress)
         finally:
             model.train(was_training)
 
-    def _samples(self, row: dict[str, Any], texts: Sequence[str], group: int) -> list[Sample]:
+    def to_samples(self, row: dict[str, Any], texts: Sequence[str], group: int) -> list[Sample]:
+        """The reward's :class:`Sample` of each completion text of ``row`` (one group)."""
         return [Sample(prompt=self._instruction(row), completion=t, reference_image=row.get("image"),
                        reference_code=row.get("code"), kind=self.config.kind, group=group,
                        metadata={"row_id": row["id"]}) for t in texts]
@@ -465,7 +468,7 @@ class VLMGRPOTrainer:
                 truncated += g.truncated
                 texts += decoded
                 tokens += g.tokens_sampled
-                chunk_samples += self._samples(row, decoded, group=pos)
+                chunk_samples += self.to_samples(row, decoded, group=pos)
             samples += chunk_samples
             futures.append(self._executor.submit(self._score, chunk_samples))
         scores: list[float | None] = []
