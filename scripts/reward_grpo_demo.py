@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     known = {f.name for f in dataclasses.fields(VLMGRPOConfig)}
     for key in overrides:
         if key not in known:
-            ap.error(f"--set {key}: not a GRPO option (`visalign train vlm --describe` lists them)")
+            ap.error(f"--set {key}: not a GRPO option (`visalign train grpo --describe` lists them)")
         if key in SCRIPT_OWNED:
             ap.error(f"--set {key}: this script sets it (use its own option)")
     if args.score_with and (args.heldout_step is not None or not args.baseline):
