@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from visalign.rewards.code import fill_code
 from visalign.trainers.config import load_config, parse_overrides
 from visalign.trainers.tree import TreeSampling
 from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer
@@ -33,11 +32,7 @@ def raw_scores(trainer: VLMGRPOTrainer, row: dict, texts: list[str]) -> dict[str
     """``{reward name: raw score of each text}``: the config's rewards (the children of the trainer's composite)
     before any group normalisation, rendered as training renders them; NaN where a reward gives None."""
     samples = trainer.to_samples(row, texts, group=0)
-    fill_code(samples)
-    if getattr(trainer.reward, "needs_render", False):
-        trainer.service.render(samples)
-    if getattr(trainer.reward, "needs_reference_render", False):
-        trainer.service.render([s for s in samples if s.reference_image is None and s.reference_code], reference=True)
+    trainer.prepare_samples(samples)
     details = trainer.reward(samples).details
     return {n: np.array([np.nan if d[n]["score"] is None else d[n]["score"] for d in details], float)
             for n in trainer.reward.names}
@@ -53,9 +48,8 @@ def headroom(trainer: VLMGRPOTrainer, rows: list[dict], temperature: float) -> d
         greedy = trainer.sample(chunk, positions, plan=TreeSampling(1), greedy=True)
         sampled = trainer.sample(chunk, positions, temperature=temperature)
         for row, g, s in zip(chunk, greedy, sampled, strict=True):
-            g_scores = raw_scores(trainer, row, [trainer.tokenizer.decode(g.completions[0], skip_special_tokens=True)])
-            s_scores = raw_scores(trainer, row, [trainer.tokenizer.decode(t, skip_special_tokens=True)
-                                                 for t in s.completions])
+            g_scores = raw_scores(trainer, row, trainer.tokenizer.batch_decode(g.completions, skip_special_tokens=True))
+            s_scores = raw_scores(trainer, row, trainer.tokenizer.batch_decode(s.completions, skip_special_tokens=True))
             for name, v in s_scores.items():
                 a = acc.setdefault(name, {"greedy": [], "sample_mean": [], "best_of_g": [], "above_greedy": []})
                 top = g_scores[name][0]

@@ -170,9 +170,9 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
         "no_value_collapse": after["commonest_value_list_share"] <= before["commonest_value_list_share"] + margin + 1e-9,
         "data_not_falling": metrics["chart_code/data"]["ci95"][1] >= 0,
         "no_value_hedge": 2 * after["distinct_value_lists"] >= before["distinct_value_lists"],
-        "no_prefix_hedge": 2 * after.get("distinct_value_prefixes", 0) >= before.get("distinct_value_prefixes", 0),
-        "no_prefix_collapse": after.get("commonest_value_prefix_share", 0.0)
-        <= before.get("commonest_value_prefix_share", 0.0) + margin + 1e-9,
+        "no_prefix_hedge": 2 * after["distinct_value_prefixes"] >= before["distinct_value_prefixes"],
+        "no_prefix_collapse": after["commonest_value_prefix_share"]
+        <= before["commonest_value_prefix_share"] + margin + 1e-9,
     }
     return {**checks, "all_pass": all(checks.values()), "colour_share_allowed": allowed}
 
@@ -271,8 +271,8 @@ def report(title: str, a: dict[str, Any]) -> None:
               f"{h['reference_share_of_that_colour']:.2f}), purple {h['purple']:.2f}, colour matches "
               f"{h['colour_matches_reference']:.2f}, {h['distinct_value_lists']} distinct value lists, commonest "
               f"{h['commonest_value_list']} {h['commonest_value_list_share']:.2f}, distinct within a list "
-              f"{h['distinct_within_list']:.2f}, {h.get('distinct_value_prefixes')} distinct first-{PREFIX} "
-              f"prefixes, commonest {h.get('commonest_value_prefix')} {h.get('commonest_value_prefix_share', 0):.2f}")
+              f"{h['distinct_within_list']:.2f}, {h['distinct_value_prefixes']} distinct first-{PREFIX} "
+              f"prefixes, commonest {h['commonest_value_prefix']} {h['commonest_value_prefix_share']:.2f}")
     print(f"  verdict: {a['verdict']}")
     print(f"  training rewards (eval means): {a['training_rewards_eval']}")
     for name, s in a.get("learned_reward", {}).items():

@@ -1,12 +1,13 @@
 """Does SSIM reward a chart for its colour when its values are wrong? (A reward-hacking vector of SSIM on charts.)
 
-For each of the synthetic generator's eight colours, ``--charts`` random bar / line charts in it (3-8 values of
-1-9) as references; each is drawn again with *other* random values in each of the eight colours and scored with
-``render_similarity`` (SSIM, the renders of ``make demo``). Printed per reference colour: the mean SSIM of the
-wrong values drawn in the right colour and in cyan, how often cyan scores higher (paired), and the colour drawn
-that scores best. Where the values are wrong, the right colour wins on the mean but only about half of the charts
-(cyan, the light colour close to the white background, beats it on 0.40-0.57 of them, seed 0): SSIM's colour signal
-drowns in the values' noise, which is how GRPO runs with SSIM in the reward drift to cyan.
+For each of the synthetic generator's eight colours, ``--charts`` random bar / line charts in it (the
+generator's 3-7 values of 1-9) as references; each is drawn again with *other* random values in each of the
+eight colours and scored with ``render_similarity`` (SSIM, the renders of ``make demo``). Printed per
+reference colour: the mean SSIM of the wrong values drawn in the right colour and in cyan, how often cyan
+scores higher (paired), and the colour drawn that scores best. Where the values are wrong, the right colour
+wins on the mean, but cyan, the light colour close to the white background, beats it on 0.20-0.60 of the
+charts (seed 0, by reference colour): SSIM's colour signal drowns in the values' noise, which is how GRPO
+runs with SSIM in the reward drift to cyan.
 
     .venv/bin/python scripts/ssim_colour_bias.py --charts 30
 """
@@ -18,16 +19,14 @@ import random
 
 import numpy as np
 
-from visalign.data.charts import CHART_RENDER_OPTIONS
+from visalign.data.charts import CHART_RENDER_OPTIONS, COLOURS, HEADER, LENGTH_RANGE, VALUE_RANGE
 from visalign.rewards import RenderService, Sample, get_reward
-
-COLOURS = ["red", "blue", "green", "orange", "purple", "gray", "black", "cyan"]
 
 
 def chart(kind: str, values: list[int], colour: str) -> str:
     """The synthetic generator's chart program (``visalign data charts``) for these values and colour."""
     x = f"range({len(values)}), " if kind == "bar" else ""
-    return f"import matplotlib.pyplot as plt\nplt.{kind}({x}{values}, color='{colour}')"
+    return f"{HEADER}\nplt.{kind}({x}{values}, color={colour!r})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     samples, tags = [], []
     for colour in COLOURS:
         for _ in range(args.charts):
-            n = rng.randint(3, 8)
-            right, wrong = [rng.randint(1, 9) for _ in range(n)], [rng.randint(1, 9) for _ in range(n)]
+            n = rng.randint(*LENGTH_RANGE)
+            right, wrong = ([rng.randint(*VALUE_RANGE) for _ in range(n)] for _ in range(2))
             kind = rng.choice(["bar", "plot"])
             for drawn in COLOURS:
                 samples.append(Sample(code=chart(kind, wrong, drawn), reference_code=chart(kind, right, colour),

@@ -431,13 +431,18 @@ class VLMGRPOTrainer:
                        reference_code=row.get("code"), kind=self.config.kind, group=group,
                        metadata={"row_id": row["id"]}) for t in texts]
 
-    def _score(self, samples: list[Sample]) -> tuple[list[float | None], dict[str, float], dict[str, float]]:
-        t0 = time.perf_counter()
+    def prepare_samples(self, samples: list[Sample]) -> None:
+        """Fill in what the reward reads, as training does: each completion's code, its render and the
+        references' renders (through the trainer's sandboxed service)."""
         fill_code(samples)
         if getattr(self.reward, "needs_render", False):
             self.service.render(samples)
         if getattr(self.reward, "needs_reference_render", False):
             self.service.render([s for s in samples if s.reference_image is None and s.reference_code], reference=True)
+
+    def _score(self, samples: list[Sample]) -> tuple[list[float | None], dict[str, float], dict[str, float]]:
+        t0 = time.perf_counter()
+        self.prepare_samples(samples)
         t1 = time.perf_counter()
         out = self.reward(samples)
         t2 = time.perf_counter()
