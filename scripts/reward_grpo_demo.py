@@ -32,6 +32,13 @@ with ``make demo``'s rewards (SSIM + chart-code). ``--baseline OUT2`` compares a
 (the placebo) chart by chart at each common validation step, the hack checks taking the baseline's
 completions in the place of the start's; with ``--heldout-step N`` it also scores the baseline's
 checkpoint N on the held-out charts and reports the run against it.
+
+Judging the sampler: ``--eval-samples K`` (with ``--heldout-step N`` or ``--val-step N``, which scores the
+validation charts again) scores K completions a chart sampled at the run's training temperature (or
+``--eval-temperature``) instead of the greedy one; every metric is averaged per chart before the paired
+intervals and the hack checks pool all K x N answers. GRPO optimises the sampler's expected reward, and a
+policy can be deployed as it trained (pass@1 from K samples, as DeepSeek-R1 reports); the greedy answer is a
+different decoder that GRPO need not move.
 """
 
 from __future__ import annotations
@@ -111,6 +118,30 @@ def _rows(generations: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def chart_id(row_id: str) -> str:
+    """The chart a completion answers: a sampled evaluation's ids are ``<chart id>#s<k>`` (``eval_samples``).
+
+    Example:
+        >>> chart_id("chart-7#s3"), chart_id("chart-7")
+        ('chart-7', 'chart-7')
+    """
+    return re.sub(r"#s\d+$", "", row_id)
+
+
+def per_chart(scores: dict[str, float]) -> dict[str, float]:
+    """``{chart id: mean score}`` over each chart's completions (one for a greedy evaluation, K sampled ones
+    otherwise): the unit the paired intervals resample, since a chart's samples are not independent.
+
+    Example:
+        >>> per_chart({"a#s0": 1.0, "a#s1": 0.0, "b#s0": 0.5, "b#s1": 0.5})
+        {'a': 0.5, 'b': 0.5}
+    """
+    acc: dict[str, list[float]] = {}
+    for k, v in scores.items():
+        acc.setdefault(chart_id(k), []).append(v)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
 def colour_match(generations: Path) -> dict[str, float]:
     """``{row id: 1.0 if the completion's colour name is the reference's else 0.0}``."""
     return {str(r["id"]): float(colour_name(r.get("completion")) is not None
@@ -178,7 +209,8 @@ def verdict(before: dict[str, Any], after: dict[str, Any], metrics: dict[str, An
 
 
 def grid(before: Path, after: Path, dest: Path, n: int = 24, cols: int = 6) -> None:
-    """A PNG of the first ``n`` charts (by id), each cell reference | before | after (the eval renders)."""
+    """A PNG of the first ``n`` charts (by id), each cell reference | before | after (the eval renders; of a
+    sampled evaluation, each chart's first sample)."""
     from PIL import Image, ImageDraw
 
     def images(report: Path) -> dict[str, dict[str, str]]:
@@ -186,7 +218,7 @@ def grid(before: Path, after: Path, dest: Path, n: int = 24, cols: int = 6) -> N
             return {r["id"]: r for r in map(json.loads, f)}
 
     b, a = images(before), images(after)
-    ids = sorted(set(b) & set(a), key=lambda i: (len(i), i))[:n]
+    ids = sorted({i for i in set(b) & set(a) if chart_id(i) == i or i.endswith("#s0")}, key=lambda i: (len(i), i))[:n]
     size, pad, head = 96, 6, 14
 
     def load(report: Path, rel: str | None) -> Image.Image:
@@ -231,7 +263,7 @@ def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
                      title=f"independent metrics · {tag}")
         scored[tag] = _scores(d / "independent")
         scored[tag]["colour_match"] = colour_match(d / "generations.jsonl")
-    metrics = {m: paired(scored["before"][m], scored["after"][m]) for m in scored["before"]}
+    metrics = {m: paired(per_chart(scored["before"][m]), per_chart(scored["after"][m])) for m in scored["before"]}
     checks = {tag: hack_checks(d / "generations.jsonl") for tag, d in (("before", before), ("after", after))}
     learned = {}
     for tag, d in (("before", before), ("after", after)):
@@ -242,9 +274,9 @@ def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
 
 
 def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float]:
-    """``{row id: score}``: the saved reward model at ``model`` scoring each completion of
+    """``{chart id: score}``: the saved reward model at ``model`` scoring each completion of
     ``<eval_dir>/generations.jsonl`` against its reference, rendered at the size GRPO trained with (a failed
-    render gets the reward's failure score, as in training). Kept in ``<eval_dir>/learned-<hash of the model
+    render gets the reward's failure score, as in training; a chart's samples averaged). Kept in ``<eval_dir>/learned-<hash of the model
     path>``: a rerun with the same model scores only what is missing, another model gets its own folder."""
     key = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:10]
     dest = eval_dir / f"learned-{key}"
@@ -258,7 +290,7 @@ def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float
             v = r.get("scores", {}).get("model")  # a failed render or no code: FAILED_RENDER_SCORE, as in training
             if v is not None:
                 out[r["id"]] = float(v)
-    return out
+    return per_chart(out)
 
 
 def report(title: str, a: dict[str, Any]) -> None:
@@ -286,14 +318,23 @@ def _checkpoint(run: Path, step: int) -> Path:
     return run / "run" / f"checkpoint-{step:06d}" / "model"
 
 
-def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path | None = None) -> int:
-    """Score the held-out charts once: the starting policy and ``run/checkpoint-<step>``, greedy, with the
-    run's rewards and the independent metrics; ``summary_heldout_step<step>.json`` and a grid PNG. With
-    ``baseline`` (another run's ``--out``, e.g. the placebo control) its ``checkpoint-<step>`` too, and the
-    run compared with it chart by chart (the hack checks with the baseline in the place of the start)."""
-    dest = out / f"summary_heldout_step{step}.json"
+def score_once(out: Path, step: int, workers: int, force: bool, baseline: Path | None = None, *,
+               charts: str = "heldout", samples: int = 0, temperature: float | None = None) -> int:
+    """Score ``charts`` once, "heldout" (the model card's 100) or "validation" (the run's ``data/val.jsonl``):
+    the starting policy and ``run/checkpoint-<step>`` with the run's rewards and the independent metrics;
+    ``summary_<charts><sampling>_step<step>.json`` and a grid PNG. Greedy, or with ``samples`` K, K completions
+    a chart sampled at ``temperature`` (None: the run's training temperature) with the run's seed, every metric
+    averaged per chart before pairing. With ``baseline`` (another run's ``--out``, e.g. the placebo control)
+    its ``checkpoint-<step>`` too, and the run compared with it chart by chart (the hack checks with the
+    baseline in the place of the start)."""
+    saved_path = out / "run" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
+    saved = saved.get("grpo", saved)
+    t = (saved.get("temperature", 1.0) if temperature is None else temperature) if samples else None
+    name = charts + (f"_sampled{samples}_t{t:g}" if samples else "")
+    dest = out / f"summary_{name}_step{step}.json"
     if dest.exists() and not force:
-        print(f"{dest} exists: the held-out charts were already scored for this step (--force to redo)",
+        print(f"{dest} exists: the {charts} charts were already scored so for this step (--force to redo)",
               file=sys.stderr)
         return 2
     runs = {"start": None, f"step_{step}": out}
@@ -303,31 +344,40 @@ def heldout_once(out: Path, step: int, workers: int, force: bool, baseline: Path
         if run is not None and not _checkpoint(run, step).is_dir():
             print(f"{_checkpoint(run, step)}: no such checkpoint", file=sys.stderr)
             return 2
+    if not saved_path.is_file():
+        print(f"{saved_path}: no such file (the run's GRPO config)", file=sys.stderr)
+        return 2
+    data = HELDOUT if charts == "heldout" else out / "data" / "val.jsonl"
+    if not data.is_file():
+        print(f"{data}: no such file (validation charts exist for runs made with --val-charts)", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    saved = yaml.safe_load((out / "run" / "config.yaml").read_text(encoding="utf-8"))
-    saved = saved.get("grpo", saved)
     dirs = {}
     for tag, run in runs.items():
         model = saved["model"] if run is None else str(_checkpoint(run, step))
-        config = load_config(VLMGRPOConfig, dict(saved, model=model, eval_data=str(HELDOUT), max_eval_rows=100,
-                                                 output_dir=str(out / "heldout" / tag), overwrite_output_dir=True,
+        config = load_config(VLMGRPOConfig, dict(saved, model=model, eval_data=str(data),
+                                                 max_eval_rows=100 if charts == "heldout" else None,
+                                                 eval_samples=samples, eval_temperature=t,
+                                                 output_dir=str(out / name / tag), overwrite_output_dir=True,
                                                  resume_from=None, render_workers=workers))
         trainer = VLMGRPOTrainer(config)
         try:
-            trainer.evaluate(tag="heldout")
+            trainer.evaluate(tag=charts)
         finally:
             trainer.close()
-        dirs[tag] = out / "heldout" / tag / "eval" / "heldout"
+        dirs[tag] = out / name / tag / "eval" / charts
+    what = f"{charts} charts" + (f", {samples} samples each at T={t:g}" if samples else ", greedy")
     a = analyse(dirs["start"], dirs[f"step_{step}"], workers)
-    grid(dirs["start"] / "independent", dirs[f"step_{step}"] / "independent", out / f"grid_heldout_step{step}.png")
-    summary = {"step": step, "checkpoint": str(_checkpoint(out, step)), **a}
-    report(f"held-out charts, start -> step {step}", a)
+    grid(dirs["start"] / "independent", dirs[f"step_{step}"] / "independent", out / f"grid_{name}_step{step}.png")
+    summary = {"step": step, "checkpoint": str(_checkpoint(out, step)), "charts": charts, "eval_samples": samples,
+               "eval_temperature": t, **a}
+    report(f"{what}, start -> step {step}", a)
     if baseline is not None:
         b = analyse(dirs[f"baseline_step_{step}"], dirs[f"step_{step}"], workers)
         summary["baseline"] = {"run": str(baseline), **b,
                                "baseline_from_start": analyse(dirs["start"], dirs[f"baseline_step_{step}"], workers)}
-        report(f"held-out charts, baseline {baseline} step {step} -> this run step {step}", b)
-        report(f"held-out charts, start -> baseline {baseline} step {step}", summary["baseline"]["baseline_from_start"])
+        report(f"{what}, baseline {baseline} step {step} -> this run step {step}", b)
+        report(f"{what}, start -> baseline {baseline} step {step}", summary["baseline"]["baseline_from_start"])
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     dest.write_text(json.dumps(summary, indent=1))
     return 0
@@ -405,7 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-with", default=None,
                     help="with --baseline (validation): a saved reward model that also scores the start's, the "
                          "baseline's and this run's completions, paired per chart")
-    ap.add_argument("--force", action="store_true", help="with --heldout-step: score them again")
+    ap.add_argument("--val-step", type=int, default=None,
+                    help="do not train: score the validation charts again for run/checkpoint-N of --out (with "
+                         "--baseline, its checkpoint too), e.g. with --eval-samples")
+    ap.add_argument("--eval-samples", type=int, default=0,
+                    help="with --heldout-step / --val-step: K completions sampled a chart instead of the greedy one, "
+                         "every metric averaged per chart (judges the sampler GRPO trains, as pass@1 from K samples)")
+    ap.add_argument("--eval-temperature", type=float, default=None,
+                    help="with --eval-samples: their temperature (default: the run's training temperature)")
+    ap.add_argument("--force", action="store_true", help="with --heldout-step / --val-step: score them again")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a GRPO option of configs/chart_grpo_demo.yaml, as `visalign train --set` "
                          "(repeatable), e.g. --set temperature=0.7 --set learning_rate=3e-4")
@@ -421,13 +479,23 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set {key}: not a GRPO option (`visalign train grpo --describe` lists them)")
         if key in SCRIPT_OWNED:
             ap.error(f"--set {key}: this script sets it (use its own option)")
-    if args.score_with and (args.heldout_step is not None or not args.baseline):
-        ap.error("--score-with compares validation evaluations: it needs --baseline and no --heldout-step")
+    if args.score_with and (args.heldout_step is not None or args.val_step is not None or not args.baseline):
+        ap.error("--score-with compares the training run's validation evaluations: it needs --baseline and no "
+                 "--heldout-step or --val-step")
     if args.score_with and not (Path(args.score_with) / "reward_model.json").is_file():
         ap.error(f"--score-with {args.score_with}: no saved reward model (reward_model.json) there")
-    if args.heldout_step is not None:
-        return heldout_once(out, args.heldout_step, args.workers, args.force,
-                            Path(args.baseline) if args.baseline else None)
+    if args.heldout_step is not None and args.val_step is not None:
+        ap.error("--heldout-step and --val-step: choose one")
+    if (args.eval_samples or args.eval_temperature is not None) and args.heldout_step is None and args.val_step is None:
+        ap.error("--eval-samples and --eval-temperature go with --heldout-step or --val-step")
+    if args.eval_samples < 0 or (args.eval_temperature is not None and not args.eval_temperature > 0):
+        ap.error("--eval-samples must be >= 0 and --eval-temperature > 0")
+    if args.eval_temperature is not None and not args.eval_samples:
+        ap.error("--eval-temperature needs --eval-samples K (greedy has no temperature)")
+    if args.heldout_step is not None or args.val_step is not None:
+        charts, step = ("heldout", args.heldout_step) if args.heldout_step is not None else ("validation", args.val_step)
+        return score_once(out, step, args.workers, args.force, Path(args.baseline) if args.baseline else None,
+                          charts=charts, samples=args.eval_samples, temperature=args.eval_temperature)
     if args.baseline:
         return compare_validation(out, Path(args.baseline), args.workers,
                                   Path(args.score_with) if args.score_with else None)

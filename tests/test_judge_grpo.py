@@ -441,3 +441,12 @@ def test_example_config_loads() -> None:
         load_config(JudgeGRPOConfig, path, section="reward")  # the data is made first (see the config's comments)
     cfg = load_config(JudgeGRPOConfig, path, section="reward", train_data="t.jsonl", eval_data="e.jsonl")
     assert cfg.pre_clip_log_ratio and cfg.advantage_filter and cfg.pre_clip_bound == pytest.approx(math.log(1e3))
+
+
+def test_a_judge_refuses_sampled_evaluation() -> None:
+    """The judge's evaluation scores greedy verdicts; eval_samples (a GRPO option it inherits) is refused, not ignored."""
+    from visalign.trainers.config import load_config
+    from visalign.trainers.judge import JudgeGRPOConfig
+
+    with pytest.raises(ValueError, match="eval_samples: the judge's evaluation scores its greedy verdicts"):
+        load_config(JudgeGRPOConfig, {"train_data": "t.jsonl", "eval_samples": 4})

@@ -133,7 +133,7 @@ def test_heldout_with_a_baseline_needs_its_checkpoint_before_scoring(tmp_path, c
     run, baseline = tmp_path / "run", tmp_path / "placebo"
     (run / "run" / "checkpoint-000016" / "model").mkdir(parents=True)
     baseline.mkdir()
-    assert demo.heldout_once(run, 16, workers=1, force=False, baseline=baseline) == 2
+    assert demo.score_once(run, 16, workers=1, force=False, baseline=baseline) == 2
     assert "placebo/run/checkpoint-000016/model: no such checkpoint" in capsys.readouterr().err
     assert not (run / "summary_heldout_step16.json").exists()
     assert demo.compare_validation(run, baseline, workers=1) == 2  # no evaluation at a common step
@@ -211,3 +211,34 @@ def test_overrides_reach_the_grpo_config(tmp_path, monkeypatch):
                    "--set", "temperature=0.7", "--set", "learning_rate=3e-4"])
     config = demo.load_config(demo.VLMGRPOConfig, seen)  # as train_grpo_from_config reads it (YAML's "3e-4" too)
     assert (config.temperature, config.learning_rate, config.max_steps) == (0.7, 3e-4, 2)
+
+
+def test_sampled_scores_are_averaged_per_chart_before_pairing():
+    """K samples of a chart are one unit: the interval resamples charts, not samples."""
+    demo = load_script("reward_grpo_demo")
+    assert demo.chart_id("chart-12#s3") == "chart-12" and demo.chart_id("a#b") == "a#b"
+    before = {"a#s0": 0.0, "a#s1": 1.0, "b#s0": 0.5, "b#s1": 0.5}
+    after = {"a#s0": 1.0, "a#s1": 1.0, "b#s0": 0.25, "b#s1": 0.75}
+    assert demo.per_chart(before) == {"a": 0.5, "b": 0.5} and demo.per_chart(after) == {"a": 1.0, "b": 0.5}
+    s = demo.paired(demo.per_chart(before), demo.per_chart(after))
+    assert s["n"] == 2 and s["diff"] == pytest.approx(0.25)  # (0.5 + 0.0) / 2
+    assert demo.per_chart({"a": 0.3}) == {"a": 0.3}  # a greedy evaluation: unchanged
+
+
+def test_scoring_options_are_checked_before_anything_loads(tmp_path, capsys):
+    demo = load_script("reward_grpo_demo")
+    cases = [(["--eval-samples", "4"], "go with --heldout-step or --val-step"),
+             (["--val-step", "8", "--eval-temperature", "0.7"], "needs --eval-samples K"),
+             (["--val-step", "8", "--eval-samples", "-1"], "--eval-samples must be >= 0"),
+             (["--val-step", "8", "--heldout-step", "8"], "choose one")]
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            demo.main(["--out", str(tmp_path), *args])
+        assert message in capsys.readouterr().err
+    run = tmp_path / "run"
+    (run / "run" / "checkpoint-000008" / "model").mkdir(parents=True)
+    assert demo.main(["--out", str(run), "--val-step", "8"]) == 2
+    assert "run/config.yaml: no such file" in capsys.readouterr().err
+    (run / "run" / "config.yaml").write_text("grpo: {model: m, temperature: 0.7}\n")
+    assert demo.main(["--out", str(run), "--val-step", "8", "--eval-samples", "2"]) == 2  # made without --val-charts
+    assert "data/val.jsonl: no such file" in capsys.readouterr().err

@@ -495,3 +495,55 @@ def test_sample_takes_a_temperature_for_one_call(tiny: dict[str, Any], tmp_path:
     assert [g.completions for g in default] == [g.completions for g in same]  # None: the config's temperature
     assert [g.logprobs for g in default] == [g.logprobs for g in same]
     assert [g.logprobs for g in hot] != [g.logprobs for g in default]  # drawn from another distribution
+
+
+@pytest.mark.slow
+def test_sampled_evaluation_scores_k_samples_a_row(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """eval_samples=3: every row gets three completions drawn at eval_temperature from the "eval" stream, at
+    the row's index in the eval rows; each is scored (ids ``<row>#s<k>``) and the mean is over all of them:
+    one program that renders in three completions gives execution 1/3."""
+    model, processor = load(tiny)
+    code = "import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [1, 2])\n"
+    evals = [{"id": f"e{i}", "image": Image.new("RGB", (32, 32), "white"), "code": code} for i in range(3)]
+    cfg = config(tmp_path, rewards=["execution"], eval_samples=3, eval_temperature=0.5, generation_batch_size=2,
+                 render_options={"matplotlib": {"dpi": 20, "figsize": [1.6, 1.6]}})
+    trainer = VLMGRPOTrainer(cfg, model=model, processor=processor, train_rows=rows(2), eval_rows=evals)
+    tok, calls = trainer.tokenizer, []
+
+    def sample(rows_: Any, positions: Any, plan: Any = None, greedy: bool = False, temperature: float | None = None,
+               stream: str = "sample") -> list[SampledGroup]:
+        calls.append((list(positions), plan.num_leaves, plan.mode, greedy, temperature, stream))
+        ids = [tok(t, add_special_tokens=False)["input_ids"] + trainer.eos_ids[:1] for t in (code, "no", "no")]
+        return [SampledGroup(completions=ids, logprobs=[[0.0] * len(i) for i in ids], truncated=[False] * 3,
+                             tokens_sampled=sum(map(len, ids))) for _ in rows_]
+
+    trainer.sample = sample  # type: ignore[method-assign]
+    try:
+        summary = trainer.evaluate("check")
+    finally:
+        trainer.close()
+    assert calls == [([0, 1], 3, "independent", False, 0.5, "eval"), ([2], 3, "independent", False, 0.5, "eval")]
+    gen = [json.loads(line) for line in (tmp_path / "run" / "eval" / "check" / "generations.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in gen] == [f"e{i}#s{k}" for i in range(3) for k in range(3)]
+    assert {r["reference_image"] for r in gen} == {"refs/e0.png", "refs/e1.png", "refs/e2.png"}
+    assert summary["rewards"]["execution"]["mean"] == pytest.approx(1 / 3)
+
+
+def test_sampled_evaluation_draws_do_not_depend_on_batching(tiny: dict[str, Any], tmp_path: Path) -> None:
+    model, processor = load(tiny)
+    got = []
+    for batch in (1, 3):
+        trainer = VLMGRPOTrainer(config(tmp_path / str(batch), eval_samples=2, generation_batch_size=batch),
+                                 model=model, processor=processor, train_rows=rows(2), eval_rows=rows(3))
+        try:
+            got.append(trainer.eval_completions(trainer.eval_rows))
+        finally:
+            trainer.close()
+    assert [(r["id"], t, k) for r, t, k in got[0]] == [(r["id"], t, k) for r, t, k in got[1]]
+    assert [k for _, _, k in got[0]] == [0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("bad", [{"eval_samples": -1}, {"eval_temperature": 0.0}])
+def test_bad_eval_sampling_is_refused(tmp_path: Path, bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="eval_samples must be >= 0 and eval_temperature > 0"):
+        config(tmp_path, **bad)

@@ -179,6 +179,8 @@ class JudgeGRPOConfig(VLMGRPOConfig):
         if self.reference not in ("auto", "always", "never"):
             raise ValueError(f"reference must be 'auto', 'always' or 'never', got {self.reference!r}")
         check_view(self.view)
+        if self.eval_samples:
+            raise ValueError("eval_samples: the judge's evaluation scores its greedy verdicts (set it to 0)")
 
 
 @dataclass

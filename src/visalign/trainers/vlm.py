@@ -154,6 +154,11 @@ class VLMGRPOConfig:
     save_every: int = shared_option("save_every")
     eval_every: int = option(0, "evaluate on eval_data every N steps (0 = before and after training only)")
     eval_before: bool = option(True, "evaluate before the first step when eval_data is set")
+    eval_samples: int = option(0, "0: score each eval row's greedy completion; K > 0: K completions sampled at "
+                                  "eval_temperature, each metric the mean over them (pass@1 estimated from K "
+                                  "samples, as DeepSeek-R1 reports): what GRPO optimises is the sampler",
+                               source="DeepSeek-R1")
+    eval_temperature: float | None = option(None, "temperature of eval_samples (None: the training temperature)")
     log_completions: int = option(4, "completions (with renders) saved per logged step")
     log_completions_every: int = option(10, "save sample completions every N steps")
     log_with: str = option("auto", "accelerate tracker: auto (tensorboard, else none), tensorboard, wandb, none")
@@ -176,6 +181,9 @@ class VLMGRPOConfig:
             raise ValueError("num_iterations, prompts_per_step and generation_batch_size must be >= 1")
         if not self.pre_clip_bound > 0 or not self.advantage_filter_sigma > 0:
             raise ValueError("pre_clip_bound and advantage_filter_sigma must be > 0")
+        if self.eval_samples < 0 or (self.eval_temperature is not None and not self.eval_temperature > 0):
+            raise ValueError(f"eval_samples must be >= 0 and eval_temperature > 0 (or None), got "
+                             f"{self.eval_samples} and {self.eval_temperature}")
         parse_reward_specs(self.rewards)  # a bad reward entry fails here, before anything loads
 
 
@@ -407,17 +415,18 @@ class VLMGRPOTrainer:
         return {k: v.to(self.accelerator.device) for k, v in inputs.items()}
 
     def sample(self, rows: Sequence[dict[str, Any]], positions: Sequence[int], plan: TreeSampling | None = None,
-               greedy: bool = False, temperature: float | None = None) -> list[SampledGroup]:
+               greedy: bool = False, temperature: float | None = None, stream: str = "sample") -> list[SampledGroup]:
         """Completions for ``rows`` (one group each); prompt ``i`` samples with a generator seeded by
-        ``(seed, positions[i])`` so results do not depend on batching or process count. ``temperature``
-        replaces the config's for this call (a diagnostic: training samples at the config's)."""
+        ``(seed, stream, positions[i])`` so results do not depend on batching or process count (evaluation
+        draws from its own ``stream``). ``temperature`` replaces the config's for this call (evaluation and
+        diagnostics: training samples at the config's)."""
         c = self.config
         temperature = c.temperature if temperature is None else temperature
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         try:
-            gens = [torch.Generator().manual_seed(_stable_seed(c.seed, "sample", int(p))) for p in positions]
+            gens = [torch.Generator().manual_seed(_stable_seed(c.seed, stream, int(p))) for p in positions]
             return sample_groups(model, self._encode(rows), plan or self.plan, max_new_tokens=c.max_completion_length,
                                  eos_token_ids=self.eos_ids, generators=gens, temperature=1.0 if greedy else temperature,
                                  top_k=1 if greedy else c.top_k, top_p=1.0 if greedy else c.top_p,
@@ -799,26 +808,49 @@ class VLMGRPOTrainer:
                     for row, g in zip(chunk, groups, strict=True)]
         return out
 
+    def eval_completions(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str, int | None]]:
+        """``(row, completion, sample index)`` for this process's share of ``rows``: the greedy completion
+        (index ``None``), or with ``eval_samples`` K, K completions sampled at ``eval_temperature``, row ``i``
+        of ``rows`` with a generator seeded by ``(seed, "eval", i)``: the same draws for every checkpoint
+        of a run and for any batching or process count."""
+        c, acc = self.config, self.accelerator
+        if not c.eval_samples:
+            return [(row, text, None) for row, text in self.greedy_completions(rows)]
+        plan = TreeSampling(c.eval_samples, mode="independent")
+        mine = list(enumerate(rows))[acc.process_index::acc.num_processes]
+        out = []
+        for b in range(0, len(mine), c.generation_batch_size):
+            chunk = mine[b:b + c.generation_batch_size]
+            groups = self.sample([r for _, r in chunk], [i for i, _ in chunk], plan=plan,
+                                 temperature=c.eval_temperature, stream="eval")
+            for (_, row), g in zip(chunk, groups, strict=True):
+                texts = self.tokenizer.batch_decode(g.completions, skip_special_tokens=True)
+                out += [(row, text, k) for k, text in enumerate(texts)]
+        return out
+
     def evaluate(self, tag: str | None = None) -> dict[str, Any]:
-        """Greedy completions for the held-out rows, scored by the configured rewards through the eval
-        report (``output_dir/eval/<tag>/report.html``); returns the summary and logs ``eval/*``."""
+        """Greedy completions for the held-out rows (or ``eval_samples`` sampled ones each, ids
+        ``<row id>#s<k>``), scored by the configured rewards through the eval report
+        (``output_dir/eval/<tag>/report.html``); returns the summary and logs ``eval/*``."""
         from ..evaluate import run_eval
 
         c, acc = self.config, self.accelerator
         tag = tag or f"step_{self.step_count:06d}"
         d = self.out / "eval" / tag
-        gathered = _gather_objects(acc, self.greedy_completions(self.eval_rows))
+        gathered = _gather_objects(acc, self.eval_completions(self.eval_rows))
         summary: dict[str, Any] = {}
         if acc.is_main_process:
             if d.exists():  # scores of other completions (an earlier run, or a resumed one's): never reused
                 shutil.rmtree(d)
             (d / "refs").mkdir(parents=True, exist_ok=True)
             with open(d / "generations.jsonl", "w", encoding="utf-8") as f:
-                for row, text in gathered:
-                    rec = {"id": row["id"], "completion": text, "prompt": self._instruction(row)}
+                for row, text, k in gathered:
+                    rec = {"id": row["id"] if k is None else f"{row['id']}#s{k}", "completion": text,
+                           "prompt": self._instruction(row)}
                     if row.get("image") is not None:
                         name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row["id"])[:100]
-                        row["image"].save(d / "refs" / f"{name}.png")
+                        if not k:  # the reference once per row
+                            row["image"].save(d / "refs" / f"{name}.png")
                         rec["reference_image"] = f"refs/{name}.png"
                     if row.get("code"):
                         rec["reference_code"] = row["code"]
@@ -829,7 +861,10 @@ class VLMGRPOTrainer:
             summary = run_eval(d / "generations.jsonl", KIND_TO_TASK.get(c.kind, "chart"), names, d / "report",
                                workers=c.render_workers, timeout=c.render_timeout, progress=False,
                                reward_options=options, render_options=c.render_options,
-                               title=f"visalign GRPO eval · {tag}")
+                               title=f"visalign GRPO eval · {tag}" + (
+                                   f" · {c.eval_samples} samples a row at T="
+                                   f"{c.temperature if c.eval_temperature is None else c.eval_temperature}"
+                                   if c.eval_samples else " · greedy"))
             flat = {f"eval/{n}/mean": s["mean"] for n, s in summary["rewards"].items()}
             acc.log(flat, step=self.step_count)
             self.eval_dirs.append(d / "report")
