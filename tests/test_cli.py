@@ -201,6 +201,28 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     assert load_config(VLMGRPOConfig, cfg, section="grpo").model == "Qwen/Qwen2-VL-2B-Instruct"  # a hub id
 
 
+def test_a_saved_run_config_loads_back_from_its_own_file(tmp_path, monkeypatch):
+    """A run's ``config.yaml`` kept the paths it was given relative to the shell's directory, so loading the
+    file (paths relative to the file) failed: "reward 'model' option 'path': no such file or directory:
+    out/run/out/rm". Saved paths are absolute; a hub id and a path that no longer exists stay as written."""
+    from visalign.trainers.config import load_config, save_config
+    from visalign.trainers.vlm import VLMGRPOConfig
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    (tmp_path / "rm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    c = load_config(VLMGRPOConfig, {"model": "Qwen/Qwen2-VL-2B-Instruct", "train_data": "data/train.jsonl",
+                                    "output_dir": "out/run", "rewards": [{"name": "model", "options": {"path": "rm"}},
+                                                                        {"name": "execution"}]})
+    saved = save_config(c, tmp_path / "out" / "run" / "config.yaml")
+    monkeypatch.chdir(tmp_path / "out")  # anywhere else
+    back = load_config(VLMGRPOConfig, saved)
+    assert back.train_data == str(tmp_path / "data" / "train.jsonl") and back.output_dir == str(tmp_path / "out" / "run")
+    assert back.rewards[0]["options"]["path"] == str(tmp_path / "rm") and back.model == "Qwen/Qwen2-VL-2B-Instruct"
+    assert back.rewards[1] == {"name": "execution"}
+
+
 def test_score_warns_when_it_resizes(tmp_path, capsys):
     """Issue 13.9: ``score`` compared images of different sizes silently (the prediction is resized)."""
     Image.new("RGB", (40, 30), "white").save(tmp_path / "pred.png")

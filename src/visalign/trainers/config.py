@@ -241,11 +241,13 @@ PATH_OPTIONS = {"model": "model", "pretrained": "model", "train_data": "input", 
                 "pretrain_data": "input", "resume_from": "input", "output_dir": "output"}
 
 
-def resolve_config_paths(data: Mapping[str, Any], base: Path, where: str = "config") -> dict[str, Any]:
+def resolve_config_paths(data: Mapping[str, Any], base: Path, where: str = "config", *,
+                         strict: bool = True) -> dict[str, Any]:
     """``data`` with the relative paths of :data:`PATH_OPTIONS` (and the ``path`` option of each reward
     in ``rewards``) made absolute against ``base``, the config file's directory, so a config means the
     same run from any directory. A local path that does not exist is an error naming the file and the
-    option, before anything loads; ``resume_from: latest`` and hub ids are kept.
+    option, before anything loads (``strict=False``: kept as written); ``resume_from: latest`` and hub ids
+    are kept.
 
     Example:
         >>> import tempfile, pathlib
@@ -260,9 +262,9 @@ def resolve_config_paths(data: Mapping[str, Any], base: Path, where: str = "conf
     for name, role in PATH_OPTIONS.items():
         value = out.get(name)
         if isinstance(value, str):
-            out[name] = _resolve(value, role, base, f"{where}: option {name!r}")
+            out[name] = _resolve(value, role, base, f"{where}: option {name!r}", strict)
         elif isinstance(value, list) and role == "input":
-            out[name] = [_resolve(v, role, base, f"{where}: option {name!r}") if isinstance(v, str) else v
+            out[name] = [_resolve(v, role, base, f"{where}: option {name!r}", strict) if isinstance(v, str) else v
                          for v in value]
     rewards = out.get("rewards")
     specs = rewards.values() if isinstance(rewards, Mapping) else rewards if isinstance(rewards, list) else []
@@ -272,11 +274,11 @@ def resolve_config_paths(data: Mapping[str, Any], base: Path, where: str = "conf
         label = f"reward {spec['name']!r}" if spec.get("name") else "a reward's"
         for holder in (spec, spec.get("options")):
             if isinstance(holder, dict) and isinstance(holder.get("path"), str):
-                holder["path"] = _resolve(holder["path"], "input", base, f"{where}: {label} option 'path'")
+                holder["path"] = _resolve(holder["path"], "input", base, f"{where}: {label} option 'path'", strict)
     return out
 
 
-def _resolve(value: str, role: str, base: Path, what: str) -> str:
+def _resolve(value: str, role: str, base: Path, what: str, strict: bool = True) -> str:
     if (role == "input" and value == "latest") or not value:
         return value
     prefix = "local-dir:" if value.startswith("local-dir:") else ""  # open_clip's local model directories
@@ -289,6 +291,8 @@ def _resolve(value: str, role: str, base: Path, what: str) -> str:
         return prefix + str(here)
     if role == "model" and not prefix and not raw.startswith((".", "~")) and not Path(raw).exists():
         return value  # a hub id or an architecture name
+    if not strict:
+        return value
     hint = ""
     if Path(raw).exists():
         hint = (f"; {raw} exists relative to the current directory, but paths in a config file are relative "
@@ -327,10 +331,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> Path:
-    """Write ``config`` as YAML (the file :func:`load_config` reads back)."""
+    """Write ``config`` as YAML, the file :func:`load_config` reads back from any directory: relative paths
+    (data, model, output, a reward's ``path``), which the run read from the current directory, are written
+    absolute (a config file's relative paths are relative to the file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    data = resolve_config_paths(config_to_dict(config), Path.cwd(), strict=False)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
