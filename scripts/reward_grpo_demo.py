@@ -276,8 +276,9 @@ def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
 def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float]:
     """``{chart id: score}``: the saved reward model at ``model`` scoring each completion of
     ``<eval_dir>/generations.jsonl`` against its reference, rendered at the size GRPO trained with (a failed
-    render gets the reward's failure score, as in training; a chart's samples averaged). Kept in ``<eval_dir>/learned-<hash of the model
-    path>``: a rerun with the same model scores only what is missing, another model gets its own folder."""
+    render gets the reward's failure score, as in training; a chart's samples averaged). Kept in
+    ``<eval_dir>/learned-<hash of the model path>``: a rerun with the same model scores only what is missing,
+    another model gets its own folder."""
     key = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:10]
     dest = eval_dir / f"learned-{key}"
     run_eval(eval_dir / "generations.jsonl", "chart", ["model"], dest, workers=workers, progress=False,
@@ -334,7 +335,7 @@ def score_once(out: Path, step: int, workers: int, force: bool, baseline: Path |
     name = charts + (f"_sampled{samples}_t{t:g}" if samples else "")
     dest = out / f"summary_{name}_step{step}.json"
     if dest.exists() and not force:
-        print(f"{dest} exists: the {charts} charts were already scored so for this step (--force to redo)",
+        print(f"{dest} exists: the {charts} charts were already scored this way for this step (--force to redo)",
               file=sys.stderr)
         return 2
     runs = {"start": None, f"step_{step}": out}

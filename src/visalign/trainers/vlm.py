@@ -811,8 +811,8 @@ class VLMGRPOTrainer:
     def eval_completions(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str, int | None]]:
         """``(row, completion, sample index)`` for this process's share of ``rows``: the greedy completion
         (index ``None``), or with ``eval_samples`` K, K completions sampled at ``eval_temperature``, row ``i``
-        of ``rows`` with a generator seeded by ``(seed, "eval", i)``: the same draws for every checkpoint
-        of a run and for any batching or process count."""
+        of ``rows`` with a generator seeded by ``(seed, "eval", i)``: the same random numbers for every
+        checkpoint of a run (paired draws) and for any batching or process count."""
         c, acc = self.config, self.accelerator
         if not c.eval_samples:
             return [(row, text, None) for row, text in self.greedy_completions(rows)]
