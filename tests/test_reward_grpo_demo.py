@@ -242,3 +242,35 @@ def test_scoring_options_are_checked_before_anything_loads(tmp_path, capsys):
     (run / "run" / "config.yaml").write_text("grpo: {model: m, temperature: 0.7}\n")
     assert demo.main(["--out", str(run), "--val-step", "8", "--eval-samples", "2"]) == 2  # made without --val-charts
     assert "data/val.jsonl: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sampled_validation_scoring_of_a_checkpoint_against_itself_is_exactly_paired(tmp_path):
+    """--val-step with --eval-samples end to end on the shipped tiny chart policy: the "checkpoint" is the start's
+    own weights, so with the same random numbers every sampled answer is the same and every paired difference is 0."""
+    import yaml
+
+    from visalign.data.charts import chart_dataset
+    from visalign.data.loaders import write_jsonl
+
+    demo = load_script("reward_grpo_demo")
+    policy = Path(__file__).resolve().parents[1] / "models" / "tiny-chart-vlm"
+    out = tmp_path / "run"
+    (out / "run" / "checkpoint-000004").mkdir(parents=True)
+    (out / "run" / "checkpoint-000004" / "model").symlink_to(policy)
+    write_jsonl(chart_dataset(3, seed=11, workers=1), out / "data" / "val.jsonl")
+    (out / "run" / "config.yaml").write_text(yaml.safe_dump({
+        "model": str(policy), "kind": "matplotlib", "temperature": 0.7, "seed": 5, "num_generations": 2,
+        "max_completion_length": 96, "generation_batch_size": 2, "log_with": "none", "progress": False,
+        "render_options": {"matplotlib": demo.RENDER_OPTIONS["matplotlib"]},
+        "rewards": [{"name": "render_similarity"}], "train_data": str(out / "data" / "val.jsonl")}))
+    assert demo.main(["--out", str(out), "--val-step", "4", "--eval-samples", "2", "--workers", "1"]) == 0
+    summary = json.loads((out / "summary_validation_sampled2_t0.7_step4.json").read_text())
+    assert summary["eval_samples"] == 2 and summary["eval_temperature"] == 0.7 and summary["charts"] == "validation"
+    gen = (out / "validation_sampled2_t0.7" / "start" / "eval" / "validation" / "generations.jsonl").read_text()
+    assert [json.loads(line)["id"] for line in gen.splitlines()] == ["0#s0", "0#s1", "1#s0", "1#s1", "2#s0", "2#s1"]
+    for name, m in summary["metrics"].items():
+        assert m["n"] == 3 and m["diff"] == 0.0 and m["ci95"] == [0.0, 0.0], name  # per chart, exactly paired
+    assert summary["verdict"]["all_pass"]
+    assert (out / "grid_validation_sampled2_t0.7_step4.png").is_file()
+    assert demo.main(["--out", str(out), "--val-step", "4", "--eval-samples", "2"]) == 2  # scored already
