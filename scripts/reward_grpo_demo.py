@@ -60,6 +60,7 @@ import yaml
 from visalign.data.charts import CHART_RENDER_OPTIONS, chart_dataset
 from visalign.data.loaders import load_rows, write_jsonl
 from visalign.evaluate import run_eval
+from visalign.report.compare import per_row, sample_row
 from visalign.report.eval_report import bootstrap_ci
 from visalign.trainers.config import load_config, parse_overrides, resolve_config_paths
 from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from_config
@@ -116,30 +117,6 @@ def _values(code: str | None) -> tuple[str, ...] | None:
 
 def _rows(generations: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def chart_id(row_id: str) -> str:
-    """The chart a completion answers: a sampled evaluation's ids are ``<chart id>#s<k>`` (``eval_samples``).
-
-    Example:
-        >>> chart_id("chart-7#s3"), chart_id("chart-7")
-        ('chart-7', 'chart-7')
-    """
-    return re.sub(r"#s\d+$", "", row_id)
-
-
-def per_chart(scores: dict[str, float]) -> dict[str, float]:
-    """``{chart id: mean score}`` over each chart's completions (one for a greedy evaluation, K sampled ones
-    otherwise): the unit the paired intervals resample, since a chart's samples are not independent.
-
-    Example:
-        >>> per_chart({"a#s0": 1.0, "a#s1": 0.0, "b#s0": 0.5, "b#s1": 0.5})
-        {'a': 0.5, 'b': 0.5}
-    """
-    acc: dict[str, list[float]] = {}
-    for k, v in scores.items():
-        acc.setdefault(chart_id(k), []).append(v)
-    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def colour_match(generations: Path) -> dict[str, float]:
@@ -218,7 +195,7 @@ def grid(before: Path, after: Path, dest: Path, n: int = 24, cols: int = 6) -> N
             return {r["id"]: r for r in map(json.loads, f)}
 
     b, a = images(before), images(after)
-    ids = sorted({i for i in set(b) & set(a) if chart_id(i) == i or i.endswith("#s0")}, key=lambda i: (len(i), i))[:n]
+    ids = sorted({i for i in set(b) & set(a) if sample_row(i) == i or i.endswith("#s0")}, key=lambda i: (len(i), i))[:n]
     size, pad, head = 96, 6, 14
 
     def load(report: Path, rel: str | None) -> Image.Image:
@@ -263,7 +240,7 @@ def analyse(before: Path, after: Path, workers: int) -> dict[str, Any]:
                      title=f"independent metrics · {tag}")
         scored[tag] = _scores(d / "independent")
         scored[tag]["colour_match"] = colour_match(d / "generations.jsonl")
-    metrics = {m: paired(per_chart(scored["before"][m]), per_chart(scored["after"][m])) for m in scored["before"]}
+    metrics = {m: paired(per_row(scored["before"][m]), per_row(scored["after"][m])) for m in scored["before"]}
     checks = {tag: hack_checks(d / "generations.jsonl") for tag, d in (("before", before), ("after", after))}
     learned = {}
     for tag, d in (("before", before), ("after", after)):
@@ -291,7 +268,7 @@ def learned_scores(eval_dir: Path, model: Path, workers: int) -> dict[str, float
             v = r.get("scores", {}).get("model")  # a failed render or no code: FAILED_RENDER_SCORE, as in training
             if v is not None:
                 out[r["id"]] = float(v)
-    return per_chart(out)
+    return {k: v for k, v in per_row(out).items() if v is not None}
 
 
 def report(title: str, a: dict[str, Any]) -> None:

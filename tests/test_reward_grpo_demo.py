@@ -213,18 +213,6 @@ def test_overrides_reach_the_grpo_config(tmp_path, monkeypatch):
     assert (config.temperature, config.learning_rate, config.max_steps) == (0.7, 3e-4, 2)
 
 
-def test_sampled_scores_are_averaged_per_chart_before_pairing():
-    """K samples of a chart are one unit: the interval resamples charts, not samples."""
-    demo = load_script("reward_grpo_demo")
-    assert demo.chart_id("chart-12#s3") == "chart-12" and demo.chart_id("a#b") == "a#b"
-    before = {"a#s0": 0.0, "a#s1": 1.0, "b#s0": 0.5, "b#s1": 0.5}
-    after = {"a#s0": 1.0, "a#s1": 1.0, "b#s0": 0.25, "b#s1": 0.75}
-    assert demo.per_chart(before) == {"a": 0.5, "b": 0.5} and demo.per_chart(after) == {"a": 1.0, "b": 0.5}
-    s = demo.paired(demo.per_chart(before), demo.per_chart(after))
-    assert s["n"] == 2 and s["diff"] == pytest.approx(0.25)  # (0.5 + 0.0) / 2
-    assert demo.per_chart({"a": 0.3}) == {"a": 0.3}  # a greedy evaluation: unchanged
-
-
 def test_scoring_options_are_checked_before_anything_loads(tmp_path, capsys):
     demo = load_script("reward_grpo_demo")
     cases = [(["--eval-samples", "4"], "go with --heldout-step or --val-step"),

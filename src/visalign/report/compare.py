@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +49,43 @@ def paired_difference(before: dict[str, float | None], after: dict[str, float | 
     return PairedDifference(mean, low, high, len(diffs))
 
 
+def sample_id(row_id: str, k: int) -> str:
+    """The id of a row's ``k``-th sampled completion in a sampled evaluation (``eval_samples``).
+
+    Example:
+        >>> sample_id("chart-7", 3)
+        'chart-7#s3'
+    """
+    return f"{row_id}#s{k}"
+
+
+def sample_row(completion_id: str) -> str:
+    """The row a completion answers: ``<row id>`` of a :func:`sample_id`, any other id unchanged.
+
+    Example:
+        >>> sample_row("chart-7#s3"), sample_row("chart-7"), sample_row("a#b")
+        ('chart-7', 'chart-7', 'a#b')
+    """
+    return re.sub(r"#s\d+$", "", completion_id)
+
+
+def per_row(scores: Mapping[str, float | None]) -> dict[str, float | None]:
+    """``{row id: mean score}`` over each row's completions (one in a greedy evaluation, K sampled ones
+    otherwise; a None score left out, None when none scored): the unit a paired interval resamples, since a
+    row's samples are not independent.
+
+    Example:
+        >>> per_row({"a#s0": 1.0, "a#s1": 0.0, "b#s0": None, "b#s1": 0.5, "c#s0": None})
+        {'a': 0.5, 'b': 0.5, 'c': None}
+    """
+    acc: dict[str, list[float]] = {}
+    for k, v in scores.items():
+        acc.setdefault(sample_row(k), [])
+        if v is not None:
+            acc[sample_row(k)].append(v)
+    return {k: (sum(v) / len(v) if v else None) for k, v in acc.items()}
+
+
 def _records(eval_dir: Path) -> list[dict[str, Any]]:
     path = eval_dir / "results.jsonl"
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
@@ -64,15 +103,17 @@ def compare_evals(before_dir: str | Path, after_dir: str | Path, out_path: str |
                   title: str = "before / after", curves: str | Path | None = None, notes: str = "",
                   max_gallery: int = 60) -> dict[str, Any]:
     """Write the comparison page ``out_path`` from two ``visalign eval`` output directories (their
-    ``results.jsonl`` and images) and return the numbers as a dict (also written next to the page as JSON)."""
+    ``results.jsonl`` and images) and return the numbers as a dict (also written next to the page as JSON).
+    Intervals resample rows: the completions of a sampled evaluation (ids :func:`sample_id`) are averaged
+    per row first; the gallery shows each completion."""
     before_dir, after_dir, out_path = Path(before_dir), Path(after_dir), Path(out_path)
     before, after = _records(before_dir), _records(after_dir)
     b_by, a_by = {r["id"]: r for r in before}, {r["id"]: r for r in after}
     rewards = list(dict.fromkeys(k for r in before + after for k in r["scores"]))
     table: dict[str, Any] = {}
     for name in rewards:
-        bs = {i: r["scores"].get(name) for i, r in b_by.items()}
-        as_ = {i: r["scores"].get(name) for i, r in a_by.items()}
+        bs = per_row({i: r["scores"].get(name) for i, r in b_by.items()})
+        as_ = per_row({i: r["scores"].get(name) for i, r in a_by.items()})
         mb, lb, hb = bootstrap_ci([v for v in bs.values() if v is not None])
         ma, la, ha = bootstrap_ci([v for v in as_.values() if v is not None])
         d, ld, hd, n = paired_difference(bs, as_)
@@ -119,7 +160,8 @@ def compare_evals(before_dir: str | Path, after_dir: str | Path, out_path: str |
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<div class='sub'>{len(before)} rows before, {len(after)} after; intervals are 95 % percentile "
-            f"bootstrap, the difference is paired on the same rows (✔: the interval excludes 0)</div>"
+            f"bootstrap over rows (a row's sampled completions averaged first), the difference is paired on the same "
+            f"rows (✔: the interval excludes 0)</div>"
             f"{'<p>' + html.escape(notes) + '</p>' if notes else ''}"
             f"<h2>Metrics</h2><table class='metrics'><thead><tr><th>reward</th><th>before</th><th>after</th>"
             f"<th>after − before</th><th>paired n</th></tr></thead><tbody>{rows}</tbody></table>{curves_html}"

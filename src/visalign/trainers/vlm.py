@@ -833,6 +833,7 @@ class VLMGRPOTrainer:
         ``<row id>#s<k>``), scored by the configured rewards through the eval report
         (``output_dir/eval/<tag>/report.html``); returns the summary and logs ``eval/*``."""
         from ..evaluate import run_eval
+        from ..report.compare import sample_id
 
         c, acc = self.config, self.accelerator
         tag = tag or f"step_{self.step_count:06d}"
@@ -845,7 +846,7 @@ class VLMGRPOTrainer:
             (d / "refs").mkdir(parents=True, exist_ok=True)
             with open(d / "generations.jsonl", "w", encoding="utf-8") as f:
                 for row, text, k in gathered:
-                    rec = {"id": row["id"] if k is None else f"{row['id']}#s{k}", "completion": text,
+                    rec = {"id": row["id"] if k is None else sample_id(row["id"], k), "completion": text,
                            "prompt": self._instruction(row)}
                     if row.get("image") is not None:
                         name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row["id"])[:100]
