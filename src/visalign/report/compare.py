@@ -66,7 +66,7 @@ def sample_row(completion_id: str) -> str:
         >>> sample_row("chart-7#s3"), sample_row("chart-7"), sample_row("a#b")
         ('chart-7', 'chart-7', 'a#b')
     """
-    return re.sub(r"#s\d+$", "", completion_id)
+    return re.sub(r"#s\d+$", "", str(completion_id))
 
 
 def per_row(scores: Mapping[str, float | None]) -> dict[str, float | None]:
