@@ -19,14 +19,13 @@ import random
 
 import numpy as np
 
-from visalign.data.charts import CHART_RENDER_OPTIONS, COLOURS, HEADER, LENGTH_RANGE, VALUE_RANGE
+from visalign.data.charts import CHART_RENDER_OPTIONS, COLOURS, HEADER, LENGTH_RANGE, VALUE_RANGE, plot_call
 from visalign.rewards import RenderService, Sample, get_reward
 
 
 def chart(kind: str, values: list[int], colour: str) -> str:
     """The synthetic generator's chart program (``visalign data charts``) for these values and colour."""
-    x = f"range({len(values)}), " if kind == "bar" else ""
-    return f"{HEADER}\nplt.{kind}({x}{values}, color={colour!r})"
+    return f"{HEADER}\n{plot_call(kind, values, colour)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.charts):
             n = rng.randint(*LENGTH_RANGE)
             right, wrong = ([rng.randint(*VALUE_RANGE) for _ in range(n)] for _ in range(2))
-            kind = rng.choice(["bar", "plot"])
+            kind = rng.choice(["bar", "line"])
             for drawn in COLOURS:
                 samples.append(Sample(code=chart(kind, wrong, drawn), reference_code=chart(kind, right, colour),
                                       kind="matplotlib"))

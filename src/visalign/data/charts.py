@@ -39,6 +39,7 @@ __all__ = [
     "chart_corpus",
     "chart_dataset",
     "chart_whole_words",
+    "plot_call",
     "random_chart_code",
     "render_charts",
 ]
@@ -69,19 +70,36 @@ def _values(rng: random.Random, n: int | None = None) -> list[int]:
     return [rng.randint(*VALUE_RANGE) for _ in range(n)]
 
 
-def _call(rng: random.Random, kind: str, target: str, legend: bool) -> str:
-    """One plotting call on ``target`` (``plt`` or an axes name)."""
-    values = _values(rng)
-    label = f", label={rng.choice(TITLE_WORDS)!r}" if legend else ""
+def plot_call(kind: str, values: Sequence[int], colour: str | None = None, target: str = "plt",
+              label: str | None = None) -> str:
+    """The generator's plotting call of ``kind`` (bar, line, scatter, pie) on ``target`` (``plt`` or an axes
+    name); a pie takes no colour (matplotlib's colour cycle: per-slice colours would double the code).
+
+    Example:
+        >>> plot_call("bar", [3, 1, 2], "red")
+        "plt.bar(range(3), [3, 1, 2], color='red')"
+    """
+    values = list(values)
+    extra = f", label={label!r}" if label is not None else ""
     if kind == "bar":
-        return f"{target}.bar(range({len(values)}), {values}, color={rng.choice(COLOURS)!r}{label})"
+        return f"{target}.bar(range({len(values)}), {values}, color={colour!r}{extra})"
     if kind == "line":
-        return f"{target}.plot({values}, color={rng.choice(COLOURS)!r}{label})"
+        return f"{target}.plot({values}, color={colour!r}{extra})"
     if kind == "scatter":
-        return f"{target}.scatter(range({len(values)}), {values}, color={rng.choice(COLOURS)!r}{label})"
+        return f"{target}.scatter(range({len(values)}), {values}, color={colour!r}{extra})"
     if kind == "pie":
-        return f"{target}.pie({values})"  # matplotlib's colour cycle: per-slice colours would double the code
+        return f"{target}.pie({values})"
     raise ValueError(f"unknown chart kind {kind!r}; choose from {CHART_KINDS}")
+
+
+def _call(rng: random.Random, kind: str, target: str, legend: bool) -> str:
+    """One random plotting call on ``target`` (the draws in the generator's fixed order: values, label, colour)."""
+    values = _values(rng)
+    label = rng.choice(TITLE_WORDS) if legend else None
+    if kind not in ("bar", "line", "scatter", "pie"):
+        raise ValueError(f"unknown chart kind {kind!r}; choose from {CHART_KINDS}")
+    colour = rng.choice(COLOURS) if kind != "pie" else None
+    return plot_call(kind, values, colour, target, label)
 
 
 def random_chart_code(rng: random.Random, kind: str, *, title_prob: float = 0.0, label_prob: float = 0.0,

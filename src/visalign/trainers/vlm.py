@@ -795,38 +795,36 @@ class VLMGRPOTrainer:
                 f.write(json.dumps(rec) + "\n")
 
     # ------------------------------------------------------------------------------------------- eval
-    def greedy_completions(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-        """``(row, greedy completion)`` for this process's share of ``rows`` (every N-th across
-        processes), sampled ``generation_batch_size`` prompts at a time."""
+    def _completions(self, rows: Sequence[dict[str, Any]], plan: TreeSampling,
+                     **sampling: Any) -> list[tuple[dict[str, Any], list[str]]]:
+        """``(row, completion texts)`` for this process's share of ``rows`` (every N-th across processes),
+        ``generation_batch_size`` prompts at a time; row ``i`` of ``rows`` samples at stream position ``i``
+        (``sampling``: :meth:`sample`'s ``greedy``, ``temperature`` and ``stream``)."""
         c, acc = self.config, self.accelerator
-        mine = list(rows)[acc.process_index::acc.num_processes]
+        mine = list(enumerate(rows))[acc.process_index::acc.num_processes]
         out = []
         for b in range(0, len(mine), c.generation_batch_size):
             chunk = mine[b:b + c.generation_batch_size]
-            groups = self.sample(chunk, list(range(len(chunk))), plan=TreeSampling(1), greedy=True)
-            out += [(row, self.tokenizer.decode(g.completions[0], skip_special_tokens=True))
-                    for row, g in zip(chunk, groups, strict=True)]
+            groups = self.sample([r for _, r in chunk], [i for i, _ in chunk], plan=plan, **sampling)
+            out += [(row, self.tokenizer.batch_decode(g.completions, skip_special_tokens=True))
+                    for (_, row), g in zip(chunk, groups, strict=True)]
         return out
+
+    def greedy_completions(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """``(row, greedy completion)`` for this process's share of ``rows``."""
+        return [(row, texts[0]) for row, texts in self._completions(rows, TreeSampling(1), greedy=True)]
 
     def eval_completions(self, rows: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str, int | None]]:
         """``(row, completion, sample index)`` for this process's share of ``rows``: the greedy completion
         (index ``None``), or with ``eval_samples`` K, K completions sampled at ``eval_temperature``, row ``i``
         of ``rows`` with a generator seeded by ``(seed, "eval", i)``: the same random numbers for every
         checkpoint of a run (paired draws) and for any batching or process count."""
-        c, acc = self.config, self.accelerator
+        c = self.config
         if not c.eval_samples:
             return [(row, text, None) for row, text in self.greedy_completions(rows)]
-        plan = TreeSampling(c.eval_samples, mode="independent")
-        mine = list(enumerate(rows))[acc.process_index::acc.num_processes]
-        out = []
-        for b in range(0, len(mine), c.generation_batch_size):
-            chunk = mine[b:b + c.generation_batch_size]
-            groups = self.sample([r for _, r in chunk], [i for i, _ in chunk], plan=plan,
-                                 temperature=c.eval_temperature, stream="eval")
-            for (_, row), g in zip(chunk, groups, strict=True):
-                texts = self.tokenizer.batch_decode(g.completions, skip_special_tokens=True)
-                out += [(row, text, k) for k, text in enumerate(texts)]
-        return out
+        groups = self._completions(rows, TreeSampling(c.eval_samples, mode="independent"),
+                                   temperature=c.eval_temperature, stream="eval")
+        return [(row, text, k) for row, texts in groups for k, text in enumerate(texts)]
 
     def evaluate(self, tag: str | None = None) -> dict[str, Any]:
         """Greedy completions for the held-out rows (or ``eval_samples`` sampled ones each, ids
