@@ -123,10 +123,13 @@ def test_jsonl_round_trip_with_png_files_and_relative_paths(tmp_path) -> None:
 def test_errors_name_the_row_and_the_fix(tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"code": "import matplotlib"}\n{"id": "r7", "prompt": "hi"}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl row 1 \(id 'r7'\) has neither an image .* nor code"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2 \(id 'r7'\) has neither an image .* nor code"):
+        load_rows(bad)
+    bad.write_text('{"code": "import matplotlib"}\n\n{"id": "r9"}\n')  # the line in the file, blank lines counted
+    with pytest.raises(DataError, match=r"bad\.jsonl:3 \(id 'r9'\) has neither"):
         load_rows(bad)
     bad.write_text('{"image": "missing.png"}\n')
-    with pytest.raises(DataError, match=r"row 0 .*image file .*missing\.png' not found"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:1 \(id 0\): image file .*missing\.png' not found"):
         load_rows(bad)
     bad.write_text('{"code": "x"}\nnot json\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):

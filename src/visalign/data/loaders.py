@@ -36,7 +36,7 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -130,12 +130,12 @@ def _b64(payload: str, where: str) -> bytes:
         raise DataError(f"{where}: the image is neither a file nor valid base64 ({e})") from None
 
 
-def _normalize(raw: Mapping[str, Any], index: int, name: str, base_dir: str | Path | None, *, image_column: str,
+def _normalize(raw: Mapping[str, Any], index: int, at: str, base_dir: str | Path | None, *, image_column: str,
                code_column: str, prompt_column: str, kind: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
-        raise DataError(f"{name} row {index}: expected a mapping of columns, got {type(raw).__name__}")
+        raise DataError(f"{at}: expected a mapping of columns, got {type(raw).__name__}")
     row_id = raw.get("id", index)
-    where = f"{name} row {index} (id {row_id!r})"
+    where = f"{at} (id {row_id!r})"
     image = to_image(raw.get(image_column), base_dir, where)
     code = raw.get(code_column)
     if code is not None and not isinstance(code, str):
@@ -153,8 +153,9 @@ def _normalize(raw: Mapping[str, Any], index: int, name: str, base_dir: str | Pa
     return {**extra, "id": row_id, "image": image, "code": code or None, "prompt": str(prompt), "kind": row_kind}
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
+def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
+    """The rows of a JSONL file and each row's line number (blank lines skipped)."""
+    rows, numbers = [], []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -163,7 +164,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+            numbers.append(n)
+    return rows, numbers
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -190,6 +192,51 @@ def _pick_split(data: Any, split: str, name: str) -> Any:
     return data
 
 
+class RawSource(NamedTuple):
+    """What :func:`read_source` found: the raw rows, the name errors give the source (its path, or
+    ``rows``), the folder relative image paths are read from, and each row's JSONL line number."""
+
+    rows: Any
+    name: str
+    base_dir: Path | None
+    lines: list[int] | None
+
+
+def read_source(source: Source, split: str = "train") -> RawSource:
+    """The raw rows of ``source``: a JSONL file (``.jsonl`` / ``.jsonl.txt``), a parquet file, a ``datasets``
+    ``save_to_disk`` directory, a ``datasets`` object or a list of dicts (``split`` picks a split of a
+    ``DatasetDict``). Rows are not checked here; a missing file or an unknown format is a :class:`DataError`.
+
+    Example:
+        >>> read_source([{"code": "x"}]).name, read_source([{"code": "x"}]).lines
+        ('rows', None)
+        >>> read_source("missing.jsonl")
+        Traceback (most recent call last):
+        ...
+        visalign.data.loaders.DataError: missing.jsonl: no such file or directory
+    """
+    if not isinstance(source, (str, Path)):
+        name = "rows" if isinstance(source, (list, tuple)) else type(source).__name__
+        return RawSource(_pick_split(source, split, name), name, None, None)
+    path = Path(source).expanduser()
+    name = str(path)
+    lines: list[int] | None = None
+    if path.is_dir():
+        if not any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            raise DataError(f"{path} is a directory but not one written by datasets' save_to_disk")
+        raw: Any = _pick_split(_require_datasets(f"loading {path}").load_from_disk(str(path)), split, name)
+    elif not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    elif path.suffix == ".jsonl" or path.name.endswith(".jsonl.txt"):
+        raw, lines = _read_jsonl(path)
+    elif path.suffix in (".parquet", ".pq"):
+        raw = _read_parquet(path)
+    else:
+        raise DataError(f"{path}: unknown data format {path.suffix!r}; use .jsonl, .parquet, or a directory "
+                        "written by datasets' save_to_disk")
+    return RawSource(raw, name, path.parent, lines)
+
+
 def load_rows(source: Source, *, image_column: str = "image", code_column: str = "code",
               prompt_column: str = "prompt", kind: str = "matplotlib", split: str = "train",
               limit: int | None = None) -> list[dict[str, Any]]:
@@ -208,32 +255,13 @@ def load_rows(source: Source, *, image_column: str = "image", code_column: str =
         ...
         visalign.data.loaders.DataError: rows row 0 (id 0) has neither an image (column 'image') nor code (column 'code'); columns present: ['prompt']
     """
-    base_dir: Path | None = None
-    if isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
-        name = str(path)
-        if path.is_dir():
-            if not any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
-                raise DataError(f"{path} is a directory but not one written by datasets' save_to_disk")
-            raw: Any = _pick_split(_require_datasets(f"loading {path}").load_from_disk(str(path)), split, name)
-        elif not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        elif path.suffix == ".jsonl" or path.name.endswith(".jsonl.txt"):
-            raw = _read_jsonl(path)
-        elif path.suffix in (".parquet", ".pq"):
-            raw = _read_parquet(path)
-        else:
-            raise DataError(f"{path}: unknown data format {path.suffix!r}; use .jsonl, .parquet, or a directory "
-                            "written by datasets' save_to_disk")
-        base_dir = path.parent
-    else:
-        name = "rows" if isinstance(source, (list, tuple)) else type(source).__name__
-        raw = _pick_split(source, split, name)
+    raw, name, base_dir, lines = read_source(source, split)
     out = []
     for i, row in enumerate(raw):
         if limit is not None and i >= limit:
             break
-        out.append(_normalize(row, i, name, base_dir, image_column=image_column, code_column=code_column,
+        where = f"{name}:{lines[i]}" if lines is not None else f"{name} row {i}"
+        out.append(_normalize(row, i, where, base_dir, image_column=image_column, code_column=code_column,
                               prompt_column=prompt_column, kind=kind))
     return out
 

@@ -51,7 +51,7 @@ from typing import Any
 from PIL import Image
 
 from .charts import CHART_RENDER_OPTIONS, COLOURS, HEADER, TITLE_WORDS
-from .loaders import DataError, _pick_split, _read_parquet, _require_datasets, to_image
+from .loaders import DataError, read_source, to_image
 from .svgs import SVG_RENDER_OPTIONS, random_svg_code
 from .tables import TABLE_RENDER_OPTIONS, random_table_code
 
@@ -734,28 +734,7 @@ def load_pairs(source: Any, *, chosen_column: str = "chosen", rejected_column: s
         ...
         visalign.data.loaders.DataError: rows row 0 (id 0): field 'rejected' is missing; fields present: ['chosen']
     """
-    base_dir: Path | None = None
-    lines: list[int] | None = None
-    if isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
-        name = str(path)
-        if path.is_dir():
-            if not any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
-                raise DataError(f"{path} is a directory but not one written by datasets' save_to_disk")
-            raw: Any = _pick_split(_require_datasets(f"loading {path}").load_from_disk(str(path)), split, name)
-        elif not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        elif path.suffix == ".jsonl":
-            raw, lines = _read_jsonl_lines(path)
-        elif path.suffix in (".parquet", ".pq"):
-            raw = _read_parquet(path)
-        else:
-            raise DataError(f"{path}: unknown data format {path.suffix!r}; use .jsonl, .parquet, or a directory "
-                            "written by datasets' save_to_disk")
-        base_dir = path.parent
-    else:
-        name = "rows" if isinstance(source, (list, tuple)) else type(source).__name__
-        raw = _pick_split(source, split, name)
+    raw, name, base_dir, lines = read_source(source, split)
     out = []
     for i, row in enumerate(raw):
         if limit is not None and len(out) >= limit:
@@ -833,20 +812,6 @@ def _hpd(row: Mapping[str, Any], where: str) -> list[tuple[Any, Any, str, str]]:
         return [(images[a], images[b], f"{key}[{a}]", f"{key}[{b}]") for a in range(len(images))
                 for b in range(len(images)) if rank[a] < rank[b]]
     raise DataError(f"{where}: field 'human_preference' (or 'rank') is missing: which image is preferred?")
-
-
-def _read_jsonl_lines(path: Path) -> tuple[list[Any], list[int]]:
-    rows, numbers = [], []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            numbers.append(n)
-    return rows, numbers
 
 
 # ----------------------------------------------------------------------------------------- command line
