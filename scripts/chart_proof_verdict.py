@@ -38,8 +38,19 @@ class Judgement(NamedTuple):
     reasons: list[str]
 
 
-def summary_path(run: Path, charts: str, step: int, samples: int, temperature: float) -> Path:
-    """The file ``reward_grpo_demo.py --val-step / --heldout-step`` writes for these settings.
+def scoring_name(charts: str, samples: int, temperature: float | None) -> str:
+    """How ``reward_grpo_demo.py --val-step / --heldout-step`` names a scoring (its summary, grid and folders):
+    the charts, and for a sampled one the samples a chart and the temperature.
+
+    Example:
+        >>> scoring_name("validation", 4, 0.7), scoring_name("heldout", 0, None)
+        ('validation_sampled4_t0.7', 'heldout')
+    """
+    return charts + (f"_sampled{samples}_t{temperature:g}" if samples else "")
+
+
+def summary_path(run: Path, charts: str, step: int, samples: int, temperature: float | None) -> Path:
+    """The summary ``reward_grpo_demo.py --val-step / --heldout-step`` writes for these settings.
 
     Example:
         >>> summary_path(Path("out/q/Q-s0"), "validation", 192, 4, 0.7).name
@@ -47,8 +58,7 @@ def summary_path(run: Path, charts: str, step: int, samples: int, temperature: f
         >>> summary_path(Path("out/q/Q-s0"), "heldout", 48, 0, 1.0).name
         'summary_heldout_step48.json'
     """
-    tag = f"_sampled{samples}_t{temperature:g}" if samples else ""
-    return run / f"summary_{charts}{tag}_step{step}.json"
+    return run / f"summary_{scoring_name(charts, samples, temperature)}_step{step}.json"
 
 
 def _baseline(summary: dict[str, Any], where: str) -> dict[str, Any]:

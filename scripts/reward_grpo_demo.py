@@ -68,6 +68,7 @@ from visalign.trainers.vlm import VLMGRPOConfig, VLMGRPOTrainer, train_grpo_from
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the module:Class rewards of --colour-match-weight and --control
 from chart_colour_match import colour_name  # noqa: E402  (the colour literal the colour-name reward reads)
+from chart_proof_verdict import scoring_name, summary_path  # noqa: E402  (one naming for the verdict's reads)
 
 COLOUR_MATCH = "chart_colour_match:ColourNameMatch"
 PLACEBO = "placebo_reward:PlaceboReward"
@@ -309,8 +310,8 @@ def score_once(out: Path, step: int, workers: int, force: bool, baseline: Path |
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
     saved = saved.get("grpo", saved)
     t = (saved.get("temperature", 1.0) if temperature is None else temperature) if samples else None
-    name = charts + (f"_sampled{samples}_t{t:g}" if samples else "")
-    dest = out / f"summary_{name}_step{step}.json"
+    name = scoring_name(charts, samples, t)
+    dest = summary_path(out, charts, step, samples, t)
     if dest.exists() and not force:
         print(f"{dest} exists: the {charts} charts were already scored this way for this step (--force to redo)",
               file=sys.stderr)

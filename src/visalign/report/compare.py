@@ -80,9 +80,9 @@ def per_row(scores: Mapping[str, float | None]) -> dict[str, float | None]:
     """
     acc: dict[str, list[float]] = {}
     for k, v in scores.items():
-        acc.setdefault(sample_row(k), [])
+        row = acc.setdefault(sample_row(k), [])
         if v is not None:
-            acc[sample_row(k)].append(v)
+            row.append(v)
     return {k: (sum(v) / len(v) if v else None) for k, v in acc.items()}
 
 
