@@ -1,4 +1,4 @@
-"""Apply the chart GRPO proof's fixed rule (rules N, P and Q in docs/chart-grpo-rules.txt) to the summaries
+"""Apply the chart GRPO proof's fixed rule (rules N, P, Q and R in docs/chart-grpo-rules.txt) to the summaries
 ``reward_grpo_demo.py`` wrote, so the verdict is read by a program, not by eye.
 
 For each run (``--out`` of ``reward_grpo_demo.py``, scored with ``--baseline`` its placebo):
@@ -13,7 +13,8 @@ The proof holds when every run passes both. A placebo that broke the policy (few
 run) is flagged: a comparison with it is then trivially positive.
 
 Run: ``.venv/bin/python scripts/chart_proof_verdict.py out/q/Q-s0 out/q/Q-s1 --step 192 --samples 4 --temperature 0.7``
-(``--samples 0`` for greedy summaries).
+(``--samples 0`` for greedy summaries; ``--heldout heldout-h2`` judges the held-out set scored with
+``reward_grpo_demo.py --heldout-data h2.jsonl`` instead of the model card's 100).
 """
 
 from __future__ import annotations
@@ -145,12 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=int, required=True, help="the checkpoint step the rule judges")
     ap.add_argument("--samples", type=int, default=4, help="answers a chart (0: greedy summaries)")
     ap.add_argument("--temperature", type=float, default=0.7, help="the sampling temperature of the summaries")
+    ap.add_argument("--heldout", default="heldout",
+                    help="the held-out scoring to judge: heldout (the model card's 100) or heldout-STEM "
+                         "(reward_grpo_demo.py --heldout-data STEM.jsonl)")
     args = ap.parse_args(argv)
     proof = True
     for run in args.runs:
         if not run.is_dir():
             ap.error(f"{run}: no such run directory")
-        for charts, judge in (("validation", gate), ("heldout", heldout)):
+        for charts, judge in (("validation", gate), (args.heldout, heldout)):
             path = summary_path(run, charts, args.step, args.samples, args.temperature)
             summary = _load(path)
             if summary is None:

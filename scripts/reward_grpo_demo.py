@@ -297,10 +297,23 @@ def _checkpoint(run: Path, step: int) -> Path:
     return run / "run" / f"checkpoint-{step:06d}" / "model"
 
 
+def heldout_name(data: Path) -> str:
+    """The name a held-out scoring of the charts in ``data`` goes by (its summary, grid and folders): "heldout"
+    for the model card's 100, ``heldout-<file stem>`` for another set, so no two sets share a summary.
+
+    Example:
+        >>> heldout_name(HELDOUT), heldout_name(Path("out/r/h2.jsonl"))
+        ('heldout', 'heldout-h2')
+    """
+    return "heldout" if Path(data).resolve() == HELDOUT.resolve() else f"heldout-{Path(data).stem}"
+
+
 def score_once(out: Path, step: int, workers: int, force: bool, baseline: Path | None = None, *,
-               charts: str = "heldout", samples: int = 0, temperature: float | None = None) -> int:
-    """Score ``charts`` once, "heldout" (the model card's 100) or "validation" (the run's ``data/val.jsonl``):
-    the starting policy and ``run/checkpoint-<step>`` with the run's rewards and the independent metrics;
+               charts: str = "heldout", samples: int = 0, temperature: float | None = None,
+               heldout_data: Path = HELDOUT) -> int:
+    """Score ``charts`` once, "heldout" (``heldout_data``: the model card's 100 unless given, named by
+    :func:`heldout_name`) or "validation" (the run's ``data/val.jsonl``): the starting policy and
+    ``run/checkpoint-<step>`` with the run's rewards and the independent metrics;
     ``summary_<charts><sampling>_step<step>.json`` and a grid PNG. Greedy, or with ``samples`` K, K completions
     a chart sampled at ``temperature`` (None: the run's training temperature) with the run's seed, every metric
     averaged per chart before pairing. With ``baseline`` (another run's ``--out``, e.g. the placebo control)
@@ -310,6 +323,8 @@ def score_once(out: Path, step: int, workers: int, force: bool, baseline: Path |
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
     saved = saved.get("grpo", saved)
     t = (saved.get("temperature", 1.0) if temperature is None else temperature) if samples else None
+    data = Path(heldout_data) if charts == "heldout" else out / "data" / "val.jsonl"
+    charts = heldout_name(data) if charts == "heldout" else charts
     name = scoring_name(charts, samples, t)
     dest = summary_path(out, charts, step, samples, t)
     if dest.exists() and not force:
@@ -326,16 +341,16 @@ def score_once(out: Path, step: int, workers: int, force: bool, baseline: Path |
     if not saved_path.is_file():
         print(f"{saved_path}: no such file (the run's GRPO config)", file=sys.stderr)
         return 2
-    data = HELDOUT if charts == "heldout" else out / "data" / "val.jsonl"
     if not data.is_file():
-        print(f"{data}: no such file (validation charts exist for runs made with --val-charts)", file=sys.stderr)
+        why = "validation charts exist for runs made with --val-charts" if charts == "validation" else "--heldout-data"
+        print(f"{data}: no such file ({why})", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     dirs = {}
     for tag, run in runs.items():
         model = saved["model"] if run is None else str(_checkpoint(run, step))
         config = load_config(VLMGRPOConfig, dict(saved, model=model, eval_data=str(data),
-                                                 max_eval_rows=100 if charts == "heldout" else None,
+                                                 max_eval_rows=None,
                                                  eval_samples=samples, eval_temperature=t,
                                                  output_dir=str(out / name / tag), overwrite_output_dir=True,
                                                  resume_from=None, render_workers=workers))
@@ -428,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --val-charts: evaluate (and save a checkpoint) every N steps")
     ap.add_argument("--heldout-step", type=int, default=None,
                     help="do not train: score the held-out charts once for run/checkpoint-N of --out")
+    ap.add_argument("--heldout-data", type=Path, default=HELDOUT,
+                    help="with --heldout-step: score these charts (a JSONL made like the model card's, e.g. "
+                         "chart_dataset(N, seed, exclude=every training code)) instead of the model card's 100; "
+                         "the summary is named heldout-<file stem>")
     ap.add_argument("--baseline", default=None,
                     help="another run's --out (e.g. the placebo control): compare this run's validation evaluations "
                          "with it step by step (no training), or with --heldout-step score its checkpoint too")
@@ -465,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--score-with {args.score_with}: no saved reward model (reward_model.json) there")
     if args.heldout_step is not None and args.val_step is not None:
         ap.error("--heldout-step and --val-step: choose one")
+    if args.heldout_data != HELDOUT and args.heldout_step is None:
+        ap.error("--heldout-data goes with --heldout-step")
     if (args.eval_samples or args.eval_temperature is not None) and args.heldout_step is None and args.val_step is None:
         ap.error("--eval-samples and --eval-temperature go with --heldout-step or --val-step")
     if args.eval_samples < 0 or (args.eval_temperature is not None and not args.eval_temperature > 0):
@@ -474,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.heldout_step is not None or args.val_step is not None:
         charts, step = ("heldout", args.heldout_step) if args.heldout_step is not None else ("validation", args.val_step)
         return score_once(out, step, args.workers, args.force, Path(args.baseline) if args.baseline else None,
-                          charts=charts, samples=args.eval_samples, temperature=args.eval_temperature)
+                          charts=charts, samples=args.eval_samples, temperature=args.eval_temperature,
+                          heldout_data=args.heldout_data)
     if args.baseline:
         return compare_validation(out, Path(args.baseline), args.workers,
                                   Path(args.score_with) if args.score_with else None)

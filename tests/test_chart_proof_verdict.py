@@ -64,3 +64,17 @@ def test_main_reads_the_runs_summaries(tmp_path: Path, capsys) -> None:
     verdicts.main([*runs, "--step", "192"])
     out = capsys.readouterr().out
     assert "Q-s1 heldout: not scored yet" in out and out.strip().endswith("not the proof")
+
+
+def test_main_judges_another_heldout_set_by_its_name(tmp_path: Path, capsys) -> None:
+    """--heldout heldout-h2 reads the summaries reward_grpo_demo.py --heldout-data h2.jsonl writes, not the card's."""
+    up, flat = _metric(0.01, 0.002, 0.02), _metric(0.0, -0.01, 0.01)
+    run = tmp_path / "R-s0"
+    _write(run, "validation", _summary(up, up))
+    _write(run, "heldout", _summary(flat, up))  # the model card's 100: fails
+    _write(run, "heldout-h2", _summary(up, up))
+    verdicts.main([str(run), "--step", "192"])
+    assert capsys.readouterr().out.strip().endswith("not the proof")
+    verdicts.main([str(run), "--step", "192", "--heldout", "heldout-h2"])
+    out = capsys.readouterr().out
+    assert "R-s0 heldout-h2: pass" in out and out.strip().endswith("the proof holds")

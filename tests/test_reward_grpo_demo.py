@@ -218,7 +218,8 @@ def test_scoring_options_are_checked_before_anything_loads(tmp_path, capsys):
     cases = [(["--eval-samples", "4"], "go with --heldout-step or --val-step"),
              (["--val-step", "8", "--eval-temperature", "0.7"], "needs --eval-samples K"),
              (["--val-step", "8", "--eval-samples", "-1"], "--eval-samples must be >= 0"),
-             (["--val-step", "8", "--heldout-step", "8"], "choose one")]
+             (["--val-step", "8", "--heldout-step", "8"], "choose one"),
+             (["--val-step", "8", "--heldout-data", "h2.jsonl"], "--heldout-data goes with --heldout-step")]
     for args, message in cases:
         with pytest.raises(SystemExit):
             demo.main(["--out", str(tmp_path), *args])
@@ -230,6 +231,16 @@ def test_scoring_options_are_checked_before_anything_loads(tmp_path, capsys):
     (run / "run" / "config.yaml").write_text("grpo: {model: m, temperature: 0.7}\n")
     assert demo.main(["--out", str(run), "--val-step", "8", "--eval-samples", "2"]) == 2  # made without --val-charts
     assert "data/val.jsonl: no such file" in capsys.readouterr().err
+    assert demo.main(["--out", str(run), "--heldout-step", "8", "--heldout-data", str(tmp_path / "h2.jsonl")]) == 2
+    assert "h2.jsonl: no such file (--heldout-data)" in capsys.readouterr().err
+    assert not list(run.glob("summary_*"))
+
+
+def test_each_heldout_set_has_its_own_summary_name(tmp_path):
+    demo = load_script("reward_grpo_demo")
+    assert demo.heldout_name(demo.HELDOUT) == "heldout"  # the model card's 100: the name every earlier rule read
+    assert demo.heldout_name(tmp_path / "h2.jsonl") == "heldout-h2"
+    assert demo.heldout_name(tmp_path / "heldout.jsonl") == "heldout-heldout"  # another file of the same name
 
 
 @pytest.mark.slow
