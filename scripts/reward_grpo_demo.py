@@ -15,7 +15,8 @@ Run: ``.venv/bin/python scripts/reward_grpo_demo.py --reward-model out/demo-rewa
 Choosing options without the held-out charts: ``--val-charts 48`` keeps the last 48 training charts out of
 training and evaluates them (every ``--eval-every`` steps, checkpoints as often) instead of the held-out
 charts; the held-out charts are then scored once, for the step chosen on the validation charts, with
-``--heldout-step N`` on the same ``--out`` (the starting policy against ``run/checkpoint-N``). Every
+``--heldout-step N`` on the same ``--out`` (the starting policy against ``run/checkpoint-N``; with
+``--heldout-data FILE.jsonl`` another held-out set than the model card's, e.g. a larger one). Every
 evaluation reports the chart-code components (text, layout, type, colour F1 and the data score) paired
 with bootstrap intervals, the hack checks with a pass / fail verdict, and a before / after grid PNG.
 ``--colour-weight W`` adds the chart-code colour F1 alone as a ground-truth term (group-normalised, summed);
